@@ -1,0 +1,22 @@
+# Two entry points a newcomer needs; both create .venv on first use.
+PY ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast bench clean-lake
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/lakecurate run conf/demo.yaml
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m "not spark and not slow and not e2e"
+
+clean-lake:
+	rm -rf lake/

@@ -1,0 +1,227 @@
+"""Hierarchical k-means with resampling (Vo et al. 2024, "Automatic Data Curation for SSL").
+
+Level 1 clusters the data; level t > 1 clusters the centroids of level t-1, so the levels form a
+tree whose leaves hold the data points. Within a level, after the first k-means, each of the m
+resampling steps takes the r rows nearest every centroid, runs a fresh k-means (k-means++ init,
+as the reference does) on their union, keeps those centroids and re-assigns all of the level's
+inputs to them. This pulls centroids off dense modes and spreads them over the support.
+
+``fit_hierarchy`` is the engine: it receives the level-1 assigner (in-process or Spark) and a
+factory for the higher levels' assigners, so the pure API and the Spark stage run the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from lakecurate.core.assign import Assigner, NumpyAssigner
+from lakecurate.core.kmeans import (
+    DEFAULT_INIT_POINTS_PER_CENTROID,
+    IterationStats,
+    KMeansFit,
+    fit_kmeans_assigner,
+    normalize_rows,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LevelParams:
+    """Validated parameters of one level (the public edge validates; this core trusts them)."""
+
+    n_clusters: int
+    resample_size: int = 1  # r; r <= 1 means no resampling at this level
+    n_resampling_steps: int = 0
+    n_iter: int = 50
+    init: str = "k-means++"
+    spherical: bool = False
+    init_points_per_centroid: int = DEFAULT_INIT_POINTS_PER_CENTROID
+
+
+@dataclass
+class Level:
+    """One fitted level of the tree.
+
+    ``labels`` / ``distances`` describe this level's *inputs* (data rows at level 1, the previous
+    level's clusters above); they are None for a level-1 fit that ran on Spark, where per-row
+    labels stay on the executors and go straight to the ``assignments`` table.
+    """
+
+    level: int  # 1-based
+    centroids: np.ndarray  # (k, d) float32
+    counts: np.ndarray  # (k,) inputs per cluster
+    sizes: np.ndarray  # (k,) data points under each cluster
+    objective: float  # sum of squared distances of the inputs to their centroids
+    cluster_inertia: Optional[np.ndarray] = None  # (k,) that sum per cluster
+    labels: Optional[np.ndarray] = None
+    distances: Optional[np.ndarray] = None
+    n_reseeded: int = 0
+    n_empty: int = 0
+    seconds: float = 0.0
+    steps: list[dict] = field(default_factory=list)  # per k-means run: init/resampling step figures
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.centroids.shape[0])
+
+
+LevelCallback = Callable[[int, int, IterationStats], None]  # (level, step, stats)
+
+
+def _step_record(step: int, n_points: int, fit: KMeansFit) -> dict:
+    return {
+        "step": step,
+        "n_points": n_points,
+        "init_seconds": round(fit.init_seconds, 4),
+        "objective": fit.objective,
+        "n_reseeded": fit.n_reseeded,
+        "iterations": [vars(it) for it in fit.iterations],
+    }
+
+
+def fit_level(
+    assigner: Assigner,
+    params: LevelParams,
+    rng: np.random.Generator,
+    *,
+    level: int = 1,
+    on_iteration: Optional[LevelCallback] = None,
+) -> tuple[np.ndarray, list[dict], int]:
+    """k-means on the level's inputs, then the resampling-clustering steps.
+
+    Returns (centroids, per-step records, clusters re-seeded in total).
+    """
+
+    def progress(step: int):
+        if on_iteration is None:
+            return None
+        return lambda stats: on_iteration(level, step, stats)
+
+    fit = fit_kmeans_assigner(
+        assigner,
+        params.n_clusters,
+        rng,
+        n_iter=params.n_iter,
+        init=params.init,
+        spherical=params.spherical,
+        init_points_per_centroid=params.init_points_per_centroid,
+        on_iteration=progress(0),
+    )
+    steps = [_step_record(0, assigner.n, fit)]
+    reseeded = fit.n_reseeded
+    centroids = fit.centroids
+    if params.resample_size > 1:
+        for step in range(1, params.n_resampling_steps + 1):
+            _, points = assigner.closest_per_cluster(centroids, params.resample_size)
+            if points.shape[0] < params.n_clusters:
+                log.warning(
+                    "level %d resampling step %d: only %d points near %d centroids; stopping resampling",
+                    level, step, points.shape[0], params.n_clusters,
+                )
+                break
+            sub = NumpyAssigner(points)
+            fit = fit_kmeans_assigner(
+                sub,
+                params.n_clusters,
+                rng,
+                n_iter=params.n_iter,
+                init=params.init,
+                spherical=params.spherical,
+                init_points_per_centroid=params.init_points_per_centroid,
+                on_iteration=progress(step),
+            )
+            steps.append(_step_record(step, sub.n, fit))
+            reseeded += fit.n_reseeded
+            centroids = fit.centroids
+    return centroids, steps, reseeded
+
+
+AssignerFactory = Callable[[np.ndarray], Assigner]
+
+
+def level_rngs(seed: int, n_levels: int) -> list[np.random.Generator]:
+    """One independent generator per level, so a run resumed at level t draws what a fresh one would."""
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(n_levels)]
+
+
+def fit_hierarchy(
+    level1: Assigner,
+    params: Sequence[LevelParams],
+    seed: int,
+    *,
+    make_assigner: AssignerFactory = NumpyAssigner,
+    on_iteration: Optional[LevelCallback] = None,
+    on_level: Optional[Callable[[Level], None]] = None,
+    start_levels: Sequence[Level] = (),
+) -> list[Level]:
+    """Fit all levels bottom-up. ``start_levels`` resumes from levels already fitted (checkpoints).
+
+    Level 1 runs on ``level1``; level t > 1 runs on ``make_assigner(centroids of level t-1)``.
+    Level sizes count data points: a level-1 cluster's size is its row count, a higher cluster's
+    size is the sum of its children's sizes.
+    """
+    levels: list[Level] = list(start_levels)
+    rngs = level_rngs(seed, len(params))
+    for idx in range(len(levels), len(params)):
+        rng = rngs[idx]
+        p = params[idx]
+        t0 = time.perf_counter()
+        if idx == 0:
+            assigner = level1
+            weights = None
+        else:
+            assigner = make_assigner(levels[-1].centroids)
+            weights = levels[-1].sizes
+        log.info("level %d: k-means with k=%d on %d inputs", idx + 1, p.n_clusters, assigner.n)
+        centroids, steps, reseeded = fit_level(assigner, p, rng, level=idx + 1, on_iteration=on_iteration)
+        labels = distances = None
+        if assigner.in_memory:
+            labels, distances = assigner.labels(centroids)
+            counts = np.bincount(labels, minlength=p.n_clusters).astype(np.int64)
+            cluster_inertia = np.bincount(labels, weights=distances.astype(np.float64), minlength=p.n_clusters)
+        else:
+            final = assigner.assign(centroids)
+            counts, cluster_inertia = final.counts, final.cluster_inertia
+        objective = float(cluster_inertia.sum())
+        if weights is None:
+            sizes = counts.copy()
+        else:
+            sizes = np.bincount(labels, weights=weights, minlength=p.n_clusters).astype(np.int64)
+        level = Level(
+            level=idx + 1,
+            centroids=centroids,
+            counts=counts,
+            sizes=sizes,
+            objective=objective,
+            cluster_inertia=cluster_inertia,
+            labels=labels,
+            distances=distances,
+            n_reseeded=reseeded,
+            n_empty=int((counts == 0).sum()),
+            seconds=time.perf_counter() - t0,
+            steps=steps,
+        )
+        if level.n_empty:
+            log.warning("level %d: %d of %d clusters are empty after the final assignment", level.level, level.n_empty, p.n_clusters)
+        log.info(
+            "level %d done in %.1fs: objective=%.6g, re-seeded=%d, empty=%d",
+            level.level, level.seconds, level.objective, reseeded, level.n_empty,
+        )
+        levels.append(level)
+        if on_level is not None:
+            on_level(level)
+    return levels
+
+
+def parent_ids(levels: Sequence[Level]) -> list[Optional[np.ndarray]]:
+    """For each level, the parent cluster (at the next level) of each of its clusters; None at the top."""
+    return [levels[i + 1].labels for i in range(len(levels) - 1)] + [None]
+
+
+__all__ = ["Level", "LevelParams", "fit_hierarchy", "fit_level", "parent_ids", "normalize_rows"]

@@ -1,0 +1,184 @@
+"""The public, Spark-free API: ``HierarchicalKMeans(...).fit(X)`` and ``balanced_sample(tree, n)``.
+
+Constructors only store parameters; ``fit`` validates once, at this edge, then hands validated
+arrays to the private cores in :mod:`lakecurate.core`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from lakecurate.core.assign import NumpyAssigner
+from lakecurate.core.hierarchy import Level, LevelParams, fit_hierarchy, parent_ids
+from lakecurate.core.kmeans import DEFAULT_INIT_POINTS_PER_CENTROID, normalize_rows
+from lakecurate.core.sampling import STRATEGIES, ClusterTree, balanced_sample_from_tree
+from lakecurate.core.validate import check_embeddings, check_int_list, check_levels
+from lakecurate.errors import ConfigError, InputDataError
+
+log = logging.getLogger(__name__)
+
+METRICS = ("l2", "cosine")
+INITS = ("k-means++", "random")
+
+
+def level_params(
+    n_clusters: Sequence[int],
+    *,
+    n_resampling_steps: int,
+    resample_size: Optional[Union[int, Sequence[int]]],
+    n_iter: int,
+    init: str,
+    metric: str,
+    init_points_per_centroid: int = DEFAULT_INIT_POINTS_PER_CENTROID,
+    where: str = "",
+) -> list[LevelParams]:
+    """Validated per-level parameters, shared by the estimator and the Spark job's config."""
+    ks = check_int_list(list(n_clusters) if not isinstance(n_clusters, int) else n_clusters, f"{where}n_clusters")
+    for t in range(1, len(ks)):
+        if ks[t] > ks[t - 1]:
+            raise ConfigError(f"{where}n_clusters must not grow with the level: level {t + 1} has {ks[t]} > level {t}'s {ks[t - 1]}")
+    if resample_size is None:
+        rs = [1] * len(ks)
+    else:
+        rs = check_int_list(resample_size, f"{where}resample_size", minimum=0)
+        if len(rs) == 1 and len(ks) > 1:
+            rs = rs * len(ks)
+        if len(rs) != len(ks):
+            raise ConfigError(f"{where}resample_size has {len(rs)} entries but n_clusters has {len(ks)} levels")
+    if isinstance(n_resampling_steps, bool) or not isinstance(n_resampling_steps, (int, np.integer)) or n_resampling_steps < 0:
+        raise ConfigError(f"{where}n_resampling_steps must be an integer >= 0; got {n_resampling_steps!r}")
+    if isinstance(n_iter, bool) or not isinstance(n_iter, (int, np.integer)) or n_iter < 1:
+        raise ConfigError(f"{where}n_iter must be an integer >= 1; got {n_iter!r}")
+    if init not in INITS:
+        raise ConfigError(f"{where}init={init!r} is not one of {INITS}")
+    if metric not in METRICS:
+        raise ConfigError(f"{where}metric={metric!r} is not one of {METRICS}")
+    if init_points_per_centroid < 1:
+        raise ConfigError(f"{where}init_points_per_centroid={init_points_per_centroid} must be >= 1")
+    return [
+        LevelParams(
+            n_clusters=k,
+            resample_size=r,
+            n_resampling_steps=int(n_resampling_steps),
+            n_iter=int(n_iter),
+            init=init,
+            spherical=metric == "cosine",
+            init_points_per_centroid=init_points_per_centroid,
+        )
+        for k, r in zip(ks, rs)
+    ]
+
+
+class HierarchicalKMeans:
+    """Hierarchical k-means with resampling (Vo et al. 2024).
+
+    Parameters
+    ----------
+    n_clusters : list of int, k_1 >= k_2 >= ... >= k_T (an int means one level).
+    n_resampling_steps : resampling-clustering steps per level (m).
+    resample_size : r per level (an int applies to every level); r <= 1 disables resampling.
+        None (the default) disables it everywhere, giving plain hierarchical k-means.
+    n_iter : Lloyd iterations per k-means run.
+    init : "k-means++" (on a uniform sample of ``init_points_per_centroid * k`` rows) or "random".
+    metric : "l2" (squared Euclidean on raw vectors) or "cosine" (rows and centroids normalised).
+    seed : seeds every random choice; the same seed gives the same tree.
+
+    Attributes after ``fit``: ``levels_`` (list of :class:`~lakecurate.core.hierarchy.Level`,
+    level 1 first), ``tree_`` (:class:`~lakecurate.core.sampling.ClusterTree`), ``n_samples_``.
+    """
+
+    def __init__(
+        self,
+        n_clusters: Union[int, Sequence[int]],
+        *,
+        n_resampling_steps: int = 10,
+        resample_size: Optional[Union[int, Sequence[int]]] = None,
+        n_iter: int = 50,
+        init: str = "k-means++",
+        metric: str = "l2",
+        init_points_per_centroid: int = DEFAULT_INIT_POINTS_PER_CENTROID,
+        seed: int = 0,
+    ):
+        self.n_clusters = n_clusters
+        self.n_resampling_steps = n_resampling_steps
+        self.resample_size = resample_size
+        self.n_iter = n_iter
+        self.init = init
+        self.metric = metric
+        self.init_points_per_centroid = init_points_per_centroid
+        self.seed = seed
+
+    def _params(self) -> list[LevelParams]:
+        return level_params(
+            [self.n_clusters] if isinstance(self.n_clusters, (int, np.integer)) else self.n_clusters,
+            n_resampling_steps=self.n_resampling_steps,
+            resample_size=self.resample_size,
+            n_iter=self.n_iter,
+            init=self.init,
+            metric=self.metric,
+            init_points_per_centroid=self.init_points_per_centroid,
+        )
+
+    def fit(self, X, y=None) -> "HierarchicalKMeans":
+        params = self._params()
+        x = check_embeddings(X)
+        check_levels([p.n_clusters for p in params], x.shape[0])
+        if self.metric == "cosine":
+            x = normalize_rows(x)
+        self.levels_: list[Level] = fit_hierarchy(NumpyAssigner(x), params, int(self.seed))
+        self.tree_ = ClusterTree([lv.sizes for lv in self.levels_], parent_ids(self.levels_))
+        self.n_samples_ = x.shape[0]
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "levels_"):
+            raise ConfigError("this HierarchicalKMeans is not fitted yet; call fit(X) first")
+
+    @property
+    def labels_(self) -> np.ndarray:
+        """Level-1 cluster of every input row."""
+        self._check_fitted()
+        return self.levels_[0].labels
+
+    def leaf_path(self) -> np.ndarray:
+        """(n, T) cluster id of every row at every level."""
+        self._check_fitted()
+        path = [self.levels_[0].labels]
+        for lv in self.levels_[1:]:
+            path.append(lv.labels[path[-1]])
+        return np.stack(path, axis=1)
+
+
+def balanced_sample(
+    tree: HierarchicalKMeans,
+    n: int,
+    *,
+    strategy: str = "random",
+    seed: int = 0,
+    max_repeats: int = 1,
+) -> np.ndarray:
+    """Indices of ``n`` rows sampled evenly down the cluster tree of a fitted ``HierarchicalKMeans``.
+
+    Exactly ``n`` indices come back (ascending). ``n`` larger than the pool is an error unless
+    ``max_repeats`` > 1 lets each row be drawn up to that many times.
+    """
+    if not isinstance(tree, HierarchicalKMeans):
+        raise ConfigError(f"tree must be a fitted HierarchicalKMeans; got {type(tree).__name__}")
+    tree._check_fitted()
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"strategy={strategy!r} is not one of {STRATEGIES}")
+    if isinstance(max_repeats, bool) or not isinstance(max_repeats, (int, np.integer)) or max_repeats < 1:
+        raise ConfigError(f"max_repeats must be an integer >= 1; got {max_repeats!r}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ConfigError(f"n must be an integer >= 0; got {n!r}")
+    capacity = tree.n_samples_ * max_repeats
+    if n > capacity:
+        hint = "" if max_repeats > 1 else "; pass max_repeats > 1 to draw rows more than once"
+        raise InputDataError(f"n={n} is larger than the pool of {tree.n_samples_} rows x max_repeats={max_repeats}{hint}")
+    lv1 = tree.levels_[0]
+    return balanced_sample_from_tree(
+        tree.tree_, lv1.labels, lv1.distances, int(n), strategy=strategy, seed=seed, max_repeats=int(max_repeats)
+    )

@@ -1,0 +1,1 @@
+"""Thin Spark code: sessions, Arrow <-> numpy, and the Spark implementation of the assigner seam."""

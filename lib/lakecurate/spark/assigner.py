@@ -1,0 +1,422 @@
+"""The Spark side of the assigner seam: the Lloyd loop's data questions answered on executors.
+
+The embeddings are read once and cached as *blocks*: one row per Arrow batch holding the batch's
+ids, int64 row keys and float32 vectors as raw bytes. Each Lloyd iteration then broadcasts the
+k x d centroids and every task turns its blocks into numpy with ``np.frombuffer`` (no decoding of
+list<float> columns), runs the same faiss kernels as the in-process assigner, and returns one
+row of per-cluster partial counts and float64 sums. The driver adds those up: its memory is
+O(k x d) whatever N is, and no O(N) data ever comes back to it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from lakecurate.core.assign import (
+    Assignment,
+    assign_batch,
+    nearest_centroid,
+    smallest_keys,
+    top_r_per_cluster,
+)
+from lakecurate.core.keys import random_keys
+from lakecurate.core.kmeans import normalize_rows
+from lakecurate.errors import InputDataError
+from lakecurate.spark.arrow import list_column_to_matrix, row_keys
+
+log = logging.getLogger(__name__)
+
+BLOCK_DDL = (
+    "part INT, seq INT, n INT, ids_arrow BINARY, keys BINARY, vectors BINARY, "
+    "n_null_id LONG, n_null_embedding LONG, n_bad_dim LONG, n_nonfinite LONG, examples STRING"
+)
+_MAX_EXAMPLES = 3
+
+
+def _ipc_bytes(arr: pa.Array) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, pa.schema([("v", arr.type)])) as w:
+        w.write_batch(pa.record_batch([arr], names=["v"]))
+    return sink.getvalue().to_pybytes()
+
+
+def _ipc_array(data: bytes) -> pa.Array:
+    return pa.ipc.open_stream(pa.py_buffer(data) if isinstance(data, bytes) else data).read_all().column(0).combine_chunks()
+
+
+def _block_arrays(row) -> tuple[np.ndarray, np.ndarray]:
+    """(row keys, float32 vectors) of one cached block, without copying the vector bytes."""
+    keys = np.frombuffer(row["keys"], dtype=np.int64)
+    x = np.frombuffer(row["vectors"], dtype=np.float32).reshape(len(keys), -1)
+    return keys, x
+
+
+def _one_thread_per_core() -> None:
+    """faiss gets the task's cores, not the machine's: Spark already runs one task per core."""
+    import faiss
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    faiss.omp_set_num_threads(max(1, ctx.cpus() if ctx is not None else 1))
+
+
+def _iter_blocks(batches) -> Iterator[dict]:
+    """Cached block rows as dicts; binary fields stay Arrow buffers (zero-copy into numpy)."""
+    for batch in batches:
+        names = batch.schema.names
+        for i in range(batch.num_rows):
+            row = {}
+            for name in names:
+                scalar = batch.column(name)[i]
+                row[name] = scalar.as_buffer() if pa.types.is_binary(scalar.type) else scalar.as_py()
+            yield row
+
+
+def _make_blocks_fn(id_col: str, emb_col: str, dim: int, normalize: bool):
+    def to_blocks(batches):
+        from pyspark import TaskContext
+        import pyarrow.compute as pc
+
+        part = TaskContext.get().partitionId()
+        for seq, batch in enumerate(batches):
+            ids = batch.column(id_col)
+            emb = batch.column(emb_col)
+            null_id = ids.is_null().to_numpy(zero_copy_only=False)
+            null_emb = emb.is_null().to_numpy(zero_copy_only=False)
+            lengths = pc.fill_null(pc.list_value_length(emb), -1).to_numpy(zero_copy_only=False)
+            bad_dim = ~null_emb & (lengths != dim)
+            ok = ~null_id & ~null_emb & ~bad_dim
+            ok_idx = np.flatnonzero(ok)
+            x = list_column_to_matrix(emb.take(pa.array(ok_idx)), dim) if ok_idx.size else np.zeros((0, dim), np.float32)
+            finite = np.isfinite(x).all(axis=1)
+            examples = []
+            id_list = ids.to_pylist() if not ok.all() or not finite.all() else None
+            if id_list is not None:
+                for j in np.flatnonzero(null_id)[:_MAX_EXAMPLES]:
+                    examples.append({"row_in_batch": int(j), "problem": "null id"})
+                for j in np.flatnonzero(null_emb & ~null_id)[:_MAX_EXAMPLES]:
+                    examples.append({"id": id_list[j], "problem": f"null {emb_col}"})
+                for j in np.flatnonzero(bad_dim & ~null_id)[:_MAX_EXAMPLES]:
+                    examples.append({"id": id_list[j], "problem": f"{int(lengths[j])} values, expected {dim}"})
+                for j in ok_idx[~finite][:_MAX_EXAMPLES]:
+                    examples.append({"id": id_list[j], "problem": "NaN or infinite value"})
+            keep = ok_idx[finite]
+            kept_ids = ids.take(pa.array(keep))
+            x = x[finite]
+            if normalize:
+                x = normalize_rows(x)
+            yield pa.record_batch(
+                {
+                    "part": pa.array([part], pa.int32()),
+                    "seq": pa.array([seq], pa.int32()),
+                    "n": pa.array([keep.size], pa.int32()),
+                    "ids_arrow": pa.array([_ipc_bytes(kept_ids)], pa.binary()),
+                    "keys": pa.array([row_keys(kept_ids).tobytes()], pa.binary()),
+                    "vectors": pa.array([np.ascontiguousarray(x).tobytes()], pa.binary()),
+                    "n_null_id": pa.array([int(null_id.sum())], pa.int64()),
+                    "n_null_embedding": pa.array([int((null_emb & ~null_id).sum())], pa.int64()),
+                    "n_bad_dim": pa.array([int((bad_dim & ~null_id).sum())], pa.int64()),
+                    "n_nonfinite": pa.array([int((~finite).sum())], pa.int64()),
+                    "examples": pa.array([json.dumps(examples, default=str)], pa.string()),
+                }
+            )
+
+    return to_blocks
+
+
+@dataclass
+class InputReport:
+    """What the blocking pass found in the input (all counts over the whole input)."""
+
+    n_rows: int
+    dim: int
+    n_null_id: int = 0
+    n_null_embedding: int = 0
+    n_bad_dim: int = 0
+    n_nonfinite: int = 0
+    examples: list = field(default_factory=list)
+
+    def raise_if_bad(self, where: str) -> None:
+        problems = []
+        if self.n_null_id:
+            problems.append(f"{self.n_null_id} row(s) with a null id")
+        if self.n_null_embedding:
+            problems.append(f"{self.n_null_embedding} row(s) with a null embedding")
+        if self.n_bad_dim:
+            problems.append(f"{self.n_bad_dim} row(s) whose embedding does not have {self.dim} values (the first row's dimension)")
+        if self.n_nonfinite:
+            problems.append(f"{self.n_nonfinite} row(s) with NaN or infinite values")
+        if problems:
+            raise InputDataError(f"{where}: " + "; ".join(problems) + f"; examples: {json.dumps(self.examples[:6], default=str)}")
+
+
+class SparkAssigner:
+    """Assigner over a cached DataFrame of embedding blocks (see module docstring)."""
+
+    in_memory = False
+
+    def __init__(self, spark, blocks, n: int, d: int, id_type):
+        self.spark = spark
+        self.blocks = blocks
+        self.n = n
+        self.d = d
+        self.id_type = id_type
+        self.passes = 0  # Spark jobs over the data, for the benchmark and the runs table
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_dataframe(
+        cls,
+        spark,
+        df,
+        *,
+        id_column: str,
+        embedding_column: str,
+        partitions: int = 0,
+        normalize: bool = False,
+        where: str = "input",
+    ) -> tuple["SparkAssigner", InputReport]:
+        """Validate and cache ``df``'s (id, embedding) rows as blocks; raises on bad input.
+
+        ``normalize`` scales every row to unit norm once, here (cosine metric).
+        """
+        from pyspark import StorageLevel
+        from pyspark.sql import functions as F
+        from pyspark.sql import types as T
+
+        missing = [c for c in (id_column, embedding_column) if c not in df.columns]
+        if missing:
+            raise InputDataError(f"{where}: column(s) {missing} not found; the input has columns {df.columns}")
+        emb_type = df.schema[embedding_column].dataType
+        if not isinstance(emb_type, T.ArrayType) or not isinstance(emb_type.elementType, (T.FloatType, T.DoubleType)):
+            raise InputDataError(f"{where}: column {embedding_column!r} must be array<float> or array<double>; got {emb_type.simpleString()}")
+        id_type = df.schema[id_column].dataType
+        if not isinstance(id_type, (T.IntegerType, T.LongType, T.ShortType, T.StringType)):
+            raise InputDataError(f"{where}: id column {id_column!r} must be an integer or string; got {id_type.simpleString()}")
+        first = df.where(F.col(embedding_column).isNotNull()).select(F.size(embedding_column).alias("d")).first()
+        if first is None:
+            raise InputDataError(f"{where} is empty: no rows with an embedding")
+        dim = int(first["d"])
+        if dim <= 0:
+            raise InputDataError(f"{where}: the first embedding has {dim} values")
+        src = df.select(id_column, embedding_column)
+        parts = partitions or 2 * spark.sparkContext.defaultParallelism
+        if src.rdd.getNumPartitions() != parts:
+            src = src.repartition(parts)
+        blocks = src.mapInArrow(_make_blocks_fn(id_column, embedding_column, dim, normalize), BLOCK_DDL).persist(StorageLevel.MEMORY_AND_DISK)
+        meta = blocks.select("n", "n_null_id", "n_null_embedding", "n_bad_dim", "n_nonfinite", "examples").collect()
+        report = InputReport(
+            n_rows=sum(r["n"] for r in meta),
+            dim=dim,
+            n_null_id=sum(r["n_null_id"] for r in meta),
+            n_null_embedding=sum(r["n_null_embedding"] for r in meta),
+            n_bad_dim=sum(r["n_bad_dim"] for r in meta),
+            n_nonfinite=sum(r["n_nonfinite"] for r in meta),
+            examples=[e for r in meta for e in json.loads(r["examples"])],
+        )
+        try:
+            report.raise_if_bad(where)
+            if report.n_rows == 0:
+                raise InputDataError(f"{where} is empty: 0 rows")
+            dups = df.groupBy(id_column).count().where(F.col("count") > 1).limit(_MAX_EXAMPLES).collect()
+            if dups:
+                shown = ", ".join(f"{r[id_column]!r} x{r['count']}" for r in dups)
+                raise InputDataError(f"{where}: id column {id_column!r} has duplicate ids, e.g. {shown}")
+        except InputDataError:
+            blocks.unpersist()
+            raise
+        log.info("%s: cached %d rows x %d dims in %d blocks over %d partitions", where, report.n_rows, dim, len(meta), parts)
+        return cls(spark, blocks, report.n_rows, dim, id_type), report
+
+    @classmethod
+    def from_numpy(cls, spark, x: np.ndarray, *, block_rows: int = 20_000, partitions: int = 0) -> "SparkAssigner":
+        """Blocks from a driver-side matrix (levels 2..T above ``driver_max_rows``); row keys 0..n-1."""
+        from pyspark import StorageLevel
+
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        rows = []
+        for seq, start in enumerate(range(0, x.shape[0], block_rows)):
+            xb = x[start : start + block_rows]
+            ids = pa.array(np.arange(start, start + xb.shape[0], dtype=np.int64))
+            rows.append((0, seq, xb.shape[0], _ipc_bytes(ids), np.asarray(ids).tobytes(), xb.tobytes(), 0, 0, 0, 0, "[]"))
+        parts = partitions or 2 * spark.sparkContext.defaultParallelism
+        blocks = spark.createDataFrame(rows, BLOCK_DDL).repartition(min(parts, len(rows))).persist(StorageLevel.MEMORY_AND_DISK)
+        from pyspark.sql import types as T
+
+        return cls(spark, blocks, x.shape[0], x.shape[1], T.LongType())
+
+    def release(self) -> None:
+        self.blocks.unpersist()
+
+    # ------------------------------------------------------------------ the seam
+
+    def _run(self, fn, schema: str, payload):
+        """mapInArrow ``fn(blocks, payload)`` over the cached blocks; yields the result rows."""
+        sc = self.spark.sparkContext
+        bc = sc.broadcast(payload)
+        self.passes += 1
+        try:
+            def wrapped(batches):
+                _one_thread_per_core()
+                return fn(_iter_blocks(batches), bc.value)
+
+            for row in self.blocks.mapInArrow(wrapped, schema).toLocalIterator():
+                yield row
+        finally:
+            bc.unpersist()
+
+    def sample(self, size: int, salt: int) -> np.ndarray:
+        # pass 1: the size smallest keys per partition -> the global cut-off key
+        def smallest(blocks, payload):
+            size_, salt_ = payload
+            best_k = np.zeros(0, np.uint64)
+            best_r = np.zeros(0, np.int64)
+            for b in blocks:
+                rows, _ = _block_arrays(b)
+                k = np.concatenate([best_k, random_keys(rows, salt_)])
+                r = np.concatenate([best_r, rows])
+                pos = smallest_keys(k, r, size_)
+                best_k, best_r = k[pos], r[pos]
+            yield pa.record_batch({"keys": pa.array([best_k.tobytes()]), "rows": pa.array([best_r.tobytes()])})
+
+        ks, rs = [], []
+        for row in self._run(smallest, "keys BINARY, rows BINARY", (size, salt)):
+            ks.append(np.frombuffer(row["keys"], np.uint64))
+            rs.append(np.frombuffer(row["rows"], np.int64))
+        k, r = np.concatenate(ks), np.concatenate(rs)
+        chosen_rows = r[smallest_keys(k, r, size)]
+
+        # pass 2: fetch exactly those rows' vectors
+        def fetch(blocks, wanted):
+            for b in blocks:
+                rows, x = _block_arrays(b)
+                hit = np.flatnonzero(np.isin(rows, wanted))
+                if hit.size:
+                    yield pa.record_batch({"rows": pa.array([rows[hit].tobytes()]), "vectors": pa.array([x[hit].tobytes()])})
+
+        got_r, got_x = [], []
+        for row in self._run(fetch, "rows BINARY, vectors BINARY", chosen_rows):
+            got_r.append(np.frombuffer(row["rows"], np.int64))
+            got_x.append(np.frombuffer(row["vectors"], np.float32).reshape(-1, self.d))
+        rows_all, x_all = np.concatenate(got_r), np.concatenate(got_x)
+        pos = {int(v): i for i, v in enumerate(rows_all)}
+        return x_all[[pos[int(v)] for v in chosen_rows]]
+
+    def assign(self, centroids: np.ndarray) -> Assignment:
+        k, d = centroids.shape
+
+        def partial(blocks, c):
+            acc = Assignment.zeros(k, d)
+            for b in blocks:
+                _, x = _block_arrays(b)
+                if x.shape[0]:
+                    acc = acc + assign_batch(x, c)
+            yield pa.record_batch(
+                {
+                    "counts": pa.array([acc.counts.tobytes()]),
+                    "sums": pa.array([acc.sums.tobytes()]),
+                    "inertia": pa.array([acc.cluster_inertia.tobytes()]),
+                }
+            )
+
+        total = Assignment.zeros(k, d)
+        for row in self._run(partial, "counts BINARY, sums BINARY, inertia BINARY", np.asarray(centroids, np.float32)):
+            per_cluster = np.frombuffer(row["inertia"], np.float64)
+            total = total + Assignment(
+                np.frombuffer(row["counts"], np.int64),
+                np.frombuffer(row["sums"], np.float64).reshape(k, d),
+                float(per_cluster.sum()),
+                per_cluster,
+            )
+        return total
+
+    def closest_per_cluster(self, centroids: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+        def candidates(blocks, c):
+            lab = np.zeros(0, np.int64)
+            dist = np.zeros(0, np.float32)
+            rows = np.zeros(0, np.int64)
+            xs = np.zeros((0, c.shape[1]), np.float32)
+            for b in blocks:
+                rb, xb = _block_arrays(b)
+                lb, db = nearest_centroid(xb, c)
+                lab, dist, rows = np.r_[lab, lb], np.r_[dist, db], np.r_[rows, rb]
+                xs = np.concatenate([xs, xb])
+                keep = top_r_per_cluster(lab, dist, rows, r)
+                lab, dist, rows, xs = lab[keep], dist[keep], rows[keep], xs[keep]
+            yield pa.record_batch(
+                {
+                    "labels": pa.array([lab.tobytes()]),
+                    "dist": pa.array([dist.tobytes()]),
+                    "rows": pa.array([rows.tobytes()]),
+                    "vectors": pa.array([xs.tobytes()]),
+                }
+            )
+
+        parts = list(self._run(candidates, "labels BINARY, dist BINARY, rows BINARY, vectors BINARY", np.asarray(centroids, np.float32)))
+        lab = np.concatenate([np.frombuffer(p["labels"], np.int64) for p in parts])
+        dist = np.concatenate([np.frombuffer(p["dist"], np.float32) for p in parts])
+        rows = np.concatenate([np.frombuffer(p["rows"], np.int64) for p in parts])
+        xs = np.concatenate([np.frombuffer(p["vectors"], np.float32).reshape(-1, self.d) for p in parts])
+        keep = top_r_per_cluster(lab, dist, rows, r)
+        order = keep[np.argsort(rows[keep], kind="stable")]
+        return rows[order], xs[order]
+
+    def labels(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-row labels collected to the driver, ordered by row key (levels > 1 only: O(k) rows)."""
+
+        def label(blocks, c):
+            for b in blocks:
+                rows, x = _block_arrays(b)
+                lab, dist = nearest_centroid(x, c)
+                yield pa.record_batch({"rows": pa.array([rows.tobytes()]), "labels": pa.array([lab.tobytes()]), "dist": pa.array([dist.tobytes()])})
+
+        parts = list(self._run(label, "rows BINARY, labels BINARY, dist BINARY", np.asarray(centroids, np.float32)))
+        rows = np.concatenate([np.frombuffer(p["rows"], np.int64) for p in parts])
+        lab = np.concatenate([np.frombuffer(p["labels"], np.int64) for p in parts])
+        dist = np.concatenate([np.frombuffer(p["dist"], np.float32) for p in parts])
+        order = np.argsort(rows, kind="stable")
+        return lab[order], dist[order]
+
+    # ------------------------------------------------------------------ outputs
+
+    def assignments(self, centroids: np.ndarray, parents: list[np.ndarray], *, id_column: str = "id"):
+        """DataFrame (id, row_key, cluster_1..cluster_T, distance) for every row, computed on executors.
+
+        ``parents[t]`` maps a level-(t+1) cluster to its level-(t+2) parent; the path above level 1
+        is looked up from those small arrays, broadcast with the centroids.
+        """
+        from pyspark.sql import types as T
+
+        levels = len(parents) + 1
+        fields = [T.StructField(id_column, self.id_type), T.StructField("row_key", T.LongType())]
+        fields += [T.StructField(f"cluster_{t + 1}", T.IntegerType()) for t in range(levels)]
+        fields.append(T.StructField("distance", T.FloatType()))
+        schema = T.StructType(fields)
+        bc = self.spark.sparkContext.broadcast((np.asarray(centroids, np.float32), [np.asarray(p, np.int64) for p in parents]))
+        names = [f.name for f in fields]
+
+        def label(batches):
+            _one_thread_per_core()
+            c, par = bc.value
+            for b in _iter_blocks(batches):
+                rows, x = _block_arrays(b)
+                ids = _ipc_array(b["ids_arrow"])
+                lab, dist = nearest_centroid(x, c)
+                cols = [ids, pa.array(rows)]
+                path = lab
+                cols.append(pa.array(path.astype(np.int32)))
+                for p in par:
+                    path = p[path]
+                    cols.append(pa.array(path.astype(np.int32)))
+                cols.append(pa.array(dist.astype(np.float32)))
+                yield pa.record_batch(cols, names=names)
+
+        self.passes += 1
+        return self.blocks.mapInArrow(label, schema)

@@ -1,0 +1,1 @@
+"""Pipeline stages. Each reads tables and writes tables keyed by run_id; nothing else is shared."""

@@ -1,0 +1,45 @@
+"""What every stage receives: the session, the lake, the validated config and the run log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lakecurate.config import RunConfig, SyntheticConfig
+from lakecurate.lake import Lake
+from lakecurate.runlog import RunLog
+
+# table names, in one place
+POOL = "pool"
+DUPLICATES = "duplicates"
+CLUSTERS = "clusters"
+ASSIGNMENTS = "assignments"
+CURATED = "curated"
+
+
+def synthetic_pool_id(cfg: SyntheticConfig) -> str:
+    """The ``pool`` table partition holding a generated pool with these parameters."""
+    return f"synthetic-n{cfg.n}-d{cfg.dim}-c{cfg.n_concepts}-a{cfg.alpha:g}-s{cfg.spread:g}-seed{cfg.seed}"
+
+
+@dataclass
+class StageContext:
+    spark: object
+    lake: Lake
+    config: RunConfig
+    runlog: RunLog
+
+    @property
+    def run_id(self) -> str:
+        return self.config.run_id  # type: ignore[return-value]
+
+    def input_frame(self):
+        """The run's input embeddings (after de-duplication when that stage is part of the run)."""
+        cfg = self.config.input
+        if cfg.format == "synthetic":
+            df = self.lake.read(POOL, synthetic_pool_id(cfg.synthetic)).drop("run_id")
+        else:
+            df = self.lake.read_input(cfg)
+        if "dedup" in self.config.stages and self.lake.exists(DUPLICATES):
+            removed = self.lake.read(DUPLICATES, self.run_id).select(cfg.id_column)
+            df = df.join(removed, on=cfg.id_column, how="left_anti")
+        return df

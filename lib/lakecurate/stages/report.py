@@ -1,0 +1,57 @@
+"""Balance report: the curated subset against a uniform random subset of the same size.
+
+Only runs when ``report.label_column`` names a column of the input with known labels (a
+generated pool's concepts, or a labelled evaluation slice of a real lake). All counting happens
+in Spark; only per-label counts reach the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+
+from lakecurate.core.keys import random_keys
+from lakecurate.core.metrics import balance_from_counts
+from lakecurate.errors import InputDataError
+from lakecurate.spark.arrow import row_keys
+from lakecurate.stages.context import CURATED, StageContext
+
+log = logging.getLogger(__name__)
+_REPORT_STREAM = 3
+
+
+def _label_counts(df, label: str) -> np.ndarray:
+    return np.array([r["count"] for r in df.groupBy(label).count().collect()], dtype=np.int64)
+
+
+def run_report(ctx: StageContext, metrics: dict) -> None:
+    from pyspark.sql import types as T
+
+    cfg = ctx.config
+    label = cfg.report.label_column
+    id_col = cfg.input.id_column
+    source = ctx.input_frame()
+    if label not in source.columns:
+        raise InputDataError(f"report.label_column={label!r} is not a column of the input (columns: {source.columns})")
+    labelled = source.select(id_col, label)
+    curated = ctx.lake.read(CURATED, ctx.run_id).select(id_col)
+    n = curated.count()
+    seed = cfg.report.seed
+
+    def keyed(batches):
+        for b in batches:
+            key = (random_keys(row_keys(b.column(id_col)), seed, _REPORT_STREAM) >> np.uint64(1)).astype(np.int64)
+            yield pa.RecordBatch.from_arrays(list(b.columns) + [pa.array(key)], names=list(b.schema.names) + ["_key"])
+
+    schema = T.StructType(list(labelled.schema.fields) + [T.StructField("_key", T.LongType())])
+    random_subset = labelled.mapInArrow(keyed, schema).orderBy("_key").limit(n)
+    pool_counts = _label_counts(labelled, label)
+    n_concepts = int(pool_counts.size)
+    metrics["label_column"] = label
+    metrics["pool"] = balance_from_counts(pool_counts, n_concepts)
+    metrics["random"] = balance_from_counts(_label_counts(random_subset, label), n_concepts)
+    metrics["curated"] = balance_from_counts(_label_counts(curated.join(labelled, on=id_col), label), n_concepts)
+    for name in ("pool", "random", "curated"):
+        log.info("balance of %s: %s", name, metrics[name])
