@@ -25,7 +25,8 @@ def check_embeddings(x, *, name: str = "X") -> np.ndarray:
         raise InputDataError(f"{name} has dimension 0")
     if not np.issubdtype(arr.dtype, np.number):
         raise InputDataError(f"{name} must be numeric; got dtype {arr.dtype}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
     finite = np.isfinite(arr).all(axis=1)
     if not finite.all():
         bad = np.flatnonzero(~finite)

@@ -1,0 +1,30 @@
+"""Shared fixtures. Spark tests share one local session (JVM start costs ~10 s)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.join(ROOT, "lib") not in sys.path:
+    sys.path.insert(0, os.path.join(ROOT, "lib"))
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from lakecurate.spark.session import get_spark
+
+    session = get_spark(
+        "local[2]",
+        "lakecurate-tests",
+        {"spark.sql.shuffle.partitions": "4", "spark.sql.execution.arrow.maxRecordsPerBatch": "1000"},
+    )
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def lake_root(tmp_path):
+    return str(tmp_path / "lake")
