@@ -138,6 +138,18 @@ class Lake:
             return  # saveAsTable already put it in the catalog
         self.read(name).createOrReplaceTempView(name)
 
+    def register_all(self) -> list[str]:
+        """Register every Delta table under the root as a temp view; returns their names."""
+        fs, root = _fs(self.root)
+        names = []
+        if fs.get_file_info(root).type == pafs.FileType.NotFound:
+            return names
+        for info in fs.get_file_info(pafs.FileSelector(root, recursive=False)):
+            if info.type == pafs.FileType.Directory and not info.base_name.startswith(("_", ".")) and self.exists(info.base_name):
+                self.register(info.base_name)
+                names.append(info.base_name)
+        return names
+
     # ------------------------------------------------------------------ writing
 
     def write_run(self, df, name: str, run_id: str, *, description: str = "") -> TableInfo:
