@@ -359,7 +359,8 @@ def _normalise_type(t: pa.DataType) -> str:
     s = str(t)
     for a, b in (("large_string", "string"), ("string_view", "string"), ("large_list", "list"), ("item: ", "element: ")):
         s = s.replace(a, b)
-    return s.replace("element: ", "").replace("item", "")
+    # nullability is not part of the comparison: Spark marks it per plan, not per table
+    return s.replace("element: ", "").replace("item", "").replace(" not null", "")
 
 
 def _check_same_schema(existing: pa.Schema, new: pa.Schema, name: str) -> None:
