@@ -146,3 +146,14 @@ def test_killed_cluster_stage_resumes_from_level_checkpoints(spark, pool_npy, pu
     assert np.array_equal(assign.sort_values("id")["cluster_1"].to_numpy(), pure.levels_[0].labels)
     statuses = DeltaTable(res.tables["runs"]).to_pandas().query("stage == 'cluster'")["status"].tolist()
     assert sorted(statuses) == ["failed", "succeeded"]
+
+
+def test_upper_levels_on_executors_give_the_same_tree(spark, pool_npy, pure, tmp_path):
+    """Above clustering.driver_max_rows a level 2..T runs through the Spark assigner: same result."""
+    cfg = config(pool_npy[0], str(tmp_path / "lake"), clustering__driver_max_rows=10, clustering__metric="l2")
+    res = run(cfg, spark=spark)
+    clusters = DeltaTable(res.tables["clusters"]).to_pandas()
+    top = clusters[clusters.level == 2].sort_values("cluster_id")
+    assert np.array_equal(top["size"].to_numpy(), pure.levels_[1].sizes)
+    parents = clusters[clusters.level == 1].sort_values("cluster_id")["parent_id"].to_numpy()
+    assert np.array_equal(parents, pure.levels_[1].labels)
