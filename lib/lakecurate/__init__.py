@@ -9,6 +9,7 @@ from lakecurate._blas import tune_openblas_env
 tune_openblas_env()  # before anything imports faiss
 
 from lakecurate.errors import ConfigError, InputDataError, LakecurateError, MissingDependencyError, TableError
+from lakecurate.core.dedup import deduplicate
 from lakecurate.estimator import HierarchicalKMeans, balanced_sample
 
 __version__ = "0.1.0"
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "HierarchicalKMeans",
     "balanced_sample",
+    "deduplicate",
     "LakecurateError",
     "ConfigError",
     "InputDataError",
