@@ -98,21 +98,20 @@ def fit_level(
     Returns (centroids, per-step records, clusters re-seeded in total).
     """
 
-    def progress(step: int):
-        if on_iteration is None:
-            return None
-        return lambda stats: on_iteration(level, step, stats)
+    def kmeans(data: Assigner, step: int) -> KMeansFit:
+        progress = None if on_iteration is None else (lambda stats: on_iteration(level, step, stats))
+        return fit_kmeans_assigner(
+            data,
+            params.n_clusters,
+            rng,
+            n_iter=params.n_iter,
+            init=params.init,
+            spherical=params.spherical,
+            init_points_per_centroid=params.init_points_per_centroid,
+            on_iteration=progress,
+        )
 
-    fit = fit_kmeans_assigner(
-        assigner,
-        params.n_clusters,
-        rng,
-        n_iter=params.n_iter,
-        init=params.init,
-        spherical=params.spherical,
-        init_points_per_centroid=params.init_points_per_centroid,
-        on_iteration=progress(0),
-    )
+    fit = kmeans(assigner, 0)
     steps = [_step_record(0, assigner.n, fit)]
     reseeded = fit.n_reseeded
     centroids = fit.centroids
@@ -125,18 +124,9 @@ def fit_level(
                     level, step, points.shape[0], params.n_clusters,
                 )
                 break
-            sub = NumpyAssigner(points)
-            fit = fit_kmeans_assigner(
-                sub,
-                params.n_clusters,
-                rng,
-                n_iter=params.n_iter,
-                init=params.init,
-                spherical=params.spherical,
-                init_points_per_centroid=params.init_points_per_centroid,
-                on_iteration=progress(step),
-            )
-            steps.append(_step_record(step, sub.n, fit))
+            # a fresh k-means++ on the union of the r-nearest points (the reference's behaviour)
+            fit = kmeans(NumpyAssigner(points), step)
+            steps.append(_step_record(step, points.shape[0], fit))
             reseeded += fit.n_reseeded
             centroids = fit.centroids
     return centroids, steps, reseeded
