@@ -171,7 +171,8 @@ def fit_hierarchy(
         log.info("level %d: k-means with k=%d on %d inputs", idx + 1, p.n_clusters, assigner.n)
         centroids, steps, reseeded = fit_level(assigner, p, rng, level=idx + 1, on_iteration=on_iteration)
         labels = distances = None
-        if assigner.in_memory:
+        if assigner.in_memory or idx > 0:
+            # above level 1 the inputs are clusters: their labels (O(k_{t-1})) are the tree's edges
             labels, distances = assigner.labels(centroids)
             counts = np.bincount(labels, minlength=p.n_clusters).astype(np.int64)
             cluster_inertia = np.bincount(labels, weights=distances.astype(np.float64), minlength=p.n_clusters)
