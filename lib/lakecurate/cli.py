@@ -35,6 +35,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="YAML job config (see conf/)")
     run.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. sampling.target_size=5000")
     run.add_argument("-v", "--verbose", action="store_true")
+    dedup = sub.add_parser("dedup", help="run only the dedup stage of a config: input embeddings -> the duplicates table")
+    dedup.add_argument("config", help="YAML job config (see conf/dedup.yaml)")
+    dedup.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. dedup.eps=0.02")
+    dedup.add_argument("-v", "--verbose", action="store_true")
+    embed = sub.add_parser("embed", help="run only the embed stage of a config: new source rows -> the embeddings table")
+    embed.add_argument("config", help="YAML job config with an embed section (see conf/embed-*.yaml)")
+    embed.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. embed.batch_rows=4096")
+    embed.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
@@ -54,8 +62,18 @@ def _print_summary(result) -> None:
         elif stage == "sample":
             print(f"  curated {metrics.get('selected')} of {metrics.get('pool')} rows ({metrics.get('strategy')}), "
                   f"from {metrics.get('level1_clusters_used')} level-1 clusters")
+        elif stage == "embed":
+            print(f"  embedded {metrics.get('embedded')} new rows with {metrics.get('model')} ({metrics.get('dim')}-d) "
+                  f"at {metrics.get('rows_per_second')} rows/s; rejected {metrics.get('rejected')}; already embedded "
+                  f"{metrics.get('already_embedded')}, previously rejected {metrics.get('previously_rejected')}; "
+                  f"{metrics.get('inputs')} input rows" + (" (nothing new to embed)" if metrics.get("nothing_new") else ""))
         elif stage == "dedup":
-            print(f"  de-duplication removed {metrics.get('removed')} of {metrics.get('n_rows')} rows")
+            print(f"  de-duplication removed {metrics.get('removed')} of {metrics.get('n_rows')} rows "
+                  f"(eps {metrics.get('eps')}, {metrics.get('n_clusters')} coarse clusters, largest "
+                  f"{metrics.get('largest_cluster')}, {metrics.get('n_neighbor_clusters')} neighbour clusters)")
+            for band in metrics.get("removed_by_cluster_size", []):
+                print(f"    clusters of {band['band']:>12} rows: {band['n_clusters']:>6} clusters, "
+                      f"removed {band['n_removed']} of {band['n_rows']}")
     if result.report:
         rep = result.report
         print()
@@ -83,6 +101,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from lakecurate.pipeline import run
 
             cfg = load_config(RunConfig, args.config, args.overrides)
+            if os.environ.get("PYSPARK_GATEWAY_PORT"):
+                cfg.spark.master = None  # launched by spark-submit: the cluster decides
+            result = run(cfg)
+            _print_summary(result)
+        elif args.command == "dedup":
+            from lakecurate.config import RunConfig, load_config
+            from lakecurate.pipeline import run
+
+            cfg = load_config(RunConfig, args.config, [*args.overrides, "stages=[dedup]"])
+            if os.environ.get("PYSPARK_GATEWAY_PORT"):
+                cfg.spark.master = None  # launched by spark-submit: the cluster decides
+            result = run(cfg)
+            _print_summary(result)
+        elif args.command == "embed":
+            from lakecurate.pipeline import run
+            from lakecurate.stages.embed import load_embed_config
+
+            cfg = load_embed_config(args.config, args.overrides)
             if os.environ.get("PYSPARK_GATEWAY_PORT"):
                 cfg.spark.master = None  # launched by spark-submit: the cluster decides
             result = run(cfg)

@@ -20,11 +20,12 @@ from typing import Any, Optional, Union
 import yaml
 
 from lakecurate.core.sampling import STRATEGIES
+from lakecurate.embed.config import EmbedConfig
 from lakecurate.errors import ConfigError
 
 INPUT_FORMATS = ("delta", "parquet", "npy", "synthetic")
 BACKENDS = ("auto", "native", "embedded")
-STAGES = ("dedup", "cluster", "sample")
+STAGES = ("embed", "dedup", "cluster", "sample")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -38,6 +39,12 @@ class SyntheticConfig:
     alpha: float = 1.2  # Zipf exponent of the concept sizes: larger = longer tail
     spread: float = 0.35  # within-concept standard deviation relative to the concept-centre scale
     seed: int = 0
+    #: > 0: a redundant pool (lakecurate.core.synthetic.redundant_pool): the n rows are copies of
+    #: n_items distinct items, item i copied a Zipf(copies_alpha) number of times with noise of
+    #: relative norm copy_noise; the pool gets an ``item`` column (ground truth for dedup)
+    n_items: int = 0
+    copies_alpha: float = 1.0
+    copy_noise: float = 0.05
 
     def validate(self, where: str) -> None:
         _positive(self.n, f"{where}.n")
@@ -49,6 +56,14 @@ class SyntheticConfig:
             raise ConfigError(f"{where}.alpha={self.alpha} must be >= 0")
         if not self.spread > 0:
             raise ConfigError(f"{where}.spread={self.spread} must be > 0")
+        if self.n_items:
+            _positive(self.n_items, f"{where}.n_items")
+            if self.n_items > self.n:
+                raise ConfigError(f"{where}.n_items={self.n_items} is more than {where}.n={self.n}")
+            if not self.copies_alpha >= 0:
+                raise ConfigError(f"{where}.copies_alpha={self.copies_alpha} must be >= 0")
+            if not self.copy_noise >= 0:
+                raise ConfigError(f"{where}.copy_noise={self.copy_noise} must be >= 0")
 
 
 @dataclass
@@ -105,6 +120,10 @@ class ClusteringConfig:
     #: a level whose input (the previous level's centroids) has more rows than this runs on the
     #: executors through the same Spark assigner as level 1, instead of in-process on the driver
     driver_max_rows: int = 500_000
+    #: > 0: fit level 1 in two steps, for very large n_clusters[0] (lakecurate.stages.split_level):
+    #: this many coarse clusters over all rows, then a k-means inside each coarse cluster with a
+    #: share of n_clusters[0] proportional to its size; 0 = one k-means (the default)
+    level1_coarse_clusters: int = 0
 
     def validate(self, where: str) -> None:
         from lakecurate.estimator import level_params
@@ -120,6 +139,41 @@ class ClusteringConfig:
             where=f"{where}.",
         )
         _positive(self.driver_max_rows, f"{where}.driver_max_rows")
+        coarse = self.level1_coarse_clusters
+        if isinstance(coarse, bool) or not isinstance(coarse, int) or coarse < 0 or (coarse and coarse >= self.n_clusters[0]):
+            raise ConfigError(f"{where}.level1_coarse_clusters={coarse!r} must be 0 (off) or an integer in [1, n_clusters[0]={self.n_clusters[0]})")
+        if coarse and self.level_params[0].resample_size > 1:  # type: ignore[attr-defined]
+            raise ConfigError(f"{where}.level1_coarse_clusters={coarse} needs resample_size[0] <= 1 (no resampling at a two-step level 1)")
+
+
+@dataclass
+class DedupConfig:
+    """The dedup stage: rows whose cosine similarity is >= 1 - eps are near-duplicates; one per group is kept."""
+
+    eps: float = 0.05
+    n_clusters: Optional[int] = None  # coarse clusters; None = about sqrt(rows)
+    #: also compare each row with the rows of its r nearest other coarse clusters (boundary copies)
+    n_neighbor_clusters: int = 0
+    block_size: int = 4096  # rows per side of a similarity tile (4 * block_size^2 bytes)
+    #: a coarse cluster with more rows is compared as chunks of at most this many rows, chunk
+    #: against chunk, so one task never holds more than two chunks (plus its probes)
+    max_cluster_rows: int = 100_000
+    n_iter: int = 20  # Lloyd iterations of the coarse clustering
+    seed: int = 0
+
+    def validate(self, where: str) -> None:
+        from lakecurate.core.dedup import check_eps
+
+        self.eps = check_eps(self.eps, key=f"{where}.eps")
+        if self.n_clusters is not None:
+            _positive(self.n_clusters, f"{where}.n_clusters")
+        if isinstance(self.n_neighbor_clusters, bool) or not isinstance(self.n_neighbor_clusters, int) or self.n_neighbor_clusters < 0:
+            raise ConfigError(f"{where}.n_neighbor_clusters={self.n_neighbor_clusters!r} must be an integer >= 0")
+        _positive(self.block_size, f"{where}.block_size")
+        _positive(self.max_cluster_rows, f"{where}.max_cluster_rows")
+        _positive(self.n_iter, f"{where}.n_iter")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"{where}.seed={self.seed!r} must be an integer >= 0")
 
 
 @dataclass
@@ -172,9 +226,12 @@ class RunConfig:
     input: InputConfig = field(default_factory=InputConfig)
     lake: LakeConfig = field(default_factory=LakeConfig)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
+    #: the embed stage (raw text/images -> embeddings table); required when stages include "embed"
+    embed: Optional[EmbedConfig] = None
 
     def validate(self, where: str = "") -> None:
         for i, stage in enumerate(self.stages):
@@ -184,8 +241,12 @@ class RunConfig:
         order = [s for s in STAGES if s in self.stages]
         if order != self.stages:
             raise ConfigError(f"stages={self.stages} must keep the order {list(STAGES)}")
+        if "embed" in self.stages and self.embed is None:
+            raise ConfigError("stages include 'embed' but the config has no embed section (embed.source, embed.encoder)")
         for f in dataclasses.fields(self):
             sub = getattr(self, f.name)
+            if f.name == "input" and "embed" in self.stages:
+                continue  # the run's input is the embed stage's embeddings table, not input.path
             if dataclasses.is_dataclass(sub):
                 sub.validate(f.name)
         if self.run_id is None:
@@ -198,6 +259,8 @@ class RunConfig:
         d = to_dict(self)
         for k in ("run_id", "spark", "report"):
             d.pop(k, None)
+        if "dedup" not in self.stages:
+            d.pop("dedup", None)  # dedup settings only change runs that de-duplicate
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 

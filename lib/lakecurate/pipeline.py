@@ -15,13 +15,15 @@ import numpy as np
 import pyarrow as pa
 
 from lakecurate.config import RunConfig, SyntheticConfig, to_dict
-from lakecurate.core.synthetic import long_tailed_pool
+from lakecurate.core.synthetic import long_tailed_pool, redundant_pool
 from lakecurate.lake import Lake
 from lakecurate.runlog import RunLog
 from lakecurate.spark.arrow import matrix_to_list_array
 from lakecurate.spark.session import get_spark
 from lakecurate.stages.cluster import run_cluster
 from lakecurate.stages.context import POOL, StageContext, synthetic_pool_id
+from lakecurate.stages.dedup import run_dedup
+from lakecurate.stages.embed import run_embed
 from lakecurate.stages.report import run_report
 from lakecurate.stages.sample import run_sample
 
@@ -34,6 +36,10 @@ STAGE_FUNCTIONS: dict[str, StageFn] = {"cluster": run_cluster, "sample": run_sam
 def register_stage(name: str, fn: StageFn) -> None:
     """Stages that live in their own packages (dedup, embed) plug in here."""
     STAGE_FUNCTIONS[name] = fn
+
+
+register_stage("embed", run_embed)
+register_stage("dedup", run_dedup)
 
 
 @dataclass
@@ -54,12 +60,19 @@ def ensure_synthetic_pool(lake: Lake, cfg: SyntheticConfig) -> None:
     if lake.exists(POOL) and lake.read(POOL, pool_id).limit(1).count() == 1:
         return
     log.info("generating the synthetic pool %s", pool_id)
-    pool = long_tailed_pool(cfg.n, cfg.dim, cfg.n_concepts, alpha=cfg.alpha, spread=cfg.spread, seed=cfg.seed)
+    if cfg.n_items:
+        pool = redundant_pool(
+            cfg.n, cfg.dim, cfg.n_items, copies_alpha=cfg.copies_alpha, copy_noise=cfg.copy_noise,
+            n_concepts=cfg.n_concepts, alpha=cfg.alpha, spread=cfg.spread, seed=cfg.seed,
+        )
+    else:
+        pool = long_tailed_pool(cfg.n, cfg.dim, cfg.n_concepts, alpha=cfg.alpha, spread=cfg.spread, seed=cfg.seed)
     table = pa.table(
         {
             "id": pa.array(np.arange(cfg.n, dtype=np.int64)),
             "embedding": matrix_to_list_array(pool.x),
             "concept": pa.array(pool.concept.astype(np.int32)),
+            **({"item": pa.array(pool.item.astype(np.int32))} if cfg.n_items else {}),
         }
     )
     lake.write_arrow(table, POOL, pool_id, description="generated long-tailed pool with known concepts")
@@ -90,7 +103,8 @@ def run(config: RunConfig, spark=None) -> RunResult:
         with runlog.track("report") as metrics:
             run_report(ctx, metrics)
         result.report = metrics
-    for name in ("pool", "duplicates", "clusters", "assignments", "curated", "runs"):
+    embed_tables = (config.embed.table, config.embed.rejects_table) if config.embed is not None else ()
+    for name in (*embed_tables, "pool", "duplicates", "clusters", "assignments", "curated", "runs"):
         if lake.exists(name):
             lake.register(name)
             result.tables[name] = lake.path(name)

@@ -76,7 +76,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
-from lakecurate.core.kmeans import fit_kmeans
+from lakecurate.core.assign import Assigner, NumpyAssigner
+from lakecurate.core.kmeans import KMeansFit, fit_kmeans_assigner
 from lakecurate.core.validate import check_embeddings
 from lakecurate.errors import ConfigError, InputDataError
 
@@ -130,6 +131,22 @@ def _check_int(value: object, key: str, minimum: int) -> int:
 def default_n_clusters(n_rows: int) -> int:
     """About sqrt(n) coarse clusters: O(n^1.5 d) for the pairwise step on balanced clusters."""
     return int(min(n_rows, max(1, round(math.sqrt(n_rows)))))
+
+
+def coarse_clustering(
+    assigner: Assigner, k: int, *, n_iter: int = DEFAULT_COARSE_N_ITER, seed: Union[int, np.random.Generator] = 0
+) -> tuple[KMeansFit, Optional[np.ndarray]]:
+    """Spherical k-means over an assigner of :func:`unit_rows` (the coarse partition of dedup).
+
+    The rows are already unit, so they are not renormalised (a second float32 normalisation could
+    move bits). The same call on a :class:`NumpyAssigner` and on the Spark assigner over the same
+    rows (row keys 0..n-1) gives the same centroids. Returns (fit, labels or None when the
+    assigner is not in memory: the Spark stage labels rows on the executors).
+    """
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    fit = fit_kmeans_assigner(assigner, k, rng, n_iter=n_iter, spherical=True)
+    labels = assigner.labels(fit.centroids)[0] if assigner.in_memory else None
+    return fit, labels
 
 
 # ---------------------------------------------------------------- similarities
@@ -613,6 +630,15 @@ def removal_by_cluster_size(
         return []
     sizes = np.bincount(cluster)
     removed_per = np.bincount(cluster, weights=removed.astype(np.float64), minlength=sizes.size)
+    return removal_by_band(sizes, removed_per, band_edges=band_edges)
+
+
+def removal_by_band(
+    sizes: np.ndarray, removed_per_cluster: np.ndarray, *, band_edges: Sequence[int] = DEFAULT_SIZE_BANDS
+) -> list[dict]:
+    """:func:`removal_by_cluster_size` from per-cluster figures (O(k) on the Spark driver)."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    removed_per = np.asarray(removed_per_cluster, dtype=np.float64)
     edges = list(band_edges)
     out = []
     for t, lo in enumerate(edges):
@@ -680,7 +706,7 @@ def find_duplicates(
         log.info("n_neighbor_clusters=%d but only %d other coarse clusters: using %d", n_neighbor_clusters, k - 1, r)
 
     x_unit = unit_rows(x)
-    fit, labels, _ = fit_kmeans(x_unit, k, n_iter=n_iter, metric="cosine", seed=seed)
+    fit, labels = coarse_clustering(NumpyAssigner(x_unit), k, n_iter=n_iter, seed=seed)
     centroids = fit.centroids
     csim = centroid_similarity(x_unit, centroids, labels)
 

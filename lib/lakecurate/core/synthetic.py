@@ -47,3 +47,48 @@ def long_tailed_pool(
     x = centres[concept] + scales[concept, None] * rng.normal(size=(n, dim))
     order = rng.permutation(n)  # rows in random order, as in a real pool
     return Pool(x=x[order].astype(np.float32), concept=concept[order].astype(np.int64), concept_sizes=sizes)
+
+
+@dataclass
+class RedundantPool:
+    """A pool of near-duplicates with known ground truth: every row is a copy of one distinct item."""
+
+    x: np.ndarray  # (n, d) float32
+    item: np.ndarray  # (n,) int64 distinct item each row copies (rows of one item are duplicates)
+    concept: np.ndarray  # (n,) int64 concept of the row's item
+    copies: np.ndarray  # (n_items,) rows per item
+
+
+def redundant_pool(
+    n: int,
+    dim: int,
+    n_items: int,
+    *,
+    copies_alpha: float = 1.0,
+    copy_noise: float = 0.05,
+    n_concepts: int = 100,
+    alpha: float = 1.2,
+    spread: float = 0.35,
+    seed: int = 0,
+) -> RedundantPool:
+    """``n`` rows copying ``n_items`` distinct items, each a power-law number of times, perturbed.
+
+    The items are a :func:`long_tailed_pool` of ``n_items`` points (so they still have concepts);
+    item i (in a random order) gets a Zipf(``copies_alpha``) share of the n rows, at least one.
+    Every copy, the first included, is the item plus Gaussian noise of norm about
+    ``copy_noise * |item|``, so two copies have cosine similarity about ``1 - copy_noise^2``.
+    """
+    if n_items > n:
+        raise ValueError(f"n_items={n_items} is more than n={n}")
+    rng = np.random.default_rng([seed, 1])
+    items = long_tailed_pool(n_items, dim, min(n_concepts, n_items), alpha=alpha, spread=spread, seed=seed)
+    copies = zipf_sizes(n, n_items, copies_alpha)[rng.permutation(n_items)]
+    item = np.repeat(np.arange(n_items), copies)
+    base = items.x[item].astype(np.float64)
+    scale = copy_noise * np.linalg.norm(base, axis=1, keepdims=True) / np.sqrt(dim)
+    x = base + scale * rng.normal(size=base.shape)
+    order = rng.permutation(n)
+    return RedundantPool(
+        x=x[order].astype(np.float32), item=item[order].astype(np.int64),
+        concept=items.concept[item[order]].astype(np.int64), copies=copies,
+    )

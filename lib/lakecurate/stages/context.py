@@ -18,7 +18,10 @@ CURATED = "curated"
 
 def synthetic_pool_id(cfg: SyntheticConfig) -> str:
     """The ``pool`` table partition holding a generated pool with these parameters."""
-    return f"synthetic-n{cfg.n}-d{cfg.dim}-c{cfg.n_concepts}-a{cfg.alpha:g}-s{cfg.spread:g}-seed{cfg.seed}"
+    pool_id = f"synthetic-n{cfg.n}-d{cfg.dim}-c{cfg.n_concepts}-a{cfg.alpha:g}-s{cfg.spread:g}-seed{cfg.seed}"
+    if cfg.n_items:  # a redundant pool (copies of n_items items)
+        pool_id += f"-items{cfg.n_items}-ca{cfg.copies_alpha:g}-cn{cfg.copy_noise:g}"
+    return pool_id
 
 
 @dataclass
@@ -35,7 +38,13 @@ class StageContext:
     def input_frame(self):
         """The run's input embeddings (after de-duplication when that stage is part of the run)."""
         cfg = self.config.input
-        if cfg.format == "synthetic":
+        if "embed" in self.config.stages:
+            # the embed stage ran first in this run: its embeddings table (rows of the configured
+            # model) is the input, and input.path is not used
+            from lakecurate.stages.embed import embedded_frame
+
+            df = embedded_frame(self)
+        elif cfg.format == "synthetic":
             df = self.lake.read(POOL, synthetic_pool_id(cfg.synthetic)).drop("run_id")
         else:
             df = self.lake.read_input(cfg)
