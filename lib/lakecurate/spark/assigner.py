@@ -21,9 +21,11 @@ import pyarrow as pa
 from lakecurate.core.assign import (
     Assignment,
     assign_batch,
+    faiss_device,
     nearest_centroid,
     smallest_keys,
     top_r_per_cluster,
+    use_gpu_device,
 )
 from lakecurate.core.keys import random_keys
 from lakecurate.core.kmeans import normalize_rows
@@ -57,13 +59,51 @@ def _block_arrays(row) -> tuple[np.ndarray, np.ndarray]:
     return keys, x
 
 
-def _one_thread_per_core() -> None:
-    """faiss gets the task's cores, not the machine's: Spark already runs one task per core."""
+@dataclass
+class AssignTuning:
+    """How the executors compute and combine one assignment pass (results are the same bits).
+
+    The defaults are the fast choices; the others exist so ``bench/clustering.py`` can measure
+    each optimisation one at a time.
+    """
+
+    #: faiss threads in a task: 0 = the task's cores (``spark.task.cpus``, so Spark's
+    #: parallelism and faiss's do not fight), -1 = faiss's own default (every core of the machine
+    #: in every task), n > 0 = exactly n
+    faiss_threads: int = 0
+    #: partial sums per batch: ``sparse`` one-hot matmul or ``add_at`` (np.add.at)
+    sums: str = "sparse"
+    #: partial results per partition: ``dense`` (k x d float64 per partition), ``sparse`` (only the
+    #: partition's non-empty clusters, combined on the driver), ``shuffle`` (non-empty clusters as
+    #: rows, summed per cluster on the executors, so the driver receives k rows whatever the
+    #: number of partitions), ``auto`` = ``shuffle`` when the dense partials of all partitions
+    #: would reach ``shuffle_min_bytes`` (the driver would otherwise receive that much), else ``sparse``
+    partials: str = "auto"
+    shuffle_min_bytes: int = 1 << 30  # e.g. k >= ~22k at d = 384 on 16 partitions
+
+    def partials_for(self, k: int, d: int, partitions: int) -> str:
+        if self.partials != "auto":
+            return self.partials
+        return "shuffle" if 8 * k * d * partitions >= self.shuffle_min_bytes else "sparse"
+
+
+def _one_thread_per_core(faiss_threads: int = 0) -> None:
+    """faiss gets the task's cores, not the machine's: Spark already runs one task per core.
+
+    When Spark gave the task a GPU (``spark.task.resource.gpu.amount``) faiss searches on that one.
+    """
     import faiss
     from pyspark import TaskContext
 
     ctx = TaskContext.get()
-    faiss.omp_set_num_threads(max(1, ctx.cpus() if ctx is not None else 1))
+    if faiss_threads == 0:
+        faiss.omp_set_num_threads(max(1, ctx.cpus() if ctx is not None else 1))
+    elif faiss_threads > 0:
+        faiss.omp_set_num_threads(faiss_threads)
+    if ctx is not None and faiss_device() == "gpu":
+        gpus = ctx.resources().get("gpu")
+        if gpus is not None and gpus.addresses:
+            use_gpu_device(int(gpus.addresses[0]))
 
 
 def _iter_blocks(batches) -> Iterator[dict]:
@@ -161,8 +201,10 @@ class SparkAssigner:
 
     in_memory = False
 
-    def __init__(self, spark, blocks, n: int, d: int, id_type):
+    def __init__(self, spark, blocks, n: int, d: int, id_type, tuning: Optional[AssignTuning] = None):
         self.spark = spark
+        self.tuning = tuning or AssignTuning()
+        self._partitions: Optional[int] = None
         self.blocks = blocks
         self.n = n
         self.d = d
@@ -262,9 +304,10 @@ class SparkAssigner:
         sc = self.spark.sparkContext
         bc = sc.broadcast(payload)
         self.passes += 1
+        threads = self.tuning.faiss_threads
         try:
             def wrapped(batches):
-                _one_thread_per_core()
+                _one_thread_per_core(threads)
                 return fn(_iter_blocks(batches), bc.value)
 
             for row in self.blocks.mapInArrow(wrapped, schema).toLocalIterator():
@@ -311,31 +354,128 @@ class SparkAssigner:
 
     def assign(self, centroids: np.ndarray) -> Assignment:
         k, d = centroids.shape
+        if self._partitions is None:
+            self._partitions = self.blocks.rdd.getNumPartitions()
+        mode = self.tuning.partials_for(k, d, self._partitions)
+        sums_method = self.tuning.sums
+        if mode == "shuffle":
+            return self._assign_shuffle(np.asarray(centroids, np.float32))
 
         def partial(blocks, c):
             acc = Assignment.zeros(k, d)
             for b in blocks:
                 _, x = _block_arrays(b)
                 if x.shape[0]:
-                    acc = acc + assign_batch(x, c)
+                    acc = acc + assign_batch(x, c, sums_method)
+            if mode == "dense":
+                cid = np.arange(k, dtype=np.int32)
+            else:  # only the clusters this partition touched: at most its row count, not k
+                cid = np.flatnonzero(acc.counts).astype(np.int32)
             yield pa.record_batch(
                 {
-                    "counts": pa.array([acc.counts.tobytes()]),
-                    "sums": pa.array([acc.sums.tobytes()]),
-                    "inertia": pa.array([acc.cluster_inertia.tobytes()]),
+                    "cid": pa.array([cid.tobytes()]),
+                    "counts": pa.array([acc.counts[cid].tobytes()]),
+                    "sums": pa.array([np.ascontiguousarray(acc.sums[cid]).tobytes()]),
+                    "inertia": pa.array([acc.cluster_inertia[cid].tobytes()]),
                 }
             )
 
-        total = Assignment.zeros(k, d)
-        for row in self._run(partial, "counts BINARY, sums BINARY, inertia BINARY", np.asarray(centroids, np.float32)):
-            per_cluster = np.frombuffer(row["inertia"], np.float64)
-            total = total + Assignment(
-                np.frombuffer(row["counts"], np.int64),
-                np.frombuffer(row["sums"], np.float64).reshape(k, d),
-                float(per_cluster.sum()),
-                per_cluster,
+        counts = np.zeros(k, np.int64)
+        sums = np.zeros((k, d))
+        per_cluster = np.zeros(k)
+        # partitions arrive in partition order, so the float64 additions happen in a fixed order
+        for row in self._run(partial, "cid BINARY, counts BINARY, sums BINARY, inertia BINARY", np.asarray(centroids, np.float32)):
+            cid = np.frombuffer(row["cid"], np.int32)
+            counts[cid] += np.frombuffer(row["counts"], np.int64)
+            sums[cid] += np.frombuffer(row["sums"], np.float64).reshape(-1, d)
+            per_cluster[cid] += np.frombuffer(row["inertia"], np.float64)
+        return Assignment(counts, sums, float(per_cluster.sum()), per_cluster)
+
+    def _assign_shuffle(self, centroids: np.ndarray) -> Assignment:
+        """Per-cluster rows summed on the executors (large k): the driver receives k rows, once.
+
+        Each partition emits one row per non-empty cluster; a shuffle by cluster id brings a
+        cluster's rows together, where they are added in partition order (the order the driver
+        would use), so the result is the same bits as the other forms.
+        """
+        from pyspark import TaskContext
+
+        k, d = centroids.shape
+        sums_method = self.tuning.sums
+        threads = self.tuning.faiss_threads
+        bc = self.spark.sparkContext.broadcast(centroids)
+        self.passes += 1
+
+        def partial(batches):
+            _one_thread_per_core(threads)
+            c = bc.value
+            part = TaskContext.get().partitionId()
+            acc = Assignment.zeros(k, d)
+            for b in _iter_blocks(batches):
+                _, x = _block_arrays(b)
+                if x.shape[0]:
+                    acc = acc + assign_batch(x, c, sums_method)
+            cid = np.flatnonzero(acc.counts)
+            for s in range(0, cid.size, 4096):
+                sel = cid[s : s + 4096]
+                yield pa.record_batch(
+                    {
+                        "cid": pa.array(sel.astype(np.int32)),
+                        "part": pa.array(np.full(sel.size, part, np.int32)),
+                        "count": pa.array(acc.counts[sel]),
+                        "inertia": pa.array(acc.cluster_inertia[sel]),
+                        "sum": pa.array([r.tobytes() for r in acc.sums[sel]], pa.binary()),
+                    }
+                )
+
+        def combine(batches):
+            tables = [pa.Table.from_batches([b]) for b in batches if b.num_rows]
+            if not tables:
+                return
+            t = pa.concat_tables(tables)
+            cid = t.column("cid").to_numpy()
+            part = t.column("part").to_numpy()
+            order = np.lexsort((part, cid))
+            cid = cid[order]
+            cnt = t.column("count").to_numpy()[order]
+            ine = t.column("inertia").to_numpy()[order]
+            vec = np.frombuffer(b"".join(t.column("sum").to_pylist()), np.float64).reshape(-1, d)[order]
+            starts = np.flatnonzero(np.r_[True, cid[1:] != cid[:-1]])
+            ends = np.r_[starts[1:], cid.size]
+            out_s = np.zeros((starts.size, d))
+            out_c = np.zeros(starts.size, np.int64)
+            out_i = np.zeros(starts.size)
+            for j in range(int(np.diff(np.r_[starts, cid.size]).max())):  # j-th partition of every cluster
+                live = starts + j < ends
+                rows = starts[live] + j
+                out_s[live] += vec[rows]
+                out_c[live] += cnt[rows]
+                out_i[live] += ine[rows]
+            yield pa.record_batch(
+                {
+                    "cid": pa.array(cid[starts].astype(np.int32)),
+                    "count": pa.array(out_c),
+                    "inertia": pa.array(out_i),
+                    "sums": pa.array([r.tobytes() for r in out_s], pa.binary()),
+                }
             )
-        return total
+
+        try:
+            rows = self.blocks.mapInArrow(partial, "cid INT, part INT, count LONG, inertia DOUBLE, sum BINARY")
+            parts = max(1, self.blocks.rdd.getNumPartitions())
+            combined = rows.repartition(parts, "cid").mapInArrow(combine, "cid INT, count LONG, inertia DOUBLE, sums BINARY")
+            counts = np.zeros(k, np.int64)
+            sums = np.zeros((k, d))
+            per_cluster = np.zeros(k)
+            table = combined.toArrow()
+            if table.num_rows:
+                cid = table.column("cid").to_numpy()
+                counts[cid] = table.column("count").to_numpy()
+                per_cluster[cid] = table.column("inertia").to_numpy()
+                sums[cid] = np.frombuffer(b"".join(table.column("sums").to_pylist()), np.float64).reshape(-1, d)
+        finally:
+            bc.unpersist()
+        return Assignment(counts, sums, float(per_cluster.sum()), per_cluster)
 
     def closest_per_cluster(self, centroids: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
         def candidates(blocks, c):
@@ -402,8 +542,10 @@ class SparkAssigner:
         bc = self.spark.sparkContext.broadcast((np.asarray(centroids, np.float32), [np.asarray(p, np.int64) for p in parents]))
         names = [f.name for f in fields]
 
+        threads = self.tuning.faiss_threads
+
         def label(batches):
-            _one_thread_per_core()
+            _one_thread_per_core(threads)
             c, par = bc.value
             for b in _iter_blocks(batches):
                 rows, x = _block_arrays(b)

@@ -91,6 +91,11 @@ def run_cluster(ctx: StageContext, metrics: dict) -> None:
         check_levels([p.n_clusters for p in params], report.n_rows, key="clustering.n_clusters")
         checkpoints = LevelCheckpoints(ctx.lake.root, ctx.run_id, cfg.fingerprint())
         start = checkpoints.load(len(params))
+        if not start and ccfg.level1_coarse_clusters:  # very large k_1: level 1 in two steps
+            from lakecurate.stages.split_level import fit_level1_two_step
+
+            start = [fit_level1_two_step(assigner, params[0], ccfg.level1_coarse_clusters, ccfg.seed)]
+            checkpoints.save(start[0])
         spark_levels: list[SparkAssigner] = []
 
         def make_assigner(x: np.ndarray):

@@ -1,0 +1,51 @@
+"""Benchmark data: a long-tailed Gaussian mixture written once as .npy and Parquet, in chunks.
+
+The generator never holds more than one chunk in memory, so the parent process of the benchmark
+stays small and the driver-memory figures measure lakecurate, not the data generation. Concept
+sizes follow the same Zipf law as :func:`lakecurate.core.synthetic.zipf_sizes`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lakecurate.core.synthetic import zipf_sizes
+from lakecurate.spark.arrow import matrix_to_list_array
+
+CHUNK_ROWS = 50_000
+
+
+def data_paths(root: str, n: int, d: int, seed: int) -> tuple[str, str]:
+    stem = os.path.join(root, f"pool-n{n}-d{d}-s{seed}")
+    return stem + ".npy", stem + ".parquet"
+
+
+def generate(root: str, n: int, d: int, *, n_concepts: int = 2000, alpha: float = 1.1, seed: int = 0) -> tuple[str, str]:
+    """Write (id int64, embedding list<float>) Parquet and an (n, d) float32 .npy; reuse if present."""
+    npy, parquet = data_paths(root, n, d, seed)
+    if os.path.exists(npy) and os.path.exists(os.path.join(parquet, "_SUCCESS")):
+        return npy, parquet
+    os.makedirs(parquet, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n_concepts = min(n_concepts, n)
+    sizes = zipf_sizes(n, n_concepts, alpha)
+    centres = rng.standard_normal((n_concepts, d), dtype=np.float32)
+    scales = (0.35 * rng.uniform(0.6, 1.4, size=n_concepts)).astype(np.float32)
+    p = sizes / sizes.sum()
+    out = np.lib.format.open_memmap(npy + ".tmp", mode="w+", dtype=np.float32, shape=(n, d))
+    for i, start in enumerate(range(0, n, CHUNK_ROWS)):
+        m = min(CHUNK_ROWS, n - start)
+        concept = rng.choice(n_concepts, size=m, p=p)
+        x = centres[concept] + scales[concept, None] * rng.standard_normal((m, d), dtype=np.float32)
+        out[start : start + m] = x
+        table = pa.table({"id": pa.array(np.arange(start, start + m, dtype=np.int64)), "embedding": matrix_to_list_array(x)})
+        pq.write_table(table, os.path.join(parquet, f"part-{i:05d}.parquet"), row_group_size=10_000)
+    out.flush()
+    del out
+    os.replace(npy + ".tmp", npy)
+    open(os.path.join(parquet, "_SUCCESS"), "w").close()
+    return npy, parquet

@@ -1,0 +1,63 @@
+"""Every Spark assignment variant (partials, sums, threads) and the two-step level 1 agree with in-process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from lakecurate.core.assign import NumpyAssigner
+from lakecurate.core.hierarchy import LevelParams, fit_hierarchy
+from lakecurate.core.synthetic import long_tailed_pool
+from lakecurate.core.two_step import two_step_centroids
+from lakecurate.spark.arrow import matrix_to_list_array
+from lakecurate.spark.assigner import AssignTuning, SparkAssigner
+
+pytestmark = pytest.mark.spark
+
+
+@pytest.fixture(scope="module")
+def pool_df(spark):
+    x = long_tailed_pool(4000, 12, 30, seed=3).x
+    table = pa.table({"id": pa.array(np.arange(len(x), dtype=np.int64)), "embedding": matrix_to_list_array(x)})
+    return x, spark.createDataFrame(table.to_pandas())
+
+
+@pytest.mark.parametrize(
+    "tuning",
+    [
+        dict(partials="dense"),
+        dict(partials="sparse", sums="add_at"),
+        dict(partials="shuffle"),
+        dict(partials="auto", shuffle_min_bytes=1, faiss_threads=-1),
+    ],
+)
+def test_variants_give_the_in_process_hierarchy(spark, pool_df, tuning):
+    x, df = pool_df
+    params = [LevelParams(40, n_iter=6), LevelParams(8, resample_size=3, n_resampling_steps=1, n_iter=6)]
+    ref = fit_hierarchy(NumpyAssigner(x), params, 11)
+    sa, _ = SparkAssigner.from_dataframe(spark, df, id_column="id", embedding_column="embedding", partitions=3)
+    sa.tuning = AssignTuning(**tuning)
+    try:
+        got = fit_hierarchy(sa, params, 11)
+    finally:
+        sa.release()
+    for a, b in zip(ref, got):
+        assert np.array_equal(a.centroids, b.centroids)
+        assert np.array_equal(a.sizes, b.sizes)
+        assert a.objective == b.objective
+
+
+def test_two_step_level1_matches_in_process(spark, pool_df):
+    from lakecurate.stages.split_level import fit_level1_two_step
+
+    x, df = pool_df
+    params = LevelParams(50, n_iter=6)
+    sa, _ = SparkAssigner.from_dataframe(spark, df, id_column="id", embedding_column="embedding", partitions=3)
+    try:
+        level = fit_level1_two_step(sa, params, coarse_k=4, seed=5)
+    finally:
+        sa.release()
+    ref = two_step_centroids(x, params, coarse_k=4, seed=5)
+    assert np.array_equal(level.centroids, ref)
+    assert level.counts.sum() == len(x) and level.n_clusters == 50

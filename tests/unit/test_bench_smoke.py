@@ -1,0 +1,64 @@
+"""The performance paths added for the benchmark (issue 4) compute the same numbers as before."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lakecurate.core.assign import assign_batch, cluster_sums, faiss_device, nearest_centroid
+from lakecurate.core.hierarchy import LevelParams
+from lakecurate.core.two_step import allocate_subclusters, two_step_centroids
+
+
+def test_nearest_centroid_does_not_depend_on_batching():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5000, 24)).astype(np.float32)
+    c = x[:50].copy()
+    c[1] = c[0]  # an exact tie: the lower label must win wherever the row falls
+    lab, dist = nearest_centroid(x, c)
+    parts = [nearest_centroid(x[s : s + 777], c) for s in range(0, 5000, 777)]
+    assert np.array_equal(lab, np.concatenate([p[0] for p in parts]))
+    assert np.array_equal(dist, np.concatenate([p[1] for p in parts]))
+    assert (lab != 1).all()
+    brute = ((x[:, None, :].astype(np.float64) - c[None].astype(np.float64)) ** 2).sum(-1)
+    assert np.allclose(dist, brute[np.arange(5000), lab], rtol=1e-5)
+    assert (brute[np.arange(5000), lab] <= brute.min(axis=1) * (1 + 1e-5) + 1e-6).all()
+
+
+def test_sums_methods_agree():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3000, 8)).astype(np.float32)
+    lab = rng.integers(0, 40, size=3000)
+    lab[lab == 7] = 8  # an empty cluster
+    c1, s1 = cluster_sums(x, lab, 40, "sparse")
+    c2, s2 = cluster_sums(x, lab, 40, "add_at")
+    assert np.array_equal(c1, c2) and c1[7] == 0
+    assert np.allclose(s1, s2, rtol=1e-12, atol=1e-9)
+    a = assign_batch(x, x[:40], "add_at")
+    b = assign_batch(x, x[:40], "sparse")
+    assert np.array_equal(a.counts, b.counts) and np.isclose(a.inertia, b.inertia)
+
+
+def test_device_selection_is_cpu_without_gpu(monkeypatch):
+    assert faiss_device() in ("cpu", "gpu")
+    monkeypatch.setenv("LAKECURATE_FAISS_DEVICE", "cpu")
+    assert faiss_device() == "cpu"
+
+
+def test_allocate_subclusters_is_proportional_and_exact():
+    sizes = np.array([1000, 10, 0, 1, 300, 5])
+    share = allocate_subclusters(sizes, 100)
+    assert share.sum() == 100
+    assert share[2] == 0 and (share[sizes > 0] >= 1).all() and (share <= sizes).all()
+    assert share[0] > share[4] > share[1]
+    assert allocate_subclusters(np.array([3, 2]), 10).tolist() == [3, 2]  # capped by the rows
+
+
+def test_two_step_centroids_shape_and_quality():
+    rng = np.random.default_rng(2)
+    centres = rng.standard_normal((30, 6)) * 10
+    x = (centres[rng.integers(0, 30, 3000)] + rng.standard_normal((3000, 6))).astype(np.float32)
+    c = two_step_centroids(x, LevelParams(60, n_iter=10), coarse_k=5, seed=0)
+    assert c.shape == (60, 6) and c.dtype == np.float32
+    lab, dist = nearest_centroid(x, c)
+    assert dist.mean() < 6 * 1.5  # within-cluster noise is 6 (unit variance in 6 dims)
+    assert np.array_equal(c, two_step_centroids(x, LevelParams(60, n_iter=10), coarse_k=5, seed=0))
