@@ -209,9 +209,14 @@ class SparkConfig:
     arrow_batch_rows: int = 20_000
     #: partitions of the cached embeddings; 0 = 2 x default parallelism
     partitions: int = 0
+    #: how k-means passes read the cached embeddings: ``local_files`` (each executor memory-maps
+    #: block files it wrote next to its cached partitions: no JVM -> Python stream per pass;
+    #: needs N x d x 4 bytes of executor local disk) or ``spark`` (stream them from Spark's cache)
+    block_cache: str = "local_files"
 
     def validate(self, where: str) -> None:
         _positive(self.arrow_batch_rows, f"{where}.arrow_batch_rows")
+        _choice(self.block_cache, ("local_files", "spark"), f"{where}.block_cache")
         if self.partitions < 0:
             raise ConfigError(f"{where}.partitions={self.partitions} must be >= 0")
 

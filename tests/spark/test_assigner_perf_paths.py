@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import glob
+import os
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -46,6 +49,56 @@ def test_variants_give_the_in_process_hierarchy(spark, pool_df, tuning):
         assert np.array_equal(a.centroids, b.centroids)
         assert np.array_equal(a.sizes, b.sizes)
         assert a.objective == b.objective
+
+
+PARAMS = [LevelParams(40, n_iter=6), LevelParams(8, resample_size=3, n_resampling_steps=1, n_iter=6)]
+
+
+def _assert_same_tree(ref, got):
+    for a, b in zip(ref, got):
+        assert np.array_equal(a.centroids, b.centroids)
+        assert np.array_equal(a.sizes, b.sizes)
+        assert a.objective == b.objective
+
+
+def _block_folder(cache_id):
+    from pyspark import SparkFiles
+
+    return os.path.join(SparkFiles.getRootDirectory(), "lakecurate-blocks", cache_id)
+
+
+@pytest.mark.parametrize("cache", ["local_files", "spark"])
+def test_both_block_caches_give_the_in_process_hierarchy(spark, pool_df, cache):
+    x, df = pool_df
+    ref = fit_hierarchy(NumpyAssigner(x), PARAMS, 11)
+    sa, _ = SparkAssigner.from_dataframe(spark, df, id_column="id", embedding_column="embedding", partitions=3, tuning=AssignTuning(cache=cache))
+    try:
+        assert (sa.cache_id is not None) == (cache == "local_files")
+        if cache == "local_files":  # local master: the executor's work dir is this machine's
+            assert len(glob.glob(os.path.join(_block_folder(sa.cache_id), "*-vectors.npy"))) >= 3
+        got = fit_hierarchy(sa, PARAMS, 11)
+        assert sa.fallback_partitions == 0
+    finally:
+        sa.release()
+    _assert_same_tree(ref, got)
+
+
+def test_missing_block_files_rerun_those_partitions_on_streamed_blocks(spark, pool_df):
+    x, df = pool_df
+    ref = fit_hierarchy(NumpyAssigner(x), PARAMS, 11)
+    sa, _ = SparkAssigner.from_dataframe(spark, df, id_column="id", embedding_column="embedding", partitions=3)
+    folder = _block_folder(sa.cache_id)
+    try:
+        lost = glob.glob(os.path.join(folder, "p00001-*"))
+        assert lost, os.listdir(folder)
+        for f in lost:  # as if partition 1's executor had been replaced
+            os.remove(f)
+        got = fit_hierarchy(sa, PARAMS, 11)
+        assert sa.fallback_partitions == sa.passes > 0  # every pass re-ran partition 1, and only it
+    finally:
+        sa.release()
+    _assert_same_tree(ref, got)
+    assert not os.path.exists(folder)  # release deletes the block files
 
 
 def test_two_step_level1_matches_in_process(spark, pool_df):

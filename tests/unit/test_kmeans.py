@@ -118,3 +118,26 @@ def test_top_r_per_cluster_breaks_ties_by_row():
     # cluster 0: row 9 (0.5), then the tie at 1.0 goes to row 3 before row 7; cluster 1: tie -> row 2
     assert sorted(rows[top_r_per_cluster(labels, dist, rows, 2)].tolist()) == [2, 3, 4, 9]
     assert sorted(rows[top_r_per_cluster(labels, dist, rows, 1)].tolist()) == [2, 9]
+
+
+def _kmeans_plusplus_unpruned(x, k, rng):
+    """The textbook loop: every point's distance to every new centre."""
+    x = x.astype(np.float64)
+    centers = [x[int(rng.integers(len(x)))]]
+    closest = ((x - centers[0]) ** 2).sum(1)
+    for _ in range(1, k):
+        total = closest.sum()
+        idx = min(int(np.searchsorted(np.cumsum(closest), rng.random() * total, side="right")), len(x) - 1) if total > 0 else int(rng.integers(len(x)))
+        centers.append(x[idx])
+        closest = np.minimum(closest, ((x - x[idx]) ** 2).sum(1))
+    return np.array(centers, np.float32)
+
+
+def test_pruned_kmeans_plusplus_draws_exactly_what_the_textbook_loop_draws():
+    # small integer coordinates: every distance is exact in float32, so pruning may not change a draw
+    x = np.random.default_rng(8).integers(-6, 7, size=(3000, 8)).astype(np.float32)
+    x = np.concatenate([x, x[:200]])  # with exact duplicates
+    for seed in range(3):
+        got = kmeans_plusplus(x, 60, np.random.default_rng(seed))
+        ref = _kmeans_plusplus_unpruned(x, 60, np.random.default_rng(seed))
+        assert np.array_equal(got, ref)

@@ -56,19 +56,24 @@ def kmeans_plusplus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarr
     Each new centre is drawn with probability proportional to its squared distance to the
     nearest centre chosen so far. When every remaining point coincides with a centre (all
     distances zero) the draw falls back to uniform, so duplicates never stall the seeding.
+
+    Pruned by the triangle inequality (as in Elkan's k-means): a point whose nearest centre so
+    far is c_j cannot move to the new centre c when ``d(c, c_j) >= 2 d(x, c_j)``, so only the
+    other points' distances are computed. Same draws as the unpruned loop (up to float rounding
+    in distances that could not have changed anyway), several times less work once a few dozen
+    centres exist: the unpruned loop reads the whole sample once per centre, which made the
+    seeding cost several Lloyd iterations.
     """
     n = x.shape[0]
     x = np.ascontiguousarray(x, dtype=np.float32)
     sq_norms = np.einsum("ij,ij->i", x, x, dtype=np.float64)
     centers = np.empty((k, x.shape[1]), dtype=np.float32)
-
-    def sq_dist_to(idx: int) -> np.ndarray:
-        # one float32 matrix-vector product per centre: the whole cost of the seeding
-        return np.maximum(sq_norms - 2.0 * (x @ x[idx]).astype(np.float64) + sq_norms[idx], 0.0)
+    center_sq = np.empty(k, dtype=np.float64)
+    owner = np.zeros(n, dtype=np.int64)  # the nearest centre chosen so far, per point
 
     first = int(rng.integers(n))
-    centers[0] = x[first]
-    closest = sq_dist_to(first)
+    centers[0], center_sq[0] = x[first], sq_norms[first]
+    closest = np.maximum(sq_norms - 2.0 * (x @ x[first]).astype(np.float64) + sq_norms[first], 0.0)
     for i in range(1, k):
         total = closest.sum()
         if total > 0.0:
@@ -76,8 +81,20 @@ def kmeans_plusplus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarr
             idx = min(idx, n - 1)
         else:
             idx = int(rng.integers(n))
-        centers[i] = x[idx]
-        np.minimum(closest, sq_dist_to(idx), out=closest)
+        c = x[idx]
+        centers[i], center_sq[i] = c, sq_norms[idx]
+        # squared distances from the new centre to the earlier ones (i x d: small, in cache)
+        cc = np.maximum(center_sq[:i] - 2.0 * (centers[:i] @ c).astype(np.float64) + sq_norms[idx], 0.0)
+        # could get closer unless d(c, c_owner)^2 >= 4 d(x, c_owner)^2; a small slack keeps the
+        # borderline points (float rounding) in the computed set
+        cand = np.flatnonzero(cc[owner] < 4.0 * closest * (1.0 + 1e-3) + 1e-12)
+        if cand.size == 0:
+            continue
+        d_new = np.maximum(sq_norms[cand] - 2.0 * (x[cand] @ c).astype(np.float64) + sq_norms[idx], 0.0)
+        better = d_new < closest[cand]
+        moved = cand[better]
+        closest[moved] = d_new[better]
+        owner[moved] = i
     return centers
 
 

@@ -6,12 +6,24 @@ k x d centroids and every task turns its blocks into numpy with ``np.frombuffer`
 list<float> columns), runs the same faiss kernels as the in-process assigner, and returns one
 row of per-cluster partial counts and float64 sums. The driver adds those up: its memory is
 O(k x d) whatever N is, and no O(N) data ever comes back to it.
+
+Block files (``AssignTuning.cache = "local_files"``, the default): while the blocks are built,
+each task also writes its blocks' keys and vectors as ``.npy`` files into its executor's Spark
+work directory. A pass then runs over the cached DataFrame's two small ``part, seq`` columns only
+(so every task is scheduled where its cached partition lives) and memory-maps its files instead of
+receiving the vectors from the JVM over Arrow: the N x d stream per Lloyd iteration is gone, the
+page cache serves the bytes. A task that finds its files missing (an executor was lost or
+replaced, a task ran elsewhere) reports its partition, and the driver re-runs just those
+partitions on the streamed blocks, so the result never depends on where tasks ran.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import uuid
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
@@ -53,10 +65,67 @@ def _ipc_array(data: bytes) -> pa.Array:
 
 
 def _block_arrays(row) -> tuple[np.ndarray, np.ndarray]:
-    """(row keys, float32 vectors) of one cached block, without copying the vector bytes."""
+    """(row keys, float32 vectors) of one cached block, without copying the vector bytes.
+
+    ``row["keys"]`` / ``row["vectors"]`` are Arrow buffers (streamed blocks) or memory-mapped
+    arrays (block files); either is viewed in place.
+    """
     keys = np.frombuffer(row["keys"], dtype=np.int64)
     x = np.frombuffer(row["vectors"], dtype=np.float32).reshape(len(keys), -1)
     return keys, x
+
+
+# ---------------------------------------------------------------- block files on the executors
+
+_BLOCK_FILES = "lakecurate-blocks"
+
+
+def _block_dir(cache_id: str) -> str:
+    """This process's folder for a cache's block files: under Spark's per-application work dir
+    (``SparkFiles``: the executor's work directory, removed with the application)."""
+    from pyspark import SparkFiles
+
+    return os.path.join(SparkFiles.getRootDirectory(), _BLOCK_FILES, cache_id)
+
+
+def _block_paths(folder: str, part: int, seq: int) -> tuple[str, str]:
+    stem = os.path.join(folder, f"p{part:05d}-s{seq:05d}")
+    return stem + "-keys.npy", stem + "-vectors.npy"
+
+
+def _save_npy(path: str, arr: np.ndarray) -> None:
+    """Write atomically: a retried or speculative task never leaves a half-written file behind."""
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def _write_block_files(cache_id: str, part: int, seq: int, keys: np.ndarray, x: np.ndarray) -> None:
+    folder = _block_dir(cache_id)
+    os.makedirs(folder, exist_ok=True)
+    kp, vp = _block_paths(folder, part, seq)
+    _save_npy(vp, np.ascontiguousarray(x, dtype=np.float32))
+    _save_npy(kp, np.ascontiguousarray(keys, dtype=np.int64))
+
+
+def _open_block_files(cache_id: str, metas: list[tuple[int, int, int]]) -> Optional[list[dict]]:
+    """Memory-mapped blocks for ``(part, seq, n)`` entries; None when any file is missing or short."""
+    folder = _block_dir(cache_id)
+    out = []
+    for part, seq, n in metas:
+        if not n:  # a batch with no valid rows writes no files
+            continue
+        kp, vp = _block_paths(folder, part, seq)
+        try:
+            keys = np.load(kp, mmap_mode="r")
+            x = np.load(vp, mmap_mode="r")
+        except (FileNotFoundError, ValueError, OSError):
+            return None
+        if keys.shape[0] != n or x.shape[0] != n:
+            return None
+        out.append({"part": part, "seq": seq, "n": n, "keys": keys, "vectors": x})
+    return out
 
 
 @dataclass
@@ -80,6 +149,10 @@ class AssignTuning:
     #: would reach ``shuffle_min_bytes`` (the driver would otherwise receive that much), else ``sparse``
     partials: str = "auto"
     shuffle_min_bytes: int = 1 << 30  # e.g. k >= ~22k at d = 384 on 16 partitions
+    #: how a pass gets the vectors: ``local_files`` (memory-mapped block files written next to
+    #: the cached partitions; see module docstring) or ``spark`` (streamed from Spark's cache
+    #: over Arrow every pass)
+    cache: str = "local_files"
 
     def partials_for(self, k: int, d: int, partitions: int) -> str:
         if self.partials != "auto":
@@ -118,7 +191,7 @@ def _iter_blocks(batches) -> Iterator[dict]:
             yield row
 
 
-def _make_blocks_fn(id_col: str, emb_col: str, dim: int, normalize: bool):
+def _make_blocks_fn(id_col: str, emb_col: str, dim: int, normalize: bool, cache_id: Optional[str] = None):
     def to_blocks(batches):
         from pyspark import TaskContext
         import pyarrow.compute as pc
@@ -151,13 +224,16 @@ def _make_blocks_fn(id_col: str, emb_col: str, dim: int, normalize: bool):
             x = x[finite]
             if normalize:
                 x = normalize_rows(x)
+            keys = row_keys(kept_ids)
+            if cache_id is not None and keep.size:
+                _write_block_files(cache_id, part, seq, keys, x)
             yield pa.record_batch(
                 {
                     "part": pa.array([part], pa.int32()),
                     "seq": pa.array([seq], pa.int32()),
                     "n": pa.array([keep.size], pa.int32()),
                     "ids_arrow": pa.array([_ipc_bytes(kept_ids)], pa.binary()),
-                    "keys": pa.array([row_keys(kept_ids).tobytes()], pa.binary()),
+                    "keys": pa.array([keys.tobytes()], pa.binary()),
                     "vectors": pa.array([np.ascontiguousarray(x).tobytes()], pa.binary()),
                     "n_null_id": pa.array([int(null_id.sum())], pa.int64()),
                     "n_null_embedding": pa.array([int((null_emb & ~null_id).sum())], pa.int64()),
@@ -196,14 +272,24 @@ class InputReport:
             raise InputDataError(f"{where}: " + "; ".join(problems) + f"; examples: {json.dumps(self.examples[:6], default=str)}")
 
 
+def _with_part(rb: pa.RecordBatch, part: pa.Array) -> pa.RecordBatch:
+    """``rb`` plus the partition it came from and ``_missing = False`` (one value per row)."""
+    n = rb.num_rows
+    cols = list(rb.columns) + [pa.repeat(part[0], n) if n else pa.array([], pa.int32()), pa.array([False] * n, pa.bool_())]
+    return pa.record_batch(cols, names=list(rb.schema.names) + ["_part", "_missing"])
+
+
 class SparkAssigner:
     """Assigner over a cached DataFrame of embedding blocks (see module docstring)."""
 
     in_memory = False
 
-    def __init__(self, spark, blocks, n: int, d: int, id_type, tuning: Optional[AssignTuning] = None):
+    def __init__(self, spark, blocks, n: int, d: int, id_type, tuning: Optional[AssignTuning] = None, cache_id: Optional[str] = None):
         self.spark = spark
         self.tuning = tuning or AssignTuning()
+        #: set when the blocks were also written as block files (``from_dataframe``)
+        self.cache_id = cache_id
+        self.fallback_partitions = 0  # partitions re-run on streamed blocks (block files missing)
         self._partitions: Optional[int] = None
         self.blocks = blocks
         self.n = n
@@ -224,11 +310,17 @@ class SparkAssigner:
         partitions: int = 0,
         normalize: bool = False,
         where: str = "input",
+        tuning: Optional[AssignTuning] = None,
     ) -> tuple["SparkAssigner", InputReport]:
         """Validate and cache ``df``'s (id, embedding) rows as blocks; raises on bad input.
 
-        ``normalize`` scales every row to unit norm once, here (cosine metric).
+        ``normalize`` scales every row to unit norm once, here (cosine metric). With
+        ``tuning.cache == "local_files"`` the blocks are also written as block files.
         """
+        tuning = tuning or AssignTuning()
+        if tuning.cache not in ("local_files", "spark"):
+            raise ValueError(f"AssignTuning.cache={tuning.cache!r} is not one of ['local_files', 'spark']")
+        cache_id = uuid.uuid4().hex if tuning.cache == "local_files" else None
         from pyspark import StorageLevel
         from pyspark.sql import functions as F
         from pyspark.sql import types as T
@@ -252,7 +344,8 @@ class SparkAssigner:
         parts = partitions or 2 * spark.sparkContext.defaultParallelism
         if src.rdd.getNumPartitions() != parts:
             src = src.repartition(parts)
-        blocks = src.mapInArrow(_make_blocks_fn(id_column, embedding_column, dim, normalize), BLOCK_DDL).persist(StorageLevel.MEMORY_AND_DISK)
+        blocks = src.mapInArrow(_make_blocks_fn(id_column, embedding_column, dim, normalize, cache_id), BLOCK_DDL).persist(StorageLevel.MEMORY_AND_DISK)
+        made = cls(spark, blocks, 0, dim, id_type, tuning, cache_id)
         meta = blocks.select("n", "n_null_id", "n_null_embedding", "n_bad_dim", "n_nonfinite", "examples").collect()
         report = InputReport(
             n_rows=sum(r["n"] for r in meta),
@@ -272,10 +365,14 @@ class SparkAssigner:
                 shown = ", ".join(f"{r[id_column]!r} x{r['count']}" for r in dups)
                 raise InputDataError(f"{where}: id column {id_column!r} has duplicate ids, e.g. {shown}")
         except InputDataError:
-            blocks.unpersist()
+            made.release()
             raise
-        log.info("%s: cached %d rows x %d dims in %d blocks over %d partitions", where, report.n_rows, dim, len(meta), parts)
-        return cls(spark, blocks, report.n_rows, dim, id_type), report
+        made.n = report.n_rows
+        log.info(
+            "%s: cached %d rows x %d dims in %d blocks over %d partitions%s", where, report.n_rows, dim, len(meta), parts,
+            " (+ block files on the executors)" if cache_id else "",
+        )
+        return made, report
 
     @classmethod
     def from_numpy(cls, spark, x: np.ndarray, *, block_rows: int = 20_000, partitions: int = 0) -> "SparkAssigner":
@@ -295,25 +392,92 @@ class SparkAssigner:
         return cls(spark, blocks, x.shape[0], x.shape[1], T.LongType())
 
     def release(self) -> None:
+        """Unpersist the blocks and delete the block files (best effort: Spark removes its work
+        directories with the application anyway)."""
+        if self.cache_id is not None:
+            cache_id = self.cache_id
+            self.cache_id = None
+
+            def drop(batches):
+                for _ in batches:
+                    pass
+                shutil.rmtree(_block_dir(cache_id), ignore_errors=True)
+                yield pa.record_batch({"ok": pa.array([True])})
+
+            try:  # one task per cached partition, where it lives: reaches every executor holding files
+                self.blocks.select("part").mapInArrow(drop, "ok BOOLEAN").collect()
+                from pyspark import SparkFiles
+
+                shutil.rmtree(os.path.join(SparkFiles.getRootDirectory(), _BLOCK_FILES, cache_id), ignore_errors=True)
+            except Exception as e:  # never mask the error that made us release
+                log.warning("could not delete block files %s: %s", cache_id, e)
         self.blocks.unpersist()
 
     # ------------------------------------------------------------------ the seam
 
-    def _run(self, fn, schema: str, payload):
-        """mapInArrow ``fn(blocks, payload)`` over the cached blocks; yields the result rows."""
-        sc = self.spark.sparkContext
-        bc = sc.broadcast(payload)
-        self.passes += 1
-        threads = self.tuning.faiss_threads
-        try:
-            def wrapped(batches):
-                _one_thread_per_core(threads)
-                return fn(_iter_blocks(batches), bc.value)
+    def _run(self, fn, schema: str, payload) -> list:
+        """``fn(blocks, payload)`` on every partition's blocks; the result rows in partition order.
 
-            for row in self.blocks.mapInArrow(wrapped, schema).toLocalIterator():
-                yield row
+        ``fn`` yields record batches of ``schema`` (BINARY columns). With block files each task
+        memory-maps its partition's files; partitions whose files are missing are run again on
+        the streamed blocks.
+        """
+        from pyspark.sql import functions as F
+
+        bc = self.spark.sparkContext.broadcast(payload)
+        self.passes += 1
+        try:
+            if self.cache_id is None:
+                rows = self._pass_streamed(fn, schema, bc, self.blocks)
+            else:
+                rows, missing = self._pass_block_files(fn, schema, bc)
+                if missing:
+                    self.fallback_partitions += len(missing)
+                    log.warning("block files missing for %d partition(s) %s: those run on the streamed blocks", len(missing), missing[:10])
+                    rows += self._pass_streamed(fn, schema, bc, self.blocks.where(F.col("part").isin(missing)))
         finally:
             bc.unpersist()
+        rows.sort(key=lambda r: r["_part"])  # stable: a partition's rows keep their order
+        return rows
+
+    def _pass_streamed(self, fn, schema: str, bc, blocks) -> list:
+        threads = self.tuning.faiss_threads
+
+        def wrapped(batches):
+            from pyspark import TaskContext
+
+            _one_thread_per_core(threads)
+            part = pa.array([TaskContext.get().partitionId()], pa.int32())
+            for rb in fn(_iter_blocks(batches), bc.value):
+                yield _with_part(rb, part)
+
+        return blocks.mapInArrow(wrapped, schema + ", _part INT, _missing BOOLEAN").collect()
+
+    def _pass_block_files(self, fn, schema: str, bc) -> tuple[list, list[int]]:
+        threads = self.tuning.faiss_threads
+        cache_id = self.cache_id
+        names = [c.strip().split()[0] for c in schema.split(",")]
+
+        def wrapped(batches):
+            from pyspark import TaskContext
+
+            metas = []
+            for b in batches:
+                metas += zip(b.column("part").to_pylist(), b.column("seq").to_pylist(), b.column("n").to_pylist())
+            tc_part = TaskContext.get().partitionId()
+            blocks = _open_block_files(cache_id, sorted(metas))
+            if blocks is None:  # this executor does not hold the files: the driver re-runs the partition
+                cols = [pa.nulls(1, pa.binary()) for _ in names] + [pa.array([metas[0][0]], pa.int32()), pa.array([True])]
+                yield pa.record_batch(cols, names=names + ["_part", "_missing"])
+                return
+            _one_thread_per_core(threads)
+            part = pa.array([tc_part], pa.int32())
+            for rb in fn(iter(blocks), bc.value):
+                yield _with_part(rb, part)
+
+        rows = self.blocks.select("part", "seq", "n").mapInArrow(wrapped, schema + ", _part INT, _missing BOOLEAN").collect()
+        missing = sorted({r["_part"] for r in rows if r["_missing"]})
+        return [r for r in rows if not r["_missing"]], missing
 
     def sample(self, size: int, salt: int) -> np.ndarray:
         # pass 1: the size smallest keys per partition -> the global cut-off key

@@ -18,7 +18,7 @@ from lakecurate.core.assign import NumpyAssigner
 from lakecurate.core.hierarchy import Level, fit_hierarchy, parent_ids
 from lakecurate.core.validate import check_levels
 from lakecurate.spark.arrow import matrix_to_list_array
-from lakecurate.spark.assigner import SparkAssigner
+from lakecurate.spark.assigner import AssignTuning, SparkAssigner
 from lakecurate.stages.checkpoints import LevelCheckpoints
 from lakecurate.stages.context import ASSIGNMENTS, CLUSTERS, StageContext
 
@@ -83,6 +83,7 @@ def run_cluster(ctx: StageContext, metrics: dict) -> None:
         partitions=cfg.spark.partitions,
         normalize=ccfg.metric == "cosine",
         where=f"input {cfg.input.path or cfg.input.table or cfg.input.format}",
+        tuning=AssignTuning(cache=cfg.spark.block_cache),
     )
     metrics["n_rows"] = report.n_rows
     metrics["dim"] = report.dim
@@ -131,6 +132,8 @@ def run_cluster(ctx: StageContext, metrics: dict) -> None:
         ctx.lake.write_arrow(clusters_table(levels), CLUSTERS, ctx.run_id, description="the cluster tree")
         metrics["write_seconds"] = round(time.perf_counter() - t1, 3)
         metrics["spark_passes"] = assigner.passes
+        metrics["block_cache"] = cfg.spark.block_cache
+        metrics["block_file_fallback_partitions"] = assigner.fallback_partitions
         checkpoints.clear()
     finally:
         assigner.release()

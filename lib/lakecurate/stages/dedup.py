@@ -55,6 +55,7 @@ from lakecurate.errors import InputDataError
 from lakecurate.spark.arrow import list_column_to_matrix, matrix_to_list_array
 from lakecurate.spark.assigner import (
     BLOCK_DDL,
+    AssignTuning,
     SparkAssigner,
     _block_arrays,
     _ipc_array,
@@ -427,6 +428,7 @@ def run_dedup(ctx: StageContext, metrics: dict) -> None:
         partitions=cfg.spark.partitions,
         normalize=False,
         where=f"dedup input {cfg.input.path or cfg.input.table or cfg.input.format}",
+        tuning=AssignTuning(cache="spark"),  # only re-blocked below as unit rows: no block files
     )
     unit_blocks = raw.blocks.mapInArrow(_unit_blocks_fn(), BLOCK_DDL).persist(StorageLevel.MEMORY_AND_DISK)
     unit_blocks.count()
