@@ -1,6 +1,6 @@
 """De-duplication benchmark on a generated redundant pool with known ground truth (issue 5).
 
-    .venv/bin/python bench/dedup.py            # 50k x 64 pool, Spark stage at 50k and 200k rows (~10 min, 2 cores)
+    .venv/bin/python bench/dedup.py            # 50k x 64 pool, Spark stage at 50k and 200k rows (~3 min idle, 2 cores)
     .venv/bin/python bench/dedup.py --quick    # small sizes (~3 min): a smoke run of every section
 
 Prints a table and writes bench/results/dedup.json. Sections:

@@ -114,3 +114,26 @@ def test_two_step_level1_matches_in_process(spark, pool_df):
     ref = two_step_centroids(x, params, coarse_k=4, seed=5)
     assert np.array_equal(level.centroids, ref)
     assert level.counts.sum() == len(x) and level.n_clusters == 50
+
+
+def test_block_files_that_cannot_be_written_do_not_fail_the_task(spark, tmp_path):
+    from lakecurate.spark.assigner import _open_block_files, _write_block_files
+
+    cache_id = "unwritable-test"
+    folder = _block_folder(cache_id)
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    with open(folder, "w") as f:  # a file where the folder should go: every write fails
+        f.write("x")
+    try:
+        keys = np.arange(5, dtype=np.int64)
+        _write_block_files(cache_id, 0, 0, keys, np.ones((5, 3), np.float32))  # logs, does not raise
+        assert _open_block_files(cache_id, [(0, 0, 5)]) is None  # so the pass streams this partition
+    finally:
+        os.remove(folder)
+    # and a folder that works round-trips the block
+    _write_block_files("writable-test", 2, 7, keys, np.arange(15, dtype=np.float32).reshape(5, 3))
+    got = _open_block_files("writable-test", [(2, 7, 5), (2, 8, 0)])
+    assert len(got) == 1 and np.array_equal(got[0]["keys"], keys) and got[0]["vectors"][4, 2] == 14.0
+    import shutil
+
+    shutil.rmtree(_block_folder("writable-test"))

@@ -96,17 +96,27 @@ def _block_paths(folder: str, part: int, seq: int) -> tuple[str, str]:
 def _save_npy(path: str, arr: np.ndarray) -> None:
     """Write atomically: a retried or speculative task never leaves a half-written file behind."""
     tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "wb") as f:
-        np.save(f, arr, allow_pickle=False)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def _write_block_files(cache_id: str, part: int, seq: int, keys: np.ndarray, x: np.ndarray) -> None:
-    folder = _block_dir(cache_id)
-    os.makedirs(folder, exist_ok=True)
-    kp, vp = _block_paths(folder, part, seq)
-    _save_npy(vp, np.ascontiguousarray(x, dtype=np.float32))
-    _save_npy(kp, np.ascontiguousarray(keys, dtype=np.int64))
+    """Best effort: block files only speed passes up, so a full or read-only local disk must not
+    fail the job; the partition's passes then run on the streamed blocks."""
+    try:
+        folder = _block_dir(cache_id)
+        os.makedirs(folder, exist_ok=True)
+        kp, vp = _block_paths(folder, part, seq)
+        _save_npy(vp, np.ascontiguousarray(x, dtype=np.float32))
+        _save_npy(kp, np.ascontiguousarray(keys, dtype=np.int64))
+    except OSError as e:
+        logging.getLogger(__name__).warning("block files for partition %d not written (%s): its passes will stream", part, e)
 
 
 def _open_block_files(cache_id: str, metas: list[tuple[int, int, int]]) -> Optional[list[dict]]:
