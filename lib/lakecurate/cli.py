@@ -78,11 +78,13 @@ def _print_summary(result) -> None:
         rep = result.report
         print()
         print(f"  balance over '{rep['label_column']}' ({rep['pool']['concepts_covered']} concepts in the pool):")
-        header = f"    {'subset':<10}{'rows':>9}{'covered':>9}{'entropy':>9}{'eff. concepts':>15}{'largest share':>15}{'KL to uniform':>15}"
+        header = f"    {'subset':<13}{'rows':>9}{'covered':>9}{'entropy':>9}{'eff. concepts':>15}{'largest share':>15}{'KL to uniform':>15}"
         print(header)
-        for name in ("pool", "random", "curated"):
+        for name in ("pool", "random", "deduplicated", "curated"):
+            if name not in rep:  # "deduplicated": runs with a dedup stage only
+                continue
             r = rep[name]
-            print(f"    {name:<10}{r['n']:>9}{r['concepts_covered']:>9}{r['entropy_bits']:>9.3f}"
+            print(f"    {name:<13}{r['n']:>9}{r['concepts_covered']:>9}{r['entropy_bits']:>9.3f}"
                   f"{r['effective_concepts']:>15.1f}{r['largest_share']:>15.3f}{r['kl_to_uniform_bits']:>15.3f}")
     print()
     print("  tables (Delta):")

@@ -147,6 +147,11 @@ def test_run_with_dedup_curates_fewer_copies(spark, tmp_path):
     m = with_dedup.stages["dedup"]
     assert m["removed"] == len(removed) and with_dedup.stages["cluster"]["n_rows"] == 3000 - len(removed)
     assert with_dedup.report["curated"]["concepts_covered"] == np.unique(items_d).size
+    # the report's baseline is the raw pool (copies included); the kept set is its own row
+    rep = with_dedup.report
+    assert rep["pool"]["n"] == 3000 and rep["deduplicated"]["n"] == 3000 - len(removed)
+    assert rep["random"]["n"] == 300 and rep["random"]["concepts_covered"] < rep["curated"]["concepts_covered"]
+    assert "deduplicated" not in without.report and without.report["pool"]["n"] == 3000
 
 
 @pytest.mark.parametrize("eps", [0, -0.1, 1.5, float("nan"), "big"])

@@ -35,8 +35,9 @@ class StageContext:
     def run_id(self) -> str:
         return self.config.run_id  # type: ignore[return-value]
 
-    def input_frame(self):
-        """The run's input embeddings (after de-duplication when that stage is part of the run)."""
+    def input_frame(self, *, deduplicated: bool = True):
+        """The run's input embeddings: after de-duplication when that stage is part of the run,
+        unless ``deduplicated=False`` (the raw pool: dedup's own input, the report's baseline)."""
         cfg = self.config.input
         if "embed" in self.config.stages:
             # the embed stage ran first in this run: its embeddings table (rows of the configured
@@ -48,7 +49,7 @@ class StageContext:
             df = self.lake.read(POOL, synthetic_pool_id(cfg.synthetic)).drop("run_id")
         else:
             df = self.lake.read_input(cfg)
-        if "dedup" in self.config.stages and self.lake.exists(DUPLICATES):
+        if deduplicated and "dedup" in self.config.stages and self.lake.exists(DUPLICATES):
             removed = self.lake.read(DUPLICATES, self.run_id).select(cfg.id_column)
             df = df.join(removed, on=cfg.id_column, how="left_anti")
         return df

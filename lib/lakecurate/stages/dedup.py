@@ -29,7 +29,6 @@ so the kept set is what the cluster stage sees.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -117,12 +116,6 @@ def _result_schema(id_type):
             T.StructField("similarity", T.DoubleType()),
         ]
     )
-
-
-def _raw_input_frame(ctx: StageContext):
-    """The run's input *before* de-duplication (input_frame anti-joins the duplicates table)."""
-    cfg = dataclasses.replace(ctx.config, stages=[s for s in ctx.config.stages if s != "dedup"])
-    return dataclasses.replace(ctx, config=cfg).input_frame()
 
 
 def _unit_blocks_fn():
@@ -422,7 +415,7 @@ def run_dedup(ctx: StageContext, metrics: dict) -> None:
     t0 = time.perf_counter()
     raw, report = SparkAssigner.from_dataframe(
         spark,
-        _raw_input_frame(ctx),
+        ctx.input_frame(deduplicated=False),
         id_column=id_col,
         embedding_column=cfg.input.embedding_column,
         partitions=cfg.spark.partitions,

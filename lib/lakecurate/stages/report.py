@@ -32,7 +32,9 @@ def run_report(ctx: StageContext, metrics: dict) -> None:
     cfg = ctx.config
     label = cfg.report.label_column
     id_col = cfg.input.id_column
-    source = ctx.input_frame()
+    # the baseline is the pool as it came in: with a dedup stage in the run, "pool" and "random"
+    # include the copies (what a random subset of the raw pool would hold), "deduplicated" does not
+    source = ctx.input_frame(deduplicated=False)
     if label not in source.columns:
         raise InputDataError(f"report.label_column={label!r} is not a column of the input (columns: {source.columns})")
     labelled = source.select(id_col, label)
@@ -53,5 +55,10 @@ def run_report(ctx: StageContext, metrics: dict) -> None:
     metrics["pool"] = balance_from_counts(pool_counts, n_concepts)
     metrics["random"] = balance_from_counts(_label_counts(random_subset, label), n_concepts)
     metrics["curated"] = balance_from_counts(_label_counts(curated.join(labelled, on=id_col), label), n_concepts)
-    for name in ("pool", "random", "curated"):
+    names = ["pool", "random", "curated"]
+    if "dedup" in cfg.stages:
+        kept = ctx.input_frame().select(id_col, label)
+        metrics["deduplicated"] = balance_from_counts(_label_counts(kept, label), n_concepts)
+        names.insert(2, "deduplicated")
+    for name in names:
         log.info("balance of %s: %s", name, metrics[name])
