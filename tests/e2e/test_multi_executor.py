@@ -68,8 +68,24 @@ def env(tmp_path):
     e["PYSPARK_PYTHON"] = sys.executable
     e["PYSPARK_DRIVER_PYTHON"] = sys.executable
     e["PYTHONPATH"] = os.path.join(ROOT, "lib") + os.pathsep + e.get("PYTHONPATH", "")
-    e["SPARK_WORKER_DIR"] = str(tmp_path / "work")  # executor work dirs (else SPARK_HOME/work)
     return e
+
+
+@pytest.fixture(autouse=True)
+def _remove_executor_work_dirs():
+    """local-cluster executors work in $SPARK_HOME/work/app-*/ (logs, SparkFiles); remove the new ones."""
+    import shutil
+
+    import pyspark
+
+    work = os.path.join(os.path.dirname(pyspark.__file__), "work")
+    before = set(os.listdir(work)) if os.path.isdir(work) else set()
+    yield
+    if os.path.isdir(work):
+        for name in set(os.listdir(work)) - before:
+            shutil.rmtree(os.path.join(work, name), ignore_errors=True)
+        if not os.listdir(work):
+            os.rmdir(work)
 
 
 def test_block_files_stay_with_their_executor_and_give_the_in_process_tree(tmp_path):
