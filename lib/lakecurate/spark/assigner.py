@@ -116,7 +116,7 @@ def _write_block_files(cache_id: str, part: int, seq: int, keys: np.ndarray, x: 
         _save_npy(vp, np.ascontiguousarray(x, dtype=np.float32))
         _save_npy(kp, np.ascontiguousarray(keys, dtype=np.int64))
     except OSError as e:
-        logging.getLogger(__name__).warning("block files for partition %d not written (%s): its passes will stream", part, e)
+        log.warning("block files for partition %d not written (%s): its passes will stream", part, e)
 
 
 def _open_block_files(cache_id: str, metas: list[tuple[int, int, int]]) -> Optional[list[dict]]:
@@ -282,6 +282,17 @@ class InputReport:
             raise InputDataError(f"{where}: " + "; ".join(problems) + f"; examples: {json.dumps(self.examples[:6], default=str)}")
 
 
+def _partition_assignment(blocks, centroids: np.ndarray, sums_method: str) -> Assignment:
+    """Assignment statistics of one partition's blocks (every partial-aggregation form starts here)."""
+    k, d = centroids.shape
+    acc = Assignment.zeros(k, d)
+    for b in blocks:
+        _, x = _block_arrays(b)
+        if x.shape[0]:
+            acc = acc + assign_batch(x, centroids, sums_method)
+    return acc
+
+
 def _with_part(rb: pa.RecordBatch, part: pa.Array) -> pa.RecordBatch:
     """``rb`` plus the partition it came from and ``_missing = False`` (one value per row)."""
     n = rb.num_rows
@@ -400,6 +411,11 @@ class SparkAssigner:
         from pyspark.sql import types as T
 
         return cls(spark, blocks, x.shape[0], x.shape[1], T.LongType())
+
+    def _num_partitions(self) -> int:
+        if self._partitions is None:
+            self._partitions = self.blocks.rdd.getNumPartitions()
+        return self._partitions
 
     def release(self) -> None:
         """Unpersist the blocks and delete the block files (best effort: Spark removes its work
@@ -528,19 +544,13 @@ class SparkAssigner:
 
     def assign(self, centroids: np.ndarray) -> Assignment:
         k, d = centroids.shape
-        if self._partitions is None:
-            self._partitions = self.blocks.rdd.getNumPartitions()
-        mode = self.tuning.partials_for(k, d, self._partitions)
+        mode = self.tuning.partials_for(k, d, self._num_partitions())
         sums_method = self.tuning.sums
         if mode == "shuffle":
             return self._assign_shuffle(np.asarray(centroids, np.float32))
 
         def partial(blocks, c):
-            acc = Assignment.zeros(k, d)
-            for b in blocks:
-                _, x = _block_arrays(b)
-                if x.shape[0]:
-                    acc = acc + assign_batch(x, c, sums_method)
+            acc = _partition_assignment(blocks, c, sums_method)
             if mode == "dense":
                 cid = np.arange(k, dtype=np.int32)
             else:  # only the clusters this partition touched: at most its row count, not k
@@ -582,13 +592,8 @@ class SparkAssigner:
 
         def partial(batches):
             _one_thread_per_core(threads)
-            c = bc.value
             part = TaskContext.get().partitionId()
-            acc = Assignment.zeros(k, d)
-            for b in _iter_blocks(batches):
-                _, x = _block_arrays(b)
-                if x.shape[0]:
-                    acc = acc + assign_batch(x, c, sums_method)
+            acc = _partition_assignment(_iter_blocks(batches), bc.value, sums_method)
             cid = np.flatnonzero(acc.counts)
             for s in range(0, cid.size, 4096):
                 sel = cid[s : s + 4096]
@@ -636,8 +641,7 @@ class SparkAssigner:
 
         try:
             rows = self.blocks.mapInArrow(partial, "cid INT, part INT, count LONG, inertia DOUBLE, sum BINARY")
-            parts = max(1, self.blocks.rdd.getNumPartitions())
-            combined = rows.repartition(parts, "cid").mapInArrow(combine, "cid INT, count LONG, inertia DOUBLE, sums BINARY")
+            combined = rows.repartition(max(1, self._num_partitions()), "cid").mapInArrow(combine, "cid INT, count LONG, inertia DOUBLE, sums BINARY")
             counts = np.zeros(k, np.int64)
             sums = np.zeros((k, d))
             per_cluster = np.zeros(k)
