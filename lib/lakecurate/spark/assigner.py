@@ -293,6 +293,15 @@ def _partition_assignment(blocks, centroids: np.ndarray, sums_method: str) -> As
     return acc
 
 
+def _arrow_rows(table: pa.Table) -> list[dict]:
+    """A collected result table as one dict per row; binary cells stay Arrow buffers (no copy)."""
+    cols = {name: table.column(name).combine_chunks() for name in table.column_names}
+    out = []
+    for i in range(table.num_rows):
+        out.append({name: (col[i].as_buffer() if pa.types.is_binary(col.type) else col[i].as_py()) for name, col in cols.items()})
+    return out
+
+
 def _with_part(rb: pa.RecordBatch, part: pa.Array) -> pa.RecordBatch:
     """``rb`` plus the partition it came from and ``_missing = False`` (one value per row)."""
     n = rb.num_rows
@@ -477,7 +486,7 @@ class SparkAssigner:
             for rb in fn(_iter_blocks(batches), bc.value):
                 yield _with_part(rb, part)
 
-        return blocks.mapInArrow(wrapped, schema + ", _part INT, _missing BOOLEAN").collect()
+        return _arrow_rows(blocks.mapInArrow(wrapped, schema + ", _part INT, _missing BOOLEAN").toArrow())
 
     def _pass_block_files(self, fn, schema: str, bc) -> tuple[list, list[int]]:
         threads = self.tuning.faiss_threads
@@ -501,7 +510,7 @@ class SparkAssigner:
             for rb in fn(iter(blocks), bc.value):
                 yield _with_part(rb, part)
 
-        rows = self.blocks.select("part", "seq", "n").mapInArrow(wrapped, schema + ", _part INT, _missing BOOLEAN").collect()
+        rows = _arrow_rows(self.blocks.select("part", "seq", "n").mapInArrow(wrapped, schema + ", _part INT, _missing BOOLEAN").toArrow())
         missing = sorted({r["_part"] for r in rows if r["_missing"]})
         return [r for r in rows if not r["_missing"]], missing
 
