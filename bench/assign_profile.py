@@ -51,7 +51,7 @@ def kernels(rows: int, d: int, k: int) -> None:
         ("faiss knn k=2 (lakecurate's candidates)", lambda: faiss.knn(x, c, 2)),
         ("exact re-score of one candidate", lambda: A._rowwise_sq_dist(x, c, lab)),
         ("float64 cluster sums (sparse one-hot)", lambda: A.cluster_sums(x, lab, k)),
-        ("  of which float32 -> float64 copy", lambda: x.astype(np.float64)),
+        ("  (for scale: one float32 -> float64 copy of the whole block)", lambda: x.astype(np.float64)),
         ("assign_batch (everything per block)", lambda: A.assign_batch(x, c)),
     ]:
         print(f"| {name} | {best_ms(fn, 5):.1f} |")

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from lakecurate.core.keys import random_keys
 
-#: Rows handed to faiss per call; bounds the float64 copy made for the partial sums.
+#: Rows handed to faiss per call (in-process): bounds the per-call temporaries.
 DEFAULT_BATCH_ROWS = 65536
 
 
@@ -84,8 +84,9 @@ class Assigner(Protocol):
 # ---------------------------------------------------------------- per-batch kernels
 
 
-#: Rows per chunk when re-computing candidate distances: the chunk's temporaries stay in cache
-#: (about 5x faster than whole-batch temporaries on this project's machines, same bits).
+#: Rows per chunk when re-computing candidate distances and forming float64 sums: the chunk's
+#: temporaries stay in cache (2.5-5x faster than whole-batch temporaries on this project's
+#: machines; distances are the same bits, sums add the same float32 values in float64).
 _RECOMPUTE_ROWS = 2048
 
 #: ``LAKECURATE_FAISS_DEVICE=cpu`` keeps faiss on the CPU even where a GPU is visible.
@@ -174,7 +175,7 @@ SUMS_METHODS = ("sparse", "add_at")
 
 
 def cluster_sums(x: np.ndarray, labels: np.ndarray, k: int, method: str = "sparse") -> tuple[np.ndarray, np.ndarray]:
-    """Per-cluster (counts, float64 sums) by a sparse one-hot matmul (about 6x faster than np.add.at).
+    """Per-cluster (counts, float64 sums) by a sparse one-hot matmul per 2048-row chunk (faster than np.add.at).
 
     Sums accumulate in float64 so that adding partial sums from Spark partitions in any order
     rounds to the same float32 centroids as one in-process pass.
@@ -185,8 +186,11 @@ def cluster_sums(x: np.ndarray, labels: np.ndarray, k: int, method: str = "spars
         sums = np.zeros((k, x.shape[1]))
         np.add.at(sums, labels, x.astype(np.float64, copy=False))
         return counts, sums
-    onehot = sp.csr_matrix((np.ones(n, dtype=np.float64), (labels, np.arange(n))), shape=(k, n))
-    sums = np.asarray(onehot @ x.astype(np.float64, copy=False))
+    sums = np.zeros((k, x.shape[1]))
+    for s in range(0, n, _RECOMPUTE_ROWS):  # the chunk's float64 copy stays in cache: ~2.5x faster than one copy
+        lab = labels[s : s + _RECOMPUTE_ROWS]
+        onehot = sp.csr_matrix((np.ones(lab.size), (lab, np.arange(lab.size))), shape=(k, lab.size))
+        sums += onehot @ x[s : s + _RECOMPUTE_ROWS].astype(np.float64)
     return counts, sums
 
 
