@@ -190,7 +190,8 @@ def _one_thread_per_core(faiss_threads: int = 0) -> None:
 
 
 def _iter_blocks(batches) -> Iterator[dict]:
-    """Cached block rows as dicts; binary fields stay Arrow buffers (zero-copy into numpy)."""
+    """Rows of record batches (cached blocks, or a pass's collected results) as dicts; binary
+    fields stay Arrow buffers (zero-copy into numpy)."""
     for batch in batches:
         names = batch.schema.names
         for i in range(batch.num_rows):
@@ -291,15 +292,6 @@ def _partition_assignment(blocks, centroids: np.ndarray, sums_method: str) -> As
         if x.shape[0]:
             acc = acc + assign_batch(x, centroids, sums_method)
     return acc
-
-
-def _arrow_rows(table: pa.Table) -> list[dict]:
-    """A collected result table as one dict per row; binary cells stay Arrow buffers (no copy)."""
-    cols = {name: table.column(name).combine_chunks() for name in table.column_names}
-    out = []
-    for i in range(table.num_rows):
-        out.append({name: (col[i].as_buffer() if pa.types.is_binary(col.type) else col[i].as_py()) for name, col in cols.items()})
-    return out
 
 
 def _with_part(rb: pa.RecordBatch, part: pa.Array) -> pa.RecordBatch:
@@ -486,7 +478,7 @@ class SparkAssigner:
             for rb in fn(_iter_blocks(batches), bc.value):
                 yield _with_part(rb, part)
 
-        return _arrow_rows(blocks.mapInArrow(wrapped, schema + ", _part INT, _missing BOOLEAN").toArrow())
+        return list(_iter_blocks(blocks.mapInArrow(wrapped, schema + ", _part INT, _missing BOOLEAN").toArrow().to_batches()))
 
     def _pass_block_files(self, fn, schema: str, bc) -> tuple[list, list[int]]:
         threads = self.tuning.faiss_threads
@@ -510,7 +502,8 @@ class SparkAssigner:
             for rb in fn(iter(blocks), bc.value):
                 yield _with_part(rb, part)
 
-        rows = _arrow_rows(self.blocks.select("part", "seq", "n").mapInArrow(wrapped, schema + ", _part INT, _missing BOOLEAN").toArrow())
+        result = self.blocks.select("part", "seq", "n").mapInArrow(wrapped, schema + ", _part INT, _missing BOOLEAN").toArrow()
+        rows = list(_iter_blocks(result.to_batches()))
         missing = sorted({r["_part"] for r in rows if r["_missing"]})
         return [r for r in rows if not r["_missing"]], missing
 
