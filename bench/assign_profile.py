@@ -61,18 +61,20 @@ def spark_pass(n: int, d: int, k: int) -> None:
     import pyarrow as pa
 
     from data import generate
-    from lakecurate.spark.assigner import SparkAssigner, _block_arrays
+    from lakecurate.spark.assigner import SparkAssigner
+    from lakecurate.spark.blocks import EmbeddingBlocks
     from lakecurate.spark.session import get_spark
 
     npy, parquet = generate(os.path.join(HERE, "results", "data"), n, d)
     spark = get_spark("local[*]", "assign-profile", {"spark.driver.memory": "8g", "spark.sql.execution.arrow.maxRecordsPerBatch": "20000"})
-    sa, _ = SparkAssigner.from_dataframe(spark, spark.read.parquet(parquet), id_column="id", embedding_column="embedding", where="profile")
+    blocks = EmbeddingBlocks.from_dataframe(spark, spark.read.parquet(parquet), id_column="id", embedding_column="embedding", where="profile")
+    sa = SparkAssigner(blocks)
     c = np.load(npy, mmap_mode="r")[:k].copy()
 
     def touch(blocks, _):
         s = 0.0
         for b in blocks:
-            s += float(_block_arrays(b)[1][:, 0].sum())
+            s += float(b.vectors[:, 0].sum())
         yield pa.record_batch({"s": pa.array([np.float64(s).tobytes()])})
 
     def empty(batches):
@@ -84,15 +86,13 @@ def spark_pass(n: int, d: int, k: int) -> None:
         fn()  # warm-up: Python workers, imports
         return best_ms(fn, 4) / 1000
 
-    files = sa.cache_id
-    print(f"\n## one Spark pass: {n} x {d}, k={k}, local[*], {sa.blocks.rdd.getNumPartitions()} partitions (best of 4, s)")
-    print(f"| empty job over the cached partitions | {timed(lambda: sa.blocks.select('part').mapInArrow(empty, 's LONG').collect()):.2f} |")
-    for label, cid in (("block files", files), ("streamed from Spark's cache", None)):
-        sa.cache_id = cid
-        print(f"| touch every block, {label} | {timed(lambda: sa._run(touch, 's BINARY', None)):.2f} |")
+    print(f"\n## one Spark pass: {n} x {d}, k={k}, local[*], {blocks.num_partitions} partitions (best of 4, s)")
+    print(f"| empty job over the cached partitions | {timed(lambda: blocks.frame.select('part').mapInArrow(empty, 's LONG').collect()):.2f} |")
+    for label, from_files in (("block files", True), ("streamed from Spark's cache", False)):
+        blocks.read_block_files = from_files
+        print(f"| touch every block, {label} | {timed(lambda: blocks.collect(touch, 's BINARY')):.2f} |")
         print(f"| assign pass, {label} | {timed(lambda: sa.assign(c)):.2f} |")
-    sa.cache_id = files
-    sa.release()
+    blocks.release()
     spark.stop()
 
 

@@ -88,15 +88,19 @@ def w_faiss(p):
 
 
 def _spark_assigner(spark, p):
+    """(assigner, seconds to cache): ``p["tuning"]`` may name AssignTuning fields, ``cache`` and ``faiss_threads``."""
     from lakecurate.spark.assigner import AssignTuning, SparkAssigner
+    from lakecurate.spark.blocks import EmbeddingBlocks
 
     df = spark.read.parquet(p["parquet"])
     if p.get("limit"):
         df = df.where(f"id < {int(p['limit'])}")
     t0 = time.perf_counter()
-    tuning = AssignTuning(**p.get("tuning", {}))
-    sa, _ = SparkAssigner.from_dataframe(spark, df, id_column="id", embedding_column="embedding", partitions=p.get("partitions", 0), where="bench", tuning=tuning)
-    return sa, time.perf_counter() - t0
+    tuning = dict(p.get("tuning", {}))
+    blocks = EmbeddingBlocks.from_dataframe(spark, df, id_column="id", embedding_column="embedding", partitions=p.get("partitions", 0),
+                                            where="bench", cache=tuning.pop("cache", "local_files"))
+    blocks.faiss_threads = tuning.pop("faiss_threads", 0)
+    return SparkAssigner(blocks, AssignTuning(**tuning)), time.perf_counter() - t0
 
 
 def w_spark(p):
@@ -111,14 +115,14 @@ def w_spark(p):
     c0 = init_centroids(sa, p["k"], rng)
     init_s = time.perf_counter() - t0
     fit = lloyd(sa, c0, p["iters"], rng)
-    sa.release()
+    sa.blocks.release()
     return {
         "n": sa.n,
         "cache_seconds": cache_s,
         "init_seconds": init_s,
         "per_iter": [it.seconds for it in fit.iterations],
         "objective": fit.objective,
-        "partitions": sa.blocks.rdd.getNumPartitions(),
+        "partitions": sa.blocks.num_partitions,
         "driver_peak_rss_mb": _maxrss_mb(),
     }
 
@@ -130,7 +134,8 @@ def w_variants(p):
     from lakecurate.core.assign import Assignment, assign_batch
     from lakecurate.core.kmeans import init_centroids
     from lakecurate.spark.arrow import list_column_to_matrix
-    from lakecurate.spark.assigner import AssignTuning, _one_thread_per_core
+    from lakecurate.spark.assigner import AssignTuning
+    from lakecurate.spark.tasks import configure_faiss, ship_to_tasks
 
     spark = _spark()
     sa, _ = _spark_assigner(spark, p)
@@ -147,32 +152,32 @@ def w_variants(p):
         return ts
 
     def list_decode_pass(df):
-        bc = spark.sparkContext.broadcast(c)
+        get, free = ship_to_tasks(spark, c)
 
         def partial(batches):
-            _one_thread_per_core(0)
+            configure_faiss(0)
             acc = Assignment.zeros(k, d)
             for b in batches:
                 x = list_column_to_matrix(b.column("embedding"), d)
-                acc = acc + assign_batch(x, bc.value)
+                acc = acc + assign_batch(x, get())
             yield pa.record_batch({"counts": pa.array([acc.counts.tobytes()]), "sums": pa.array([acc.sums.tobytes()])})
 
         tot = np.zeros((k, d))
         for row in df.mapInArrow(partial, "counts BINARY, sums BINARY").toLocalIterator():
             tot += np.frombuffer(row["sums"], np.float64).reshape(k, d)
-        bc.unpersist()
+        free()
 
     out = {}
-    block_files = sa.cache_id
     for name, tuning in p["variants"].items():
         tuning = dict(tuning)
         # the block files exist once per cache; "spark" streams the same cached blocks instead
-        sa.cache_id = None if tuning.pop("cache", "local_files") == "spark" else block_files
+        sa.blocks.read_block_files = tuning.pop("cache", "local_files") != "spark"
+        sa.blocks.faiss_threads = tuning.pop("faiss_threads", 0)
         sa.tuning = AssignTuning(**tuning)
         out[name] = time_pass(lambda: sa.assign(c))
-    sa.cache_id = block_files
+    sa.blocks.read_block_files, sa.blocks.faiss_threads = True, 0
     if p.get("cache_forms", True):
-        parts = sa.blocks.rdd.getNumPartitions()
+        parts = sa.blocks.num_partitions
         src = spark.read.parquet(p["parquet"]).select("id", "embedding")
         if p.get("limit"):
             src = src.where(f"id < {int(p['limit'])}")
@@ -183,8 +188,9 @@ def w_variants(p):
         cached.count()
         out["cache: DataFrame of list<float> rows (decode every pass)"] = time_pass(lambda: list_decode_pass(cached))
         cached.unpersist()
-    sa.release()
-    return {"seconds": out, "k": k, "n": sa.n, "partitions": sa.blocks.rdd.getNumPartitions()}
+    partitions = sa.blocks.num_partitions
+    sa.blocks.release()
+    return {"seconds": out, "k": k, "n": sa.n, "partitions": partitions}
 
 
 def w_mllib(p):
@@ -249,19 +255,11 @@ def w_e2e(p):
     import shutil
 
     import lakecurate.pipeline as pipeline
-    from lakecurate.config import RunConfig, load_config
+    from lakecurate.plan import load_plan
 
     lake_root = os.path.join(RESULTS, f"lake-e2e-n{p['n']}")
     shutil.rmtree(lake_root, ignore_errors=True)
-    stage_seconds = {}
-    for name, fn in list(pipeline.STAGE_FUNCTIONS.items()):
-        def timed(ctx, metrics, _fn=fn, _name=name):
-            t0 = time.perf_counter()
-            _fn(ctx, metrics)
-            stage_seconds[_name] = time.perf_counter() - t0
-
-        pipeline.register_stage(name, timed)
-    cfg = load_config(RunConfig, data={
+    cfg = load_plan(data={
         "name": "bench",
         "input": {"format": "parquet", "path": p["parquet"]},
         "lake": {"root": lake_root},
@@ -276,7 +274,7 @@ def w_e2e(p):
     levels = [{"level": lv["level"], "k": lv["n_clusters"], "inputs": lv["n_inputs"], "seconds": lv["seconds"],
                "init_seconds": sum(s["init_seconds"] for s in lv["steps"])} for lv in cl.get("levels", [])]
     shutil.rmtree(lake_root, ignore_errors=True)
-    return {"wall_seconds": wall, "stage_seconds": stage_seconds, "cache_seconds": cl.get("cache_seconds"),
+    return {"wall_seconds": wall, "stage_seconds": res.stage_seconds, "cache_seconds": cl.get("cache_seconds"),
             "write_seconds": cl.get("write_seconds"), "levels": levels, "n_rows": cl.get("n_rows"),
             "driver_peak_rss_mb": _maxrss_mb()}
 

@@ -91,13 +91,13 @@ def curated_items(pool, eps: float, fraction: float = 0.1, seed: int = 0) -> dic
 
 
 def spark_stage(spark, n: int, eps: float, tmp: str, **dedup) -> dict:
-    from lakecurate.config import RunConfig, load_config
     from lakecurate.pipeline import run
+    from lakecurate.plan import load_plan
 
     pool = make_pool(n)
     npy = os.path.join(tmp, f"pool-{n}.npy")
     np.save(npy, pool.x)
-    cfg = load_config(RunConfig, data={
+    cfg = load_plan(data={
         "name": f"bench-{n}", "stages": ["dedup"], "lake": {"root": os.path.join(tmp, f"lake-{n}-{len(dedup)}")},
         "input": {"format": "npy", "path": npy},
         "dedup": {"eps": eps, "n_neighbor_clusters": 1, **dedup},

@@ -89,11 +89,11 @@ def time_direct(texts: list[str], threads: int, batch_size: int) -> float:
 
 def time_spark(spark, src: str, lake_root: str, *, tasks: int, threads: int, batch_rows: int, batch_size: int) -> tuple[float, dict]:
     from lakecurate.pipeline import run
-    from lakecurate.stages.embed import load_embed_config
+    from lakecurate.plan import load_plan
 
     shutil.rmtree(lake_root, ignore_errors=True)
-    cfg = load_embed_config(
-        None,
+    cfg = load_plan(
+        alone="embed",
         data={
             "name": "bench",
             "lake": {"root": lake_root},

@@ -1,16 +1,20 @@
-"""Job configuration: YAML in ``conf/`` loaded into typed, validated dataclasses.
+"""Job configuration: YAML in ``conf/`` loaded into frozen, typed, validated dataclasses.
 
-Validation happens here, once, at the edge: unknown keys, wrong types and impossible values
-raise :class:`~lakecurate.errors.ConfigError` naming the dotted key and the value. The command
-line takes the file plus ``dotted.key=value`` overrides (values parsed as YAML scalars/lists).
+A config is plain data: what the user wrote, type-checked and range-checked once, here, at the
+edge. Unknown keys, wrong types and impossible values raise
+:class:`~lakecurate.errors.ConfigError` naming the dotted key and the value. Nothing is derived
+or stored during validation: what a run computes from its config (its id, the per-level k-means
+parameters, the encoder spec, the stages to run) lives on a :class:`lakecurate.plan.RunPlan`,
+built from the config by :func:`lakecurate.plan.plan_run`, which also checks what spans
+sections (the stage list against the stage records).
+
+The command line takes the file plus ``dotted.key=value`` overrides (values parsed as YAML).
+Sequences are tuples, so no part of a loaded config can change.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,17 +23,28 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from lakecurate.core.sampling import STRATEGIES
-from lakecurate.embed.config import EmbedConfig
+from lakecurate.embed.spec import EncoderSpec
 from lakecurate.errors import ConfigError
+from lakecurate.validation import (
+    STRATEGIES,
+    check_choice,
+    check_eps,
+    check_hierarchy,
+    check_int,
+    check_name,
+    check_number,
+)
 
 INPUT_FORMATS = ("delta", "parquet", "npy", "synthetic")
 BACKENDS = ("auto", "native", "embedded")
-STAGES = ("embed", "dedup", "cluster", "sample")
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+BLOCK_CACHES = ("local_files", "spark")
+SOURCE_FORMATS = ("delta", "parquet", "files")
+FILE_IDS = ("path", "hash")
+#: the columns Spark's binaryFile source gives a file (``content`` is the payload)
+FILE_COLUMNS = ("path", "modificationTime", "length")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SyntheticConfig:
     """A generated long-tailed pool with known concepts (the embedded demo's input)."""
 
@@ -47,28 +62,25 @@ class SyntheticConfig:
     copy_noise: float = 0.05
 
     def validate(self, where: str) -> None:
-        _positive(self.n, f"{where}.n")
-        _positive(self.dim, f"{where}.dim")
-        _positive(self.n_concepts, f"{where}.n_concepts")
+        check_int(self.n, f"{where}.n", minimum=1)
+        check_int(self.dim, f"{where}.dim", minimum=1)
+        check_int(self.n_concepts, f"{where}.n_concepts", minimum=1)
         if self.n_concepts > self.n:
             raise ConfigError(f"{where}.n_concepts={self.n_concepts} is more than {where}.n={self.n}")
-        if not self.alpha >= 0:
-            raise ConfigError(f"{where}.alpha={self.alpha} must be >= 0")
-        if not self.spread > 0:
-            raise ConfigError(f"{where}.spread={self.spread} must be > 0")
+        check_number(self.alpha, f"{where}.alpha", low=0.0)
+        check_number(self.spread, f"{where}.spread", low=0.0, low_open=True)
+        check_int(self.seed, f"{where}.seed", minimum=0)
         if self.n_items:
-            _positive(self.n_items, f"{where}.n_items")
+            check_int(self.n_items, f"{where}.n_items", minimum=1)
             if self.n_items > self.n:
                 raise ConfigError(f"{where}.n_items={self.n_items} is more than {where}.n={self.n}")
-            if not self.copies_alpha >= 0:
-                raise ConfigError(f"{where}.copies_alpha={self.copies_alpha} must be >= 0")
-            if not self.copy_noise >= 0:
-                raise ConfigError(f"{where}.copy_noise={self.copy_noise} must be >= 0")
+            check_number(self.copies_alpha, f"{where}.copies_alpha", low=0.0)
+            check_number(self.copy_noise, f"{where}.copy_noise", low=0.0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class InputConfig:
-    """Where the embeddings come from."""
+    """Where the embeddings come from (unless the run's embed stage makes them)."""
 
     format: str = "delta"
     path: Optional[str] = None  # storage path or URI (Delta/Parquet directory, .npy file)
@@ -76,42 +88,60 @@ class InputConfig:
     id_column: str = "id"
     embedding_column: str = "embedding"
     #: extra columns carried into the curated table (e.g. a path or caption)
-    passthrough_columns: list[str] = field(default_factory=list)
-    synthetic: Optional[SyntheticConfig] = None
+    passthrough_columns: tuple[str, ...] = ()
+    synthetic: Optional[SyntheticConfig] = None  # format synthetic: None = the defaults
+
+    @property
+    def pool(self) -> SyntheticConfig:
+        """The generated pool's parameters (format synthetic)."""
+        return self.synthetic if self.synthetic is not None else SyntheticConfig()
+
+    @property
+    def location(self) -> str:
+        """What the input is, for messages: its path, its table name, or its format."""
+        return self.path or self.table or self.format
 
     def validate(self, where: str) -> None:
-        _choice(self.format, INPUT_FORMATS, f"{where}.format")
+        check_choice(self.format, INPUT_FORMATS, f"{where}.format")
+        check_name(self.id_column, f"{where}.id_column")
+        check_name(self.embedding_column, f"{where}.embedding_column")
         if self.format == "synthetic":
-            if self.synthetic is None:
-                self.synthetic = SyntheticConfig()
-            self.synthetic.validate(f"{where}.synthetic")
-        elif self.path is None and self.table is None:
-            raise ConfigError(f"{where}: set {where}.path (or {where}.table) for format={self.format!r}")
+            self.pool.validate(f"{where}.synthetic")
         if self.format == "npy" and self.path is not None and not str(self.path).endswith(".npy"):
             raise ConfigError(f"{where}.path={self.path!r} must be a .npy file for format='npy'")
         if self.table is not None and self.format not in ("delta", "parquet"):
             raise ConfigError(f"{where}.table={self.table!r} only applies to format delta or parquet")
 
+    def require_location(self, where: str) -> None:
+        """A run that reads this input needs a path or a table (the generated pool needs neither)."""
+        if self.format != "synthetic" and self.path is None and self.table is None:
+            raise ConfigError(f"{where}: set {where}.path (or {where}.table) for format={self.format!r}")
 
-@dataclass
+
+@dataclass(frozen=True)
 class LakeConfig:
     """Where output tables go, and which Delta writer to use."""
 
     root: str = "lake"
     database: Optional[str] = None  # with native Delta: register tables as database.name in the catalog
     backend: str = "auto"  # auto: native Delta when the session has it, else embedded delta-rs commits
+    #: where the lake stages inputs that must be rewritten before Spark can read them (a .npy file
+    #: becomes Parquet); a folder or URI; default ``<root>/_staging``. Never the machine's /tmp.
+    staging: Optional[str] = None
 
     def validate(self, where: str) -> None:
         if not self.root:
             raise ConfigError(f"{where}.root must be a non-empty path")
-        _choice(self.backend, BACKENDS, f"{where}.backend")
+        check_choice(self.backend, BACKENDS, f"{where}.backend")
+        if self.staging is not None and not self.staging:
+            raise ConfigError(f"{where}.staging must be a non-empty path or null (= {where}.root/_staging)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ClusteringConfig:
-    n_clusters: list[int] = field(default_factory=lambda: [1000, 100])
+    n_clusters: tuple[int, ...] = (1000, 100)
     n_resampling_steps: int = 10
-    resample_size: Optional[list[int]] = None
+    resample_size: Optional[tuple[int, ...]] = None
     n_iter: int = 50
     init: str = "k-means++"
     init_points_per_centroid: int = 40
@@ -120,15 +150,13 @@ class ClusteringConfig:
     #: a level whose input (the previous level's centroids) has more rows than this runs on the
     #: executors through the same Spark assigner as level 1, instead of in-process on the driver
     driver_max_rows: int = 500_000
-    #: > 0: fit level 1 in two steps, for very large n_clusters[0] (lakecurate.stages.split_level):
+    #: > 0: fit level 1 in two steps, for very large n_clusters[0] (lakecurate.spark.two_step):
     #: this many coarse clusters over all rows, then a k-means inside each coarse cluster with a
     #: share of n_clusters[0] proportional to its size; 0 = one k-means (the default)
     level1_coarse_clusters: int = 0
 
     def validate(self, where: str) -> None:
-        from lakecurate.estimator import level_params
-
-        self.level_params = level_params(  # type: ignore[attr-defined]
+        levels = check_hierarchy(
             self.n_clusters,
             n_resampling_steps=self.n_resampling_steps,
             resample_size=self.resample_size,
@@ -138,15 +166,16 @@ class ClusteringConfig:
             init_points_per_centroid=self.init_points_per_centroid,
             where=f"{where}.",
         )
-        _positive(self.driver_max_rows, f"{where}.driver_max_rows")
+        check_int(self.seed, f"{where}.seed", minimum=0)
+        check_int(self.driver_max_rows, f"{where}.driver_max_rows", minimum=1)
         coarse = self.level1_coarse_clusters
-        if isinstance(coarse, bool) or not isinstance(coarse, int) or coarse < 0 or (coarse and coarse >= self.n_clusters[0]):
-            raise ConfigError(f"{where}.level1_coarse_clusters={coarse!r} must be 0 (off) or an integer in [1, n_clusters[0]={self.n_clusters[0]})")
-        if coarse and self.level_params[0].resample_size > 1:  # type: ignore[attr-defined]
+        if isinstance(coarse, bool) or not isinstance(coarse, int) or coarse < 0 or (coarse and coarse >= levels.n_clusters[0]):
+            raise ConfigError(f"{where}.level1_coarse_clusters={coarse!r} must be 0 (off) or an integer in [1, n_clusters[0]={levels.n_clusters[0]})")
+        if coarse and levels.resample_size[0] > 1:
             raise ConfigError(f"{where}.level1_coarse_clusters={coarse} needs resample_size[0] <= 1 (no resampling at a two-step level 1)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DedupConfig:
     """The dedup stage: rows whose cosine similarity is >= 1 - eps are near-duplicates; one per group is kept."""
 
@@ -162,21 +191,17 @@ class DedupConfig:
     seed: int = 0
 
     def validate(self, where: str) -> None:
-        from lakecurate.core.dedup import check_eps
-
-        self.eps = check_eps(self.eps, key=f"{where}.eps")
+        check_eps(self.eps, key=f"{where}.eps")
         if self.n_clusters is not None:
-            _positive(self.n_clusters, f"{where}.n_clusters")
-        if isinstance(self.n_neighbor_clusters, bool) or not isinstance(self.n_neighbor_clusters, int) or self.n_neighbor_clusters < 0:
-            raise ConfigError(f"{where}.n_neighbor_clusters={self.n_neighbor_clusters!r} must be an integer >= 0")
-        _positive(self.block_size, f"{where}.block_size")
-        _positive(self.max_cluster_rows, f"{where}.max_cluster_rows")
-        _positive(self.n_iter, f"{where}.n_iter")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"{where}.seed={self.seed!r} must be an integer >= 0")
+            check_int(self.n_clusters, f"{where}.n_clusters", minimum=1)
+        check_int(self.n_neighbor_clusters, f"{where}.n_neighbor_clusters", minimum=0)
+        check_int(self.block_size, f"{where}.block_size", minimum=1)
+        check_int(self.max_cluster_rows, f"{where}.max_cluster_rows", minimum=1)
+        check_int(self.n_iter, f"{where}.n_iter", minimum=1)
+        check_int(self.seed, f"{where}.seed", minimum=0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplingConfig:
     target_size: int = 10_000
     strategy: str = "random"
@@ -184,12 +209,13 @@ class SamplingConfig:
     seed: int = 0
 
     def validate(self, where: str) -> None:
-        _positive(self.target_size, f"{where}.target_size")
-        _choice(self.strategy, STRATEGIES, f"{where}.strategy")
-        _positive(self.max_repeats, f"{where}.max_repeats")
+        check_int(self.target_size, f"{where}.target_size", minimum=1)
+        check_choice(self.strategy, STRATEGIES, f"{where}.strategy")
+        check_int(self.max_repeats, f"{where}.max_repeats", minimum=1)
+        check_int(self.seed, f"{where}.seed", minimum=0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReportConfig:
     #: a column of the input with known labels (e.g. concept); when set, the run ends with a
     #: balance report of the curated subset against a uniform random subset of the same size
@@ -197,10 +223,12 @@ class ReportConfig:
     seed: int = 0
 
     def validate(self, where: str) -> None:
-        pass
+        if self.label_column is not None:
+            check_name(self.label_column, f"{where}.label_column")
+        check_int(self.seed, f"{where}.seed", minimum=0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SparkConfig:
     master: Optional[str] = "local[*]"  # None: leave it to spark-submit
     app_name: str = "lakecurate"
@@ -215,19 +243,114 @@ class SparkConfig:
     block_cache: str = "local_files"
 
     def validate(self, where: str) -> None:
-        _positive(self.arrow_batch_rows, f"{where}.arrow_batch_rows")
-        _choice(self.block_cache, ("local_files", "spark"), f"{where}.block_cache")
-        if self.partitions < 0:
-            raise ConfigError(f"{where}.partitions={self.partitions} must be >= 0")
+        check_int(self.arrow_batch_rows, f"{where}.arrow_batch_rows", minimum=1)
+        check_choice(self.block_cache, BLOCK_CACHES, f"{where}.block_cache")
+        check_int(self.partitions, f"{where}.partitions", minimum=0)
 
 
-@dataclass
+@dataclass(frozen=True)
+class EmbedSourceConfig:
+    """The raw pool of the embed stage: a Delta/Parquet table (text or image-bytes column) or image files."""
+
+    format: str = "delta"
+    #: table: Delta/Parquet directory or URI; files: a directory or URI (recursed) or a glob
+    path: Optional[str] = None
+    #: catalog table name (catalog.schema.table), for format delta/parquet on a session with a catalog
+    table: Optional[str] = None
+    #: the id column of a table, and the name of the id column written to the embeddings table
+    id_column: str = "id"
+    #: text encoders: the column holding the text
+    text_column: str = "text"
+    #: image encoders on a table: the binary column holding encoded image files (PNG, JPEG, ...)
+    image_column: str = "image"
+    #: files: only file names matching this pattern (Spark's pathGlobFilter, e.g. "*.jpg")
+    glob: Optional[str] = None
+    #: files: descend into sub-directories
+    recursive: bool = True
+    #: files: the id is the file's URI ("path", a string) or a 64-bit xxhash of it ("hash", a bigint)
+    file_id: str = "path"
+    #: source columns copied to the embeddings and rejects tables (files: path, modificationTime, length)
+    passthrough_columns: tuple[str, ...] = ()
+
+    def validate(self, where: str) -> None:
+        check_choice(self.format, SOURCE_FORMATS, f"{where}.format")
+        if self.path is None and self.table is None:
+            raise ConfigError(f"{where}: set {where}.path (or {where}.table) to the data to embed")
+        if self.format == "files":
+            if self.table is not None:
+                raise ConfigError(f"{where}.table={self.table!r} does not apply to format='files'; give {where}.path")
+            check_choice(self.file_id, FILE_IDS, f"{where}.file_id")
+            unknown = [c for c in self.passthrough_columns if c not in FILE_COLUMNS]
+            if unknown:
+                raise ConfigError(f"{where}.passthrough_columns={unknown} are not file columns; use any of {list(FILE_COLUMNS)}")
+        for name in ("id_column", "text_column", "image_column"):
+            check_name(getattr(self, name), f"{where}.{name}")
+        clash = {"embedding", "model", "dim", "reason", "run_id", self.id_column} & set(self.passthrough_columns)
+        if clash:
+            raise ConfigError(f"{where}.passthrough_columns lists {sorted(clash)}: those names are taken by the embeddings table")
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """The ``embed`` stage: source -> encoder on the executors -> ``embeddings`` + ``rejects``.
+
+    The ``embeddings`` table is keyed by (``model``, id): rows of several encoders can share it,
+    and a new run embeds only the source ids that have no row for its model yet.
+    """
+
+    source: EmbedSourceConfig = field(default_factory=EmbedSourceConfig)
+    #: an EncoderSpec as a mapping (kind, model, batch_size, normalize, device, ...); {} = bundled MiniLM
+    encoder: dict[str, Any] = field(default_factory=dict)
+    table: str = "embeddings"
+    rejects_table: str = "rejects"
+    #: rows per Arrow batch handed to an encoder (sentence-transformers sorts each batch by length)
+    batch_rows: int = 4096
+    #: encoding tasks; 0 = max(the source's partitions, Spark's default parallelism)
+    partitions: int = 0
+    #: torch CPU threads per task; 0 = the task's cores (spark.task.cpus)
+    threads_per_task: int = 0
+    #: embed ids rejected by an earlier run again (e.g. after fixing files); default: skip them
+    retry_rejects: bool = False
+
+    def encoder_spec(self) -> EncoderSpec:
+        """The encoder this section describes (validated on construction)."""
+        return EncoderSpec.from_dict(self.encoder)
+
+    def payload_column(self, spec: EncoderSpec) -> str:
+        """The source column an encoder reads (the binaryFile ``content`` for files)."""
+        if self.source.format == "files":
+            return "content"
+        return self.source.text_column if spec.input_modality == "text" else self.source.image_column
+
+    def validate(self, where: str) -> None:
+        self.source.validate(f"{where}.source")
+        try:
+            spec = self.encoder_spec()
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if spec.input_modality == "text" and self.source.format == "files":
+            raise ConfigError(
+                f"{where}.source.format='files' reads image files but encoder kind {spec.kind!r} embeds text "
+                f"(set {where}.encoder.kind='image', or modality='image' for a custom encoder)"
+            )
+        for name in ("table", "rejects_table"):
+            if not getattr(self, name) or "/" in getattr(self, name):
+                raise ConfigError(f"{where}.{name}={getattr(self, name)!r} must be a plain table name")
+        if self.table == self.rejects_table:
+            raise ConfigError(f"{where}.table and {where}.rejects_table are both {self.table!r}")
+        check_int(self.batch_rows, f"{where}.batch_rows", minimum=1)
+        for name in ("partitions", "threads_per_task"):
+            check_int(getattr(self, name), f"{where}.{name}", minimum=0)
+
+
+@dataclass(frozen=True)
 class RunConfig:
-    """One ``lakecurate run``: input -> [dedup] -> cluster -> sample, tables keyed by run_id."""
+    """One ``lakecurate run``: the stages to run and every section they read."""
 
-    run_id: Optional[str] = None  # default: <name>-<hash of the config>, so a rerun resumes
+    run_id: Optional[str] = None  # default: <name>-<hash of the config>, so a rerun resumes (lakecurate.plan)
     name: str = "lakecurate"
-    stages: list[str] = field(default_factory=lambda: ["cluster", "sample"])
+    #: the stages to run, in the order of the stage records (lakecurate.stages.STAGES)
+    stages: tuple[str, ...] = ("cluster", "sample")
     input: InputConfig = field(default_factory=InputConfig)
     lake: LakeConfig = field(default_factory=LakeConfig)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
@@ -239,47 +362,17 @@ class RunConfig:
     embed: Optional[EmbedConfig] = None
 
     def validate(self, where: str = "") -> None:
-        for i, stage in enumerate(self.stages):
-            _choice(stage, STAGES, f"stages[{i}]")
+        """Every section on its own; what spans sections is checked by :func:`lakecurate.plan.plan_run`."""
+        check_name(self.name, "name")
         if len(set(self.stages)) != len(self.stages):
-            raise ConfigError(f"stages={self.stages} lists a stage twice")
-        order = [s for s in STAGES if s in self.stages]
-        if order != self.stages:
-            raise ConfigError(f"stages={self.stages} must keep the order {list(STAGES)}")
-        if "embed" in self.stages and self.embed is None:
-            raise ConfigError("stages include 'embed' but the config has no embed section (embed.source, embed.encoder)")
+            raise ConfigError(f"stages={list(self.stages)} lists a stage twice")
         for f in dataclasses.fields(self):
             sub = getattr(self, f.name)
-            if f.name == "input" and "embed" in self.stages:
-                continue  # the run's input is the embed stage's embeddings table, not input.path
             if dataclasses.is_dataclass(sub):
                 sub.validate(f.name)
-        if self.run_id is None:
-            self.run_id = f"{self.name}-{self.fingerprint()[:10]}"
-        if not _RUN_ID.match(self.run_id):
-            raise ConfigError(f"run_id={self.run_id!r} must match {_RUN_ID.pattern}")
-
-    def fingerprint(self) -> str:
-        """Hash of everything that changes the result (not Spark tuning, not the run_id)."""
-        d = to_dict(self)
-        for k in ("run_id", "spark", "report"):
-            d.pop(k, None)
-        if "dedup" not in self.stages:
-            d.pop("dedup", None)  # dedup settings only change runs that de-duplicate
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
 # ------------------------------------------------------------------ generic typed loading
-
-
-def _positive(value: Any, key: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key}={value!r} must be an integer >= 1")
-
-
-def _choice(value: Any, options, key: str) -> None:
-    if value not in options:
-        raise ConfigError(f"{key}={value!r} is not one of {list(options)}")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -294,12 +387,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping; got {value!r}")
         return from_dict(tp, value, key)
-    if origin is list:
+    if origin in (list, tuple):
         if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             value = [value]  # a scalar where a list is expected: one element (e.g. n_clusters: 100)
-        if not isinstance(value, list):
+        if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list; got {value!r}")
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping; got {value!r}")
@@ -325,7 +418,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def from_dict(cls, data: dict, where: str = ""):
+def from_dict(cls, data: Optional[dict], where: str = ""):
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys by their dotted name."""
     if data is None:
         data = {}
@@ -342,7 +435,16 @@ def from_dict(cls, data: dict, where: str = ""):
 
 
 def to_dict(obj) -> dict:
-    return {f.name: (to_dict(v) if dataclasses.is_dataclass(v := getattr(obj, f.name)) else v) for f in dataclasses.fields(obj)}
+    """A config as plain JSON-able data (sequences as lists), e.g. for the ``runs`` table."""
+
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return to_dict(v)
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        return v
+
+    return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -380,8 +482,9 @@ def load_yaml(path: Union[str, Path]) -> dict:
     return data
 
 
-def load_config(cls, path: Optional[Union[str, Path]] = None, overrides: Optional[list[str]] = None, data: Optional[dict] = None):
-    """Load, override, type-check and validate a job config."""
+def load_config(cls=None, path: Optional[Union[str, Path]] = None, overrides: Optional[list[str]] = None, data: Optional[dict] = None):
+    """Load, override, type-check and validate a job config (``cls`` defaults to :class:`RunConfig`)."""
+    cls = cls or RunConfig
     raw = dict(data) if data is not None else (load_yaml(path) if path is not None else {})
     raw = apply_overrides(raw, list(overrides or []))
     cfg = from_dict(cls, raw)

@@ -12,65 +12,13 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from lakecurate.core.assign import NumpyAssigner
-from lakecurate.core.hierarchy import Level, LevelParams, fit_hierarchy, parent_ids
+from lakecurate.core.hierarchy import Level, LevelParams, fit_hierarchy, level_params, parent_ids
 from lakecurate.core.kmeans import DEFAULT_INIT_POINTS_PER_CENTROID, normalize_rows
-from lakecurate.core.sampling import STRATEGIES, ClusterTree, balanced_sample_from_tree
-from lakecurate.core.validate import check_embeddings, check_int_list, check_levels
+from lakecurate.core.sampling import ClusterTree, balanced_sample_from_tree
 from lakecurate.errors import ConfigError, InputDataError
+from lakecurate.validation import STRATEGIES, check_choice, check_embeddings, check_hierarchy, check_int, check_levels
 
 log = logging.getLogger(__name__)
-
-METRICS = ("l2", "cosine")
-INITS = ("k-means++", "random")
-
-
-def level_params(
-    n_clusters: Sequence[int],
-    *,
-    n_resampling_steps: int,
-    resample_size: Optional[Union[int, Sequence[int]]],
-    n_iter: int,
-    init: str,
-    metric: str,
-    init_points_per_centroid: int = DEFAULT_INIT_POINTS_PER_CENTROID,
-    where: str = "",
-) -> list[LevelParams]:
-    """Validated per-level parameters, shared by the estimator and the Spark job's config."""
-    ks = check_int_list(list(n_clusters) if not isinstance(n_clusters, int) else n_clusters, f"{where}n_clusters")
-    for t in range(1, len(ks)):
-        if ks[t] > ks[t - 1]:
-            raise ConfigError(f"{where}n_clusters must not grow with the level: level {t + 1} has {ks[t]} > level {t}'s {ks[t - 1]}")
-    if resample_size is None:
-        rs = [1] * len(ks)
-    else:
-        rs = check_int_list(resample_size, f"{where}resample_size", minimum=0)
-        if len(rs) == 1 and len(ks) > 1:
-            rs = rs * len(ks)
-        if len(rs) != len(ks):
-            raise ConfigError(f"{where}resample_size has {len(rs)} entries but n_clusters has {len(ks)} levels")
-    if isinstance(n_resampling_steps, bool) or not isinstance(n_resampling_steps, (int, np.integer)) or n_resampling_steps < 0:
-        raise ConfigError(f"{where}n_resampling_steps must be an integer >= 0; got {n_resampling_steps!r}")
-    if isinstance(n_iter, bool) or not isinstance(n_iter, (int, np.integer)) or n_iter < 1:
-        raise ConfigError(f"{where}n_iter must be an integer >= 1; got {n_iter!r}")
-    if init not in INITS:
-        raise ConfigError(f"{where}init={init!r} is not one of {INITS}")
-    if metric not in METRICS:
-        raise ConfigError(f"{where}metric={metric!r} is not one of {METRICS}")
-    if init_points_per_centroid < 1:
-        raise ConfigError(f"{where}init_points_per_centroid={init_points_per_centroid} must be >= 1")
-    return [
-        LevelParams(
-            n_clusters=k,
-            resample_size=r,
-            n_resampling_steps=int(n_resampling_steps),
-            n_iter=int(n_iter),
-            init=init,
-            spherical=metric == "cosine",
-            init_points_per_centroid=init_points_per_centroid,
-        )
-        for k, r in zip(ks, rs)
-    ]
-
 
 class HierarchicalKMeans:
     """Hierarchical k-means with resampling (Vo et al. 2024).
@@ -113,13 +61,15 @@ class HierarchicalKMeans:
 
     def _params(self) -> list[LevelParams]:
         return level_params(
-            [self.n_clusters] if isinstance(self.n_clusters, (int, np.integer)) else self.n_clusters,
-            n_resampling_steps=self.n_resampling_steps,
-            resample_size=self.resample_size,
-            n_iter=self.n_iter,
-            init=self.init,
-            metric=self.metric,
-            init_points_per_centroid=self.init_points_per_centroid,
+            check_hierarchy(
+                self.n_clusters,
+                n_resampling_steps=self.n_resampling_steps,
+                resample_size=self.resample_size,
+                n_iter=self.n_iter,
+                init=self.init,
+                metric=self.metric,
+                init_points_per_centroid=self.init_points_per_centroid,
+            )
         )
 
     def fit(self, X, y=None) -> "HierarchicalKMeans":
@@ -168,12 +118,9 @@ def balanced_sample(
     if not isinstance(tree, HierarchicalKMeans):
         raise ConfigError(f"tree must be a fitted HierarchicalKMeans; got {type(tree).__name__}")
     tree._check_fitted()
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"strategy={strategy!r} is not one of {STRATEGIES}")
-    if isinstance(max_repeats, bool) or not isinstance(max_repeats, (int, np.integer)) or max_repeats < 1:
-        raise ConfigError(f"max_repeats must be an integer >= 1; got {max_repeats!r}")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ConfigError(f"n must be an integer >= 0; got {n!r}")
+    check_choice(strategy, STRATEGIES, "strategy")
+    max_repeats = check_int(max_repeats, "max_repeats", minimum=1)
+    n = check_int(n, "n", minimum=0)
     capacity = tree.n_samples_ * max_repeats
     if n > capacity:
         hint = "" if max_repeats > 1 else "; pass max_repeats > 1 to draw rows more than once"

@@ -30,9 +30,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from lakecurate.config import InputConfig, LakeConfig
+from lakecurate.config import LakeConfig
 from lakecurate.errors import InputDataError, TableError
 from lakecurate.spark.session import has_native_delta
+from lakecurate.tables import DESCRIPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class Lake:
         self.spark = spark
         self.root = _abs(config.root)
         self.database = config.database
+        #: where inputs that must be rewritten are staged (``lake.staging``; default ``<root>/_staging``)
+        self.staging = _abs(config.staging) if config.staging else self._join(self.root, "_staging")
         if config.backend == "auto":
             self.backend = "native" if has_native_delta(spark) else "embedded"
         else:
@@ -84,7 +87,7 @@ class Lake:
     # ------------------------------------------------------------------ naming
 
     def path(self, name: str) -> str:
-        return posixpath.join(self.root, name) if _is_uri(self.root) else os.path.join(self.root, name)
+        return self._join(self.root, name)
 
     def qualified(self, name: str) -> str:
         return f"{self.database}.{name}" if self.database else name
@@ -168,6 +171,7 @@ class Lake:
     def _write(self, df, name: str, *, run_id: str, mode: str, description: str) -> TableInfo:
         from pyspark.sql import functions as F
 
+        description = description or DESCRIPTIONS.get(name, "")
         if RUN_ID in df.columns:
             df = df.drop(RUN_ID)
         df = df.withColumn(RUN_ID, F.lit(run_id))
@@ -253,56 +257,53 @@ class Lake:
 
     # ------------------------------------------------------------------ inputs
 
-    def read_input(self, cfg: InputConfig):
-        """The embeddings input as a DataFrame with at least (id, embedding) per the config."""
-        if cfg.format == "delta":
-            if cfg.table:
-                df = self._read_catalog_table(cfg.table)
-            else:
-                df = self._read_existing(cfg.path, lambda p: self.read_delta_path(p))
-        elif cfg.format == "parquet":
-            df = self._read_catalog_table(cfg.table) if cfg.table else self._read_existing(
-                cfg.path, lambda p: self.spark.read.parquet(_uri(p))
-            )
-        elif cfg.format == "npy":
-            df = self._read_npy(cfg.path, cfg)
-        else:
-            raise InputDataError(f"input.format={cfg.format!r} cannot be read directly")
-        return df
-
-    def _read_catalog_table(self, table: str):
-        try:
-            return self.spark.table(table)
-        except Exception as exc:
-            raise TableError(f"input.table={table!r} cannot be read: {str(exc).splitlines()[0]}") from exc
-
-    def _read_existing(self, path: Optional[str], reader):
+    def read_source(self, format: str, *, path: Optional[str] = None, table: Optional[str] = None, key: str = "input"):
+        """A Delta or Parquet input by storage path or catalog name (``key`` names it in errors)."""
+        if table:
+            try:
+                return self.spark.table(table)
+            except Exception as exc:
+                raise TableError(f"{key}.table={table!r} cannot be read: {str(exc).splitlines()[0]}") from exc
         fs, p = _fs(path)
         if fs.get_file_info(p).type == pafs.FileType.NotFound:
-            raise TableError(f"input.path={path!r} does not exist")
+            raise TableError(f"{key}.path={path!r} does not exist")
         try:
-            return reader(path)
+            if format == "delta":
+                return self.read_delta_path(path)
+            if format == "parquet":
+                return self.spark.read.parquet(_uri(path))
         except TableError:
             raise
         except Exception as exc:
-            raise TableError(f"input.path={path!r} cannot be read: {str(exc).splitlines()[0]}") from exc
+            raise TableError(f"{key}.path={path!r} cannot be read: {str(exc).splitlines()[0]}") from exc
+        raise InputDataError(f"{key}.format={format!r} cannot be read as a table")
 
-    def _read_npy(self, path: str, cfg: InputConfig):
-        """A .npy matrix as (id = row number, embedding) via Parquet staged next to the lake."""
+    def read_files(self, path: str, *, glob: Optional[str] = None, recursive: bool = True, key: str = "path"):
+        """Files under ``path`` through Spark's ``binaryFile`` source (path, modificationTime, length, content)."""
+        reader = self.spark.read.format("binaryFile").option("recursiveFileLookup", str(recursive).lower())
+        if glob:
+            reader = reader.option("pathGlobFilter", glob)
+        try:
+            return reader.load(path)
+        except Exception as exc:
+            raise InputDataError(f"{key}={path!r} cannot be listed: {str(exc).splitlines()[0]}") from exc
+
+    def read_npy(self, path: str, *, id_column: str, embedding_column: str, key: str = "input.path"):
+        """A local .npy matrix as (id = row number, embedding), staged once as Parquet under :attr:`staging`."""
         if not os.path.isfile(path):
-            raise TableError(f"input.path={path!r} does not exist")
+            raise TableError(f"{key}={path!r} does not exist")
         try:
             arr = np.load(path, mmap_mode="r")
         except Exception as exc:
-            raise TableError(f"input.path={path!r} is not a readable .npy file: {exc}") from exc
+            raise TableError(f"{key}={path!r} is not a readable .npy file: {exc}") from exc
         if arr.ndim != 2:
-            raise InputDataError(f"input.path={path!r}: expected a 2-D array (rows, dim); got shape {arr.shape}")
+            raise InputDataError(f"{key}={path!r}: expected a 2-D array (rows, dim); got shape {arr.shape}")
         stat = os.stat(path)
-        key = f"{os.path.basename(path)}-{stat.st_size}-{int(stat.st_mtime)}"
-        out_dir = os.path.join(self.root if not _is_uri(self.root) else "/tmp", "_inputs", key)
-        done = os.path.join(out_dir, "_SUCCESS")
-        if not os.path.exists(done):
-            os.makedirs(out_dir, exist_ok=True)
+        out_dir = self._join(self.staging, "inputs", f"{os.path.basename(path)}-{stat.st_size}-{int(stat.st_mtime)}")
+        fs, base = _fs(out_dir)
+        done = f"{base}/_SUCCESS"
+        if fs.get_file_info(done).type != pafs.FileType.File:
+            fs.create_dir(base, recursive=True)
             chunk = 65536
             for i, start in enumerate(range(0, arr.shape[0], chunk)):
                 block = np.ascontiguousarray(arr[start : start + chunk], dtype=np.float32)
@@ -310,9 +311,38 @@ class Lake:
                 emb = pa.ListArray.from_arrays(
                     pa.array(np.arange(0, block.size + 1, block.shape[1], dtype=np.int32)), pa.array(block.ravel())
                 )
-                pq.write_table(pa.table({cfg.id_column: ids, cfg.embedding_column: emb}), os.path.join(out_dir, f"part-{i:05d}.parquet"))
-            open(done, "w").close()
+                pq.write_table(pa.table({id_column: ids, embedding_column: emb}), f"{base}/part-{i:05d}.parquet", filesystem=fs)
+            with fs.open_output_stream(done):
+                pass
         return self.spark.read.parquet(_uri(out_dir))
+
+    # ------------------------------------------------------------------ files of the lake's own
+
+    def _join(self, *parts: str) -> str:
+        return posixpath.join(*parts) if _is_uri(parts[0]) else os.path.join(*parts)
+
+    def put_file(self, relpath: str, data: bytes) -> None:
+        """Write ``<root>/<relpath>`` atomically (a temporary name, then a rename)."""
+        fs, path = _fs(self._join(self.root, relpath))
+        fs.create_dir(posixpath.dirname(path), recursive=True)
+        tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+        with fs.open_output_stream(tmp) as out:
+            out.write(data)
+        fs.move(tmp, path)
+
+    def get_file(self, relpath: str) -> Optional[bytes]:
+        """The bytes of ``<root>/<relpath>``, or None when it does not exist."""
+        fs, path = _fs(self._join(self.root, relpath))
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with fs.open_input_file(path) as f:
+            return f.read()
+
+    def remove_tree(self, relpath: str) -> None:
+        """Delete ``<root>/<relpath>`` and everything under it, if it exists."""
+        fs, path = _fs(self._join(self.root, relpath))
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.delete_dir(path)
 
 
 # ---------------------------------------------------------------------- helpers

@@ -18,10 +18,10 @@ import pyarrow as pa
 
 from lakecurate import __version__
 from lakecurate.lake import Lake
+from lakecurate.tables import RUNS as RUNS_TABLE
 
 log = logging.getLogger(__name__)
 
-RUNS_TABLE = "runs"
 RUNS_SCHEMA = pa.schema(
     [
         ("stage", pa.string()),

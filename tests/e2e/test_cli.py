@@ -8,6 +8,9 @@ import sys
 import pytest
 from deltalake import DeltaTable
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from digests import run_digests  # noqa: E402
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.spark]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -51,6 +54,12 @@ def test_demo_config_through_the_cli(tmp_path):
     assert DeltaTable(os.path.join(root, "curated")).to_pyarrow_table().num_rows == 1200
     # progress was visible while it ran
     assert "level 1 step 0 iter" in out.stderr
+    # the same tree, assignments and curated ids, bit for bit, as the code before the issue-10 refactor
+    run_id = DeltaTable(os.path.join(root, "runs")).to_pandas()["run_id"].iloc[0]
+    with open(os.path.join(os.path.dirname(__file__), "pinned_demo.json")) as f:
+        pinned = json.load(f)["demo-e2e"]
+    got = run_digests(root, run_id)
+    assert got == pinned, f"demo tables changed: got {got}, pinned {pinned} (recorded on an x86-64 AVX-512 machine)"
 
 
 def test_bad_config_exits_2_with_the_key_named(tmp_path):

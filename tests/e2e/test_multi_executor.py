@@ -26,6 +26,7 @@ from lakecurate.core.hierarchy import LevelParams, fit_hierarchy
 from lakecurate.core.synthetic import long_tailed_pool
 from lakecurate.spark.arrow import matrix_to_list_array
 from lakecurate.spark.assigner import SparkAssigner
+from lakecurate.spark.blocks import EmbeddingBlocks
 from lakecurate.spark.session import get_spark
 
 spark = get_spark(sys.argv[1], "multi-executor-test", {"spark.driver.memory": "1g"})
@@ -33,8 +34,8 @@ x = long_tailed_pool(4000, 12, 30, seed=3).x
 df = spark.createDataFrame(pa.table({"id": pa.array(np.arange(len(x), dtype=np.int64)), "embedding": matrix_to_list_array(x)}).to_pandas())
 params = [LevelParams(40, n_iter=6), LevelParams(8, resample_size=3, n_resampling_steps=1, n_iter=6)]
 ref = fit_hierarchy(NumpyAssigner(x), params, 11)
-sa, _ = SparkAssigner.from_dataframe(spark, df, id_column="id", embedding_column="embedding", partitions=4)
-got = fit_hierarchy(sa, params, 11)
+blocks = EmbeddingBlocks.from_dataframe(spark, df, id_column="id", embedding_column="embedding", partitions=4)
+got = fit_hierarchy(SparkAssigner(blocks), params, 11)
 
 def files_here(batches):
     from pyspark import SparkFiles
@@ -44,9 +45,9 @@ def files_here(batches):
     n = sum(len(f) for _, _, f in os.walk(root)) if os.path.isdir(root) else 0
     yield pa.record_batch({"workdir": pa.array([os.path.abspath(SparkFiles.getRootDirectory())]), "files": pa.array([n])})
 
-before = [r.asDict() for r in sa.blocks.select("part").mapInArrow(files_here, "workdir STRING, files LONG").collect()]
-passes, fallback = sa.passes, sa.fallback_partitions
-sa.release()
+before = [r.asDict() for r in blocks.frame.select("part").mapInArrow(files_here, "workdir STRING, files LONG").collect()]
+passes, fallback = blocks.passes, blocks.fallback_partitions
+blocks.release()
 
 def files_now(_):
     import time

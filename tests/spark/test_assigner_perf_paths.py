@@ -15,6 +15,8 @@ from lakecurate.core.synthetic import long_tailed_pool
 from lakecurate.core.two_step import two_step_centroids
 from lakecurate.spark.arrow import matrix_to_list_array
 from lakecurate.spark.assigner import AssignTuning, SparkAssigner
+from lakecurate.spark.block_files import block_folder, open_block_files, write_block_files
+from lakecurate.spark.blocks import EmbeddingBlocks
 
 pytestmark = pytest.mark.spark
 
@@ -39,12 +41,13 @@ def test_variants_give_the_in_process_hierarchy(spark, pool_df, tuning):
     x, df = pool_df
     params = [LevelParams(40, n_iter=6), LevelParams(8, resample_size=3, n_resampling_steps=1, n_iter=6)]
     ref = fit_hierarchy(NumpyAssigner(x), params, 11)
-    sa, _ = SparkAssigner.from_dataframe(spark, df, id_column="id", embedding_column="embedding", partitions=3)
-    sa.tuning = AssignTuning(**tuning)
+    blocks = EmbeddingBlocks.from_dataframe(spark, df, id_column="id", embedding_column="embedding", partitions=3)
+    tuning = dict(tuning)
+    blocks.faiss_threads = tuning.pop("faiss_threads", 0)
     try:
-        got = fit_hierarchy(sa, params, 11)
+        got = fit_hierarchy(SparkAssigner(blocks, AssignTuning(**tuning)), params, 11)
     finally:
-        sa.release()
+        blocks.release()
     for a, b in zip(ref, got):
         assert np.array_equal(a.centroids, b.centroids)
         assert np.array_equal(a.sizes, b.sizes)
@@ -61,79 +64,71 @@ def _assert_same_tree(ref, got):
         assert a.objective == b.objective
 
 
-def _block_folder(cache_id):
-    from pyspark import SparkFiles
-
-    return os.path.join(SparkFiles.getRootDirectory(), "lakecurate-blocks", cache_id)
-
-
 @pytest.mark.parametrize("cache", ["local_files", "spark"])
 def test_both_block_caches_give_the_in_process_hierarchy(spark, pool_df, cache):
     x, df = pool_df
     ref = fit_hierarchy(NumpyAssigner(x), PARAMS, 11)
-    sa, _ = SparkAssigner.from_dataframe(spark, df, id_column="id", embedding_column="embedding", partitions=3, tuning=AssignTuning(cache=cache))
+    blocks = EmbeddingBlocks.from_dataframe(spark, df, id_column="id", embedding_column="embedding", partitions=3, cache=cache)
     try:
-        assert (sa.cache_id is not None) == (cache == "local_files")
+        assert (blocks.cache_id is not None) == (cache == "local_files")
         if cache == "local_files":  # local master: the executor's work dir is this machine's
-            assert len(glob.glob(os.path.join(_block_folder(sa.cache_id), "*-vectors.npy"))) >= 3
-        got = fit_hierarchy(sa, PARAMS, 11)
-        assert sa.fallback_partitions == 0
+            assert len(glob.glob(os.path.join(block_folder(blocks.cache_id), "*-vectors.npy"))) >= 3
+        got = fit_hierarchy(SparkAssigner(blocks), PARAMS, 11)
+        assert blocks.fallback_partitions == 0
     finally:
-        sa.release()
+        blocks.release()
     _assert_same_tree(ref, got)
 
 
 def test_missing_block_files_rerun_those_partitions_on_streamed_blocks(spark, pool_df):
     x, df = pool_df
     ref = fit_hierarchy(NumpyAssigner(x), PARAMS, 11)
-    sa, _ = SparkAssigner.from_dataframe(spark, df, id_column="id", embedding_column="embedding", partitions=3)
-    folder = _block_folder(sa.cache_id)
+    blocks = EmbeddingBlocks.from_dataframe(spark, df, id_column="id", embedding_column="embedding", partitions=3)
+    folder = block_folder(blocks.cache_id)
     try:
         lost = glob.glob(os.path.join(folder, "p00001-*"))
         assert lost, os.listdir(folder)
         for f in lost:  # as if partition 1's executor had been replaced
             os.remove(f)
-        got = fit_hierarchy(sa, PARAMS, 11)
-        assert sa.fallback_partitions == sa.passes > 0  # every pass re-ran partition 1, and only it
+        got = fit_hierarchy(SparkAssigner(blocks), PARAMS, 11)
+        assert blocks.fallback_partitions == blocks.passes > 0  # every pass re-ran partition 1, and only it
     finally:
-        sa.release()
+        blocks.release()
     _assert_same_tree(ref, got)
     assert not os.path.exists(folder)  # release deletes the block files
 
 
 def test_two_step_level1_matches_in_process(spark, pool_df):
-    from lakecurate.stages.split_level import fit_level1_two_step
+    from lakecurate.spark.two_step import fit_level1_two_step
 
     x, df = pool_df
     params = LevelParams(50, n_iter=6)
-    sa, _ = SparkAssigner.from_dataframe(spark, df, id_column="id", embedding_column="embedding", partitions=3)
+    blocks = EmbeddingBlocks.from_dataframe(spark, df, id_column="id", embedding_column="embedding", partitions=3)
     try:
-        level = fit_level1_two_step(sa, params, coarse_k=4, seed=5)
+        level = fit_level1_two_step(SparkAssigner(blocks), params, coarse_k=4, seed=5)
     finally:
-        sa.release()
+        blocks.release()
     ref = two_step_centroids(x, params, coarse_k=4, seed=5)
     assert np.array_equal(level.centroids, ref)
     assert level.counts.sum() == len(x) and level.n_clusters == 50
 
 
 def test_block_files_that_cannot_be_written_do_not_fail_the_task(spark, tmp_path):
-    from lakecurate.spark.assigner import _open_block_files, _write_block_files
-
     cache_id = "unwritable-test"
-    folder = _block_folder(cache_id)
+    folder = block_folder(cache_id)
     os.makedirs(os.path.dirname(folder), exist_ok=True)
     with open(folder, "w") as f:  # a file where the folder should go: every write fails
         f.write("x")
     try:
         keys = np.arange(5, dtype=np.int64)
-        _write_block_files(cache_id, 0, 0, keys, np.ones((5, 3), np.float32))  # logs, does not raise
-        assert _open_block_files(cache_id, [(0, 0, 5)]) is None  # so the pass streams this partition
+        write_block_files(cache_id, 0, 0, keys, np.ones((5, 3), np.float32))  # logs, does not raise
+        assert open_block_files(cache_id, [(0, 0, 5)]) is None  # so the pass streams this partition
     finally:
         os.remove(folder)
     # and a folder that works round-trips the block
-    _write_block_files("writable-test", 2, 7, keys, np.arange(15, dtype=np.float32).reshape(5, 3))
-    got = _open_block_files("writable-test", [(2, 7, 5), (2, 8, 0)])
-    assert len(got) == 1 and np.array_equal(got[0]["keys"], keys) and got[0]["vectors"][4, 2] == 14.0
+    write_block_files("writable-test", 2, 7, keys, np.arange(15, dtype=np.float32).reshape(5, 3))
+    got = open_block_files("writable-test", [(2, 7, 5), (2, 8, 0)])
+    assert len(got) == 1 and np.array_equal(got[0][2], keys) and got[0][3][4, 2] == 14.0
     import shutil
 
-    shutil.rmtree(_block_folder("writable-test"))
+    shutil.rmtree(block_folder("writable-test"))

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-from lakecurate.config import RunConfig, load_config
+from lakecurate.plan import load_plan
 from lakecurate.errors import InputDataError, LakecurateError, TableError
 from lakecurate.pipeline import run
 
@@ -37,7 +37,7 @@ def cfg_for(path, root, fmt="parquet", **over):
     for k, v in over.items():
         s, name = k.split("__")
         data[s][name] = v
-    return load_config(RunConfig, data=data)
+    return load_plan(data=data)
 
 
 def assert_nothing_written(root):
@@ -48,7 +48,7 @@ def assert_nothing_written(root):
 def expect_error(spark, cfg, exc, pattern):
     with pytest.raises(exc, match=pattern):
         run(cfg, spark=spark)
-    assert_nothing_written(cfg.lake.root)
+    assert_nothing_written(cfg.config.lake.root)
 
 
 def test_nan_row_names_the_id(spark, tmp_path):
@@ -128,7 +128,7 @@ def test_target_larger_than_pool_writes_no_curated_table(spark, tmp_path):
     cfg = cfg_for(path, str(tmp_path / "lake"), sampling__target_size=61)
     with pytest.raises(InputDataError, match=r"sampling.target_size=61 is larger than the pool of 60 rows.*max_repeats"):
         run(cfg, spark=spark)
-    assert not DeltaTable.is_deltatable(os.path.join(cfg.lake.root, "curated"))
+    assert not DeltaTable.is_deltatable(os.path.join(cfg.config.lake.root, "curated"))
     # with repeats allowed the same target succeeds and draws one row twice
     cfg = cfg_for(path, str(tmp_path / "lake"), sampling__target_size=61, sampling__max_repeats=2)
     res = run(cfg, spark=spark)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from deltalake import DeltaTable
 
-from lakecurate.config import RunConfig, load_config
+from lakecurate.plan import load_plan
 from lakecurate.core.dedup import find_duplicates
 from lakecurate.core.synthetic import redundant_pool
 from lakecurate.errors import ConfigError
@@ -34,7 +34,7 @@ def dedup_config(npy, lake_root, partitions, **dedup):
         "dedup": {"eps": EPS, "n_clusters": K, "n_neighbor_clusters": NB, "seed": SEED, "n_iter": ITERS, **dedup},
         "spark": {"master": "local[2]", "partitions": partitions},
     }
-    return load_config(RunConfig, data=data)
+    return load_plan(data=data)
 
 
 def duplicates_of(result, run_id):
@@ -120,7 +120,7 @@ def demo_config(lake_root, stages):
         "report": {"label_column": "item"},
         "spark": {"master": "local[2]", "partitions": 2},
     }
-    return load_config(RunConfig, data=data)
+    return load_plan(data=data)
 
 
 def test_run_with_dedup_curates_fewer_copies(spark, tmp_path):
@@ -157,4 +157,4 @@ def test_run_with_dedup_curates_fewer_copies(spark, tmp_path):
 @pytest.mark.parametrize("eps", [0, -0.1, 1.5, float("nan"), "big"])
 def test_eps_out_of_range_is_a_config_error(tmp_path, eps):
     with pytest.raises(ConfigError, match="dedup.eps"):
-        load_config(RunConfig, data={"stages": ["dedup", "cluster", "sample"], "input": {"format": "synthetic"}, "dedup": {"eps": eps}})
+        load_plan(data={"stages": ["dedup", "cluster", "sample"], "input": {"format": "synthetic"}, "dedup": {"eps": eps}})

@@ -17,7 +17,7 @@ from deltalake import DeltaTable
 from lakecurate.cli import main
 from lakecurate.errors import ConfigError
 from lakecurate.pipeline import run
-from lakecurate.stages.embed import load_embed_config
+from lakecurate.plan import load_plan
 
 pytestmark = pytest.mark.spark
 
@@ -50,7 +50,7 @@ def embed_config(lake_root, source: dict, encoder: dict | None = None, run_id: s
         "spark": {"master": "local[2]"},
         "embed": {"source": source, "encoder": encoder or {}, "batch_rows": 64, **embed},
     }
-    return load_embed_config(None, data=data)
+    return load_plan(data=data, alone="embed")
 
 
 def table(lake_root, name):

@@ -8,7 +8,7 @@ import pytest
 from deltalake import DeltaTable, QueryBuilder
 
 from lakecurate import HierarchicalKMeans, balanced_sample
-from lakecurate.config import RunConfig, load_config
+from lakecurate.plan import load_plan
 from lakecurate.core.synthetic import long_tailed_pool
 from lakecurate.lake import Lake
 from lakecurate.pipeline import run
@@ -41,7 +41,7 @@ def config(npy, lake_root, **over):
     for key, value in over.items():
         section, name = key.split("__")
         data[section][name] = value
-    return load_config(RunConfig, data=data)
+    return load_plan(data=data)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_other_strategies_and_partitioning_agree_with_pure(spark, pool_npy, pure
 def test_tables_are_delta_and_queryable(spark, first_run):
     cfg, res = first_run
     # other tests' runs registered their own lakes' tables under the same view names since
-    assert set(Lake(spark, cfg.lake).register_all()) >= {"clusters", "assignments", "curated", "runs"}
+    assert set(Lake(spark, cfg.config.lake).register_all()) >= {"clusters", "assignments", "curated", "runs"}
     by_level = spark.sql("SELECT level, count(*) AS k, sum(size) AS n FROM clusters GROUP BY level ORDER BY level").collect()
     assert [(r["level"], r["k"], r["n"]) for r in by_level] == [(1, 40, N), (2, 8, N)]
     for name, expected in (("assignments", N), ("curated", TARGET), ("clusters", 48)):
@@ -119,7 +119,7 @@ def test_tables_are_delta_and_queryable(spark, first_run):
 def test_rerun_skips_committed_stages(spark, first_run):
     cfg, res = first_run
     versions = {name: DeltaTable(path).version() for name, path in res.tables.items() if name != "runs"}
-    again = run(config(cfg.input.path, cfg.lake.root), spark=spark)
+    again = run(config(cfg.config.input.path, cfg.config.lake.root), spark=spark)
     assert again.skipped == ["cluster", "sample"]
     assert {name: DeltaTable(path).version() for name, path in again.tables.items() if name != "runs"} == versions
 
@@ -136,10 +136,10 @@ def test_killed_cluster_stage_resumes_from_level_checkpoints(spark, pool_npy, pu
     monkeypatch.setattr(cluster_stage, "clusters_table", crash)
     with pytest.raises(RuntimeError, match="simulated"):
         run(cfg, spark=spark)
-    assert not DeltaTable.is_deltatable(os.path.join(cfg.lake.root, "clusters"))
+    assert not DeltaTable.is_deltatable(os.path.join(cfg.config.lake.root, "clusters"))
     monkeypatch.setattr(cluster_stage, "clusters_table", real)
 
-    res = run(config(pool_npy[0], cfg.lake.root), spark=spark)
+    res = run(config(pool_npy[0], cfg.config.lake.root), spark=spark)
     assert res.stages["cluster"]["resumed_levels"] == 2
     assign = DeltaTable(res.tables["assignments"]).to_pandas()
     assert len(assign) == N  # replaced, not appended twice

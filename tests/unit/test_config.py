@@ -1,11 +1,13 @@
-"""Config loading: typed, validated, errors that name the dotted key and value."""
+"""Config loading and planning: typed, validated, frozen; errors that name the dotted key and value."""
 
+import dataclasses
 import os
 
 import pytest
 
 from lakecurate.config import RunConfig, apply_overrides, load_config
 from lakecurate.errors import ConfigError
+from lakecurate.plan import load_plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -13,28 +15,52 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def load(data=None, overrides=()):
     base = {"input": {"format": "npy", "path": "x.npy"}, "clustering": {"n_clusters": [10, 2]}}
     base.update(data or {})
-    return load_config(RunConfig, data=base, overrides=list(overrides))
+    return load_plan(data=base, overrides=list(overrides))
 
 
 def test_every_shipped_config_loads():
     for name in os.listdir(os.path.join(ROOT, "conf")):
         if name.endswith(".yaml"):
-            cfg = load_config(RunConfig, os.path.join(ROOT, "conf", name))
-            assert cfg.run_id
+            plan = load_plan(os.path.join(ROOT, "conf", name))
+            assert plan.run_id and plan.stages
 
 
 def test_overrides_are_parsed_as_yaml():
-    cfg = load(overrides=["sampling.target_size=123", "clustering.n_clusters=[8, 4]", "lake.database=null"])
+    cfg = load(overrides=["sampling.target_size=123", "clustering.n_clusters=[8, 4]", "lake.database=null"]).config
     assert cfg.sampling.target_size == 123
-    assert cfg.clustering.n_clusters == [8, 4]
+    assert cfg.clustering.n_clusters == (8, 4)
     assert cfg.lake.database is None
+
+
+def test_config_is_frozen_and_validation_stores_nothing():
+    cfg = load_config(RunConfig, data={"input": {"format": "npy", "path": "x.npy"}})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.sampling.target_size = 5
+    assert cfg.run_id is None  # derived values live on the plan
+    before = dataclasses.asdict(cfg)
+    cfg.validate()
+    assert dataclasses.asdict(cfg) == before
+    assert {f.name for f in dataclasses.fields(cfg.clustering)} == set(vars(cfg.clustering))
 
 
 def test_run_id_is_stable_for_the_same_config_and_changes_with_it():
     assert load().run_id == load().run_id
     assert load().run_id != load(overrides=["sampling.target_size=7"]).run_id
-    # Spark tuning does not change the result, so not the run id either
+    # Spark tuning does not change the result, so not the run id either; nor where inputs are staged
     assert load().run_id == load(overrides=["spark.partitions=16"]).run_id
+    assert load().run_id == load(overrides=["lake.staging=/somewhere/else"]).run_id
+
+
+def test_plan_resolves_levels_stages_and_tables():
+    plan = load(overrides=["clustering.resample_size=[1, 3]", "clustering.metric=cosine", "report.label_column=c"])
+    assert [p.n_clusters for p in plan.levels] == [10, 2]
+    assert [p.resample_size for p in plan.levels] == [1, 3] and all(p.spherical for p in plan.levels)
+    assert plan.stage_names == ["cluster", "sample", "report"]  # the report runs when a label column is set
+    assert plan.tables() == ["assignments", "clusters", "curated"]
+    alone = load_plan(os.path.join(ROOT, "conf", "embed-text.yaml"), alone="embed")
+    assert alone.stage_names == ["embed"] and alone.tables() == ["embeddings", "rejects"]
+    assert alone.run_id.startswith("texts-embed-")  # a fresh run each time it runs alone
+    assert alone.encoder is not None and alone.encoder.normalize
 
 
 @pytest.mark.parametrize(
@@ -48,10 +74,15 @@ def test_run_id_is_stable_for_the_same_config_and_changes_with_it():
         ("clustering.metric=dot", "clustering.metric='dot'"),
         ("clustering.n_clusters=[2, 10]", "level 2 has 10 > level 1's 2"),
         ("clustering.resample_size=[1, 2, 3]", "clustering.resample_size has 3 entries"),
+        ("clustering.level1_coarse_clusters=10", r"level1_coarse_clusters=10 must be 0 \(off\) or an integer in \[1, n_clusters\[0\]=10\)"),
+        ("dedup.eps=0", r"dedup.eps=0.0 must be in \(0, 1\]"),
         ("input.format=csv", "input.format='csv' is not one of"),
         ("lake.backend=hive", "lake.backend='hive'"),
+        ("spark.block_cache=disk", "spark.block_cache='disk' is not one of"),
         ("stages=[sample, cluster]", "must keep the order"),
         ("stages=[cluster, bogus]", r"stages\[1\]='bogus'"),
+        ("stages=[cluster, report]", r"stages\[1\]='report'"),  # automatic, never listed
+        ("stages=[embed, cluster]", "stages include 'embed' but the config has no embed section"),
         ("run_id=a/b", "run_id='a/b' must match"),
         ("input.synthetic.n=10", None),
     ],
@@ -64,15 +95,36 @@ def test_bad_values_name_key_and_value(override, message):
         load(overrides=[override])
 
 
-def test_input_needs_a_path_unless_synthetic():
+def test_input_needs_a_path_unless_synthetic_or_embedded():
     with pytest.raises(ConfigError, match="set input.path"):
-        load_config(RunConfig, data={"input": {"format": "delta"}})
-    cfg = load_config(RunConfig, data={"input": {"format": "synthetic", "synthetic": {"n": 500, "n_concepts": 5}}})
-    assert cfg.input.synthetic.n == 500
+        load_plan(data={"input": {"format": "delta"}})
+    plan = load_plan(data={"input": {"format": "synthetic", "synthetic": {"n": 500, "n_concepts": 5}}})
+    assert plan.config.input.pool.n == 500
+    assert load_plan(data={"input": {"format": "synthetic"}}).config.input.pool.n == 100_000  # the defaults
+    # a run whose embed stage makes the input does not read input.path
+    load_plan(data={"stages": ["embed", "cluster"], "embed": {"source": {"path": "texts"}}})
 
 
 def test_missing_config_file_and_bad_override_syntax(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
-        load_config(RunConfig, str(tmp_path / "nope.yaml"))
+        load_plan(str(tmp_path / "nope.yaml"))
     with pytest.raises(ConfigError, match="dotted.key=value"):
         apply_overrides({}, ["sampling.target_size"])
+
+
+def test_config_imports_no_curation_code():
+    """config.py (and what it imports from lakecurate) is plain data and checks: no core, estimator, stage or Spark code."""
+    import ast
+
+    lib = os.path.join(ROOT, "lib")
+    seen, todo = set(), ["lakecurate.config"]
+    while todo:
+        mod = todo.pop()
+        if mod in seen:
+            continue
+        seen.add(mod)
+        tree = ast.parse(open(os.path.join(lib, *mod.split(".")) + ".py").read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lakecurate."):
+                todo.append(node.module)
+    assert seen == {"lakecurate.config", "lakecurate.errors", "lakecurate.validation", "lakecurate.embed.spec"}, seen

@@ -310,7 +310,7 @@ def test_named_architecture_without_torchvision_or_timm_names_the_pip_install(ti
 @pytest.mark.parametrize(
     "spec_kwargs, message",
     [
-        ({"kind": "audio"}, r"encoder.kind='audio' must be one of"),
+        ({"kind": "audio"}, r"encoder.kind='audio' is not one of"),
         ({"batch_size": 0}, r"encoder.batch_size=0 must be an integer >= 1"),
         ({"device": "tpu"}, r"encoder.device='tpu'"),
         ({"device": "cpu", "half_precision": True}, r"half_precision=True needs a GPU"),

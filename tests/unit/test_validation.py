@@ -52,9 +52,9 @@ def test_levels_must_not_grow():
     [
         ({"metric": "manhattan"}, "metric='manhattan'"),
         ({"init": "kmeans||"}, "init='kmeans||'"),
-        ({"n_iter": 0}, "n_iter must be an integer >= 1; got 0"),
+        ({"n_iter": 0}, "n_iter=0 must be an integer >= 1"),
         ({"resample_size": [1, 2, 3]}, "resample_size has 3 entries but n_clusters has 2"),
-        ({"n_resampling_steps": -1}, "n_resampling_steps must be an integer >= 0; got -1"),
+        ({"n_resampling_steps": -1}, "n_resampling_steps=-1 must be an integer >= 0"),
     ],
 )
 def test_bad_parameters(kwargs, message):
@@ -63,5 +63,5 @@ def test_bad_parameters(kwargs, message):
 
 
 def test_zero_clusters():
-    with pytest.raises(ConfigError, match=r"n_clusters\[0\]=0 must be >= 1"):
+    with pytest.raises(ConfigError, match=r"n_clusters\[0\]=0 must be an integer >= 1"):
         HierarchicalKMeans([0]).fit(x())

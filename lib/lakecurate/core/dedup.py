@@ -78,8 +78,8 @@ from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
 from lakecurate.core.assign import Assigner, NumpyAssigner
 from lakecurate.core.kmeans import KMeansFit, fit_kmeans_assigner
-from lakecurate.core.validate import check_embeddings
 from lakecurate.errors import ConfigError, InputDataError
+from lakecurate.validation import check_embeddings, check_eps, check_int
 
 log = logging.getLogger(__name__)
 
@@ -97,35 +97,6 @@ EDGE_BUFFER = 1 << 21
 DEFAULT_SIZE_BANDS = (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
 
 _F32_UNIT_ROUNDOFF = 2.0**-24
-
-
-# ---------------------------------------------------------------- validation (public edge only)
-
-
-def check_eps(eps: object, *, key: str = "eps") -> float:
-    """``eps`` as a float in (0, 1], or a ConfigError naming the value.
-
-    eps = 0 would ask for similarity >= 1, which rounding makes a coin toss for anything but
-    bit-identical rows; eps = 1 (similarity >= 0) is the loosest meaningful threshold.
-    """
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)):
-        raise ConfigError(f"{key} must be a number in (0, 1]; got {eps!r}")
-    value = float(eps)
-    if not math.isfinite(value):
-        raise ConfigError(f"{key}={value!r} must be a finite number in (0, 1]")
-    if not 0.0 < value <= 1.0:
-        raise ConfigError(
-            f"{key}={value!r} is out of range (0, 1]: rows are duplicates when cosine similarity >= 1 - {key}"
-        )
-    return value
-
-
-def _check_int(value: object, key: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"{key} must be an integer >= {minimum}; got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{key}={value} must be >= {minimum}")
-    return int(value)
 
 
 def default_n_clusters(n_rows: int) -> int:
@@ -688,17 +659,17 @@ def find_duplicates(
             "similarity >= 1 - eps (only metric='cosine')"
         )
     eps = check_eps(eps)
-    block_size = _check_int(block_size, "block_size", 1)
-    n_neighbor_clusters = _check_int(n_neighbor_clusters, "n_neighbor_clusters", 0)
-    n_iter = _check_int(n_iter, "n_iter", 1)
+    block_size = check_int(block_size, "block_size", minimum=1)
+    n_neighbor_clusters = check_int(n_neighbor_clusters, "n_neighbor_clusters", minimum=0)
+    n_iter = check_int(n_iter, "n_iter", minimum=1)
     if not isinstance(seed, np.random.Generator):
-        _check_int(seed, "seed", 0)
+        check_int(seed, "seed", minimum=0)
     x = check_embeddings(X)
     n = x.shape[0]
     if n_clusters is None:
         k = default_n_clusters(n)
     else:
-        k = _check_int(n_clusters, "n_clusters", 1)
+        k = check_int(n_clusters, "n_clusters", minimum=1)
         if k > n:
             raise InputDataError(f"n_clusters={k} is more than the {n} rows in the input")
     r = min(n_neighbor_clusters, k - 1)

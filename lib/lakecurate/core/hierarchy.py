@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from lakecurate.core.kmeans import (
     fit_kmeans_assigner,
     normalize_rows,
 )
+
+if TYPE_CHECKING:
+    from lakecurate.validation import HierarchySettings
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,22 @@ class Level:
     @property
     def n_clusters(self) -> int:
         return int(self.centroids.shape[0])
+
+
+def level_params(settings: "HierarchySettings") -> list[LevelParams]:
+    """One :class:`LevelParams` per level from checked settings (:func:`lakecurate.validation.check_hierarchy`)."""
+    return [
+        LevelParams(
+            n_clusters=k,
+            resample_size=r,
+            n_resampling_steps=settings.n_resampling_steps,
+            n_iter=settings.n_iter,
+            init=settings.init,
+            spherical=settings.metric == "cosine",
+            init_points_per_centroid=settings.init_points_per_centroid,
+        )
+        for k, r in zip(settings.n_clusters, settings.resample_size)
+    ]
 
 
 LevelCallback = Callable[[int, int, IterationStats], None]  # (level, step, stats)
@@ -215,4 +234,4 @@ def parent_ids(levels: Sequence[Level]) -> list[Optional[np.ndarray]]:
     return [levels[i + 1].labels for i in range(len(levels) - 1)] + [None]
 
 
-__all__ = ["Level", "LevelParams", "fit_hierarchy", "fit_level", "parent_ids", "normalize_rows"]
+__all__ = ["Level", "LevelParams", "fit_hierarchy", "fit_level", "level_params", "parent_ids", "normalize_rows"]

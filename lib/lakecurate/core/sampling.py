@@ -18,8 +18,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from lakecurate.core.keys import random_keys
-
-STRATEGIES = ("random", "closest", "furthest")
+from lakecurate.errors import ConfigError
+from lakecurate.validation import STRATEGIES
 #: Key stream for within-cluster random ordering (separate from other uses of the seed).
 _SELECTION_STREAM = 1
 
@@ -104,7 +104,7 @@ def selection_keys(rows: np.ndarray, distances: np.ndarray, strategy: str, seed:
         return np.asarray(distances, dtype=np.float32)
     if strategy == "furthest":
         return -np.asarray(distances, dtype=np.float32)
-    raise ValueError(f"strategy={strategy!r} is not one of {STRATEGIES}")
+    raise ConfigError(f"strategy={strategy!r} is not one of {list(STRATEGIES)}")
 
 
 def select_within_clusters(

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lakecurate.errors import ConfigError
+
 
 @dataclass
 class Pool:
@@ -79,7 +81,7 @@ def redundant_pool(
     ``copy_noise * |item|``, so two copies have cosine similarity about ``1 - copy_noise^2``.
     """
     if n_items > n:
-        raise ValueError(f"n_items={n_items} is more than n={n}")
+        raise ConfigError(f"n_items={n_items} is more than n={n}")
     rng = np.random.default_rng([seed, 1])
     items = long_tailed_pool(n_items, dim, min(n_concepts, n_items), alpha=alpha, spread=spread, seed=seed)
     copies = zipf_sizes(n, n_items, copies_alpha)[rng.permutation(n_items)]

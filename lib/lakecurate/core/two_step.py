@@ -5,7 +5,7 @@ centroid at every iteration); the reference code splits such a level in two: ``c
 clusters over all rows, then each coarse cluster gets a share of the k_1 fine clusters
 proportional to its size and runs its own small k-means. The fine centroids of all coarse
 clusters together are level 1's centroids. The Spark form of the second step is a group-by on
-the coarse label with ``applyInPandas`` (:mod:`lakecurate.stages.split_level`); this module
+the coarse label with ``applyInPandas`` (:mod:`lakecurate.spark.two_step`); this module
 holds the pure parts, shared with an in-process version used by the tests.
 """
 

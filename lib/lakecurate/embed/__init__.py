@@ -23,6 +23,7 @@ from lakecurate.embed.encoders import (
     find_text_rejects,
     get_cached_encoder,
     load_encoder,
+    model_label,
 )
 from lakecurate.embed.images import ImagePreprocess, ImageRejected
 from lakecurate.embed.spec import DEFAULT_TEXT_MODEL, EncoderSpec
@@ -41,6 +42,7 @@ __all__ = [
     "find_text_rejects",
     "get_cached_encoder",
     "load_encoder",
+    "model_label",
     "select_device",
     "use_half_precision",
 ]

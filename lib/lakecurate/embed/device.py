@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Optional
 
 from lakecurate.embed._deps import require
 from lakecurate.errors import ConfigError
+from lakecurate.validation import check_choice, check_int
 
 if TYPE_CHECKING:
     import torch
@@ -38,10 +39,9 @@ def select_device(requested: str = "auto", *, num_threads: Optional[int] = None,
     counts the whole machine and oversubscribes an executor that runs several tasks.
     """
     torch = require("torch", "the embed stage")
-    if requested not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"encoder.device={requested!r} must be one of ['auto', 'cpu', 'cuda']")
-    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1):
-        raise ConfigError(f"num_threads={num_threads!r} must be an integer >= 1")
+    check_choice(requested, ("auto", "cpu", "cuda"), "encoder.device")
+    if num_threads is not None:
+        check_int(num_threads, "num_threads", minimum=1)
     if requested != "cpu" and torch.cuda.is_available():
         index = torch.cuda.current_device() if gpu_index is None else int(gpu_index)
         if not 0 <= index < torch.cuda.device_count():

@@ -217,6 +217,24 @@ def resolve_text_model(model: Optional[str]) -> tuple[str, str]:
     return model, model  # a hub name: loaded from the local cache (or downloaded if allowed)
 
 
+def model_label(spec: EncoderSpec) -> str:
+    """The ``model`` value an encoder writes to the embeddings table, without loading it.
+
+    The embeddings table is keyed by (model, id): the run's later stages pick their input by this
+    label. Mirrors the names :func:`load_encoder` gives (the embed stage checks they agree). Two
+    different files with the same base name would share a label: set ``encoder.name``.
+    """
+    if spec.name:
+        return spec.name
+    if spec.kind == "text":
+        return resolve_text_model(spec.model)[1]
+    if spec.kind == "image":
+        if spec.model is not None:
+            return Path(spec.model).name
+        return f"{spec.architecture}@{Path(str(spec.weights)).name}"
+    return str(spec.import_path)
+
+
 def _looks_like_path(value: str) -> bool:
     """A hub name is ``name`` or ``org/name``; anything else that does not exist is a broken path."""
     return value.startswith(("/", ".", "~")) or "\\" in value or value.count("/") > 1 or value.endswith("/")

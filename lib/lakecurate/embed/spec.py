@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from lakecurate.errors import ConfigError
+from lakecurate.validation import check_choice, check_int
 
 KINDS = ("text", "image", "custom")
 MODALITIES = ("text", "image")
@@ -136,30 +137,30 @@ class EncoderSpec:
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
-        _choice(self.kind, KINDS, "kind")
+        check_choice(self.kind, KINDS, f"{_WHERE}.kind")
         for name in ("model", "architecture", "weights", "import_path", "name"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ConfigError(f"{_WHERE}.{name}={value!r} must be a non-empty string")
         if self.modality is not None:
-            _choice(self.modality, MODALITIES, "modality")
+            check_choice(self.modality, MODALITIES, f"{_WHERE}.modality")
             if self.kind != "custom" and self.modality != self.kind:
                 raise ConfigError(f"{_WHERE}.modality={self.modality!r} contradicts {_WHERE}.kind={self.kind!r}")
-        _choice(self.device, DEVICES, "device")
+        check_choice(self.device, DEVICES, f"{_WHERE}.device")
         for name in ("half_precision", "normalize", "strip_head", "allow_download"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{_WHERE}.{name}={getattr(self, name)!r} must be true or false")
         if self.half_precision and self.device == "cpu":
             raise ConfigError(f"{_WHERE}.half_precision=True needs a GPU but {_WHERE}.device='cpu'")
-        _positive_int(self.batch_size, "batch_size")
-        _positive_int(self.max_bytes, "max_bytes")
-        _positive_int(self.max_pixels, "max_pixels")
-        _positive_int(self.decode_threads, "decode_threads")
+        check_int(self.batch_size, f"{_WHERE}.batch_size", minimum=1)
+        check_int(self.max_bytes, f"{_WHERE}.max_bytes", minimum=1)
+        check_int(self.max_pixels, f"{_WHERE}.max_pixels", minimum=1)
+        check_int(self.decode_threads, f"{_WHERE}.decode_threads", minimum=1)
         if self.max_seq_length is not None:
-            _positive_int(self.max_seq_length, "max_seq_length")
+            check_int(self.max_seq_length, f"{_WHERE}.max_seq_length", minimum=1)
         for name in ("image_size", "crop_size"):
             if getattr(self, name) is not None:
-                _positive_int(getattr(self, name), name)
+                check_int(getattr(self, name), f"{_WHERE}.{name}", minimum=1)
         if self.image_size is not None and self.crop_size is not None and self.image_size < self.crop_size:
             raise ConfigError(
                 f"{_WHERE}.image_size={self.image_size} must be >= {_WHERE}.crop_size={self.crop_size} "
@@ -168,7 +169,7 @@ class EncoderSpec:
         if self.std is not None and min(self.std) <= 0:
             raise ConfigError(f"{_WHERE}.std={list(self.std)} must be > 0 in every channel")
         if self.interpolation is not None:
-            _choice(self.interpolation, INTERPOLATIONS, "interpolation")
+            check_choice(self.interpolation, INTERPOLATIONS, f"{_WHERE}.interpolation")
         getattr(self, f"_validate_{self.kind}")()
 
     def _validate_text(self) -> None:
@@ -214,16 +215,6 @@ class EncoderSpec:
             value = getattr(self, name)
             if value is not None:
                 raise ConfigError(f"{_WHERE}.{name}={value!r} does not apply to {context}")
-
-
-def _choice(value: Any, allowed: tuple[str, ...], name: str) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{_WHERE}.{name}={value!r} must be one of {list(allowed)}")
-
-
-def _positive_int(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{_WHERE}.{name}={value!r} must be an integer >= 1")
 
 
 def _triple(value: Any, name: str) -> tuple[float, float, float]:

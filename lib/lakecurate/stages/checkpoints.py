@@ -1,8 +1,9 @@
 """Per-level checkpoints of the cluster stage, so a killed job resumes at the next level.
 
 A checkpoint is one .npz per fitted level under ``<lake root>/_checkpoints/<run_id>/``, written
-to a temporary name and renamed, so a level is either saved whole or not at all. It carries the
-config fingerprint: a checkpoint from another config is ignored.
+through the lake (:meth:`lakecurate.lake.Lake.put_file`: a temporary name, then a rename), so a
+level is either saved whole or not at all. It carries the config fingerprint: a checkpoint from
+another config is ignored.
 """
 
 from __future__ import annotations
@@ -13,20 +14,17 @@ import logging
 import posixpath
 
 import numpy as np
-import pyarrow.fs as pafs
 
 from lakecurate.core.hierarchy import Level
+from lakecurate.lake import Lake
 
 log = logging.getLogger(__name__)
 
 
 class LevelCheckpoints:
-    def __init__(self, root: str, run_id: str, fingerprint: str):
-        if "://" in root:
-            self.fs, base = pafs.FileSystem.from_uri(root)
-        else:
-            self.fs, base = pafs.LocalFileSystem(), root
-        self.dir = posixpath.join(base, "_checkpoints", run_id)
+    def __init__(self, lake: Lake, run_id: str, fingerprint: str):
+        self.lake = lake
+        self.dir = posixpath.join("_checkpoints", run_id)  # relative to the lake root
         self.fingerprint = fingerprint
 
     def _path(self, level: int) -> str:
@@ -53,21 +51,17 @@ class LevelCheckpoints:
         }
         buf = io.BytesIO()
         np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
-        self.fs.create_dir(self.dir, recursive=True)
-        tmp = self._path(level.level) + ".tmp"
-        with self.fs.open_output_stream(tmp) as out:
-            out.write(buf.getvalue())
-        self.fs.move(tmp, self._path(level.level))
+        self.lake.put_file(self._path(level.level), buf.getvalue())
 
     def load(self, n_levels: int) -> list[Level]:
         """The consecutive levels 1..t already fitted for this fingerprint."""
         levels: list[Level] = []
         for t in range(1, n_levels + 1):
             path = self._path(t)
-            if self.fs.get_file_info(path).type != pafs.FileType.File:
+            saved = self.lake.get_file(path)
+            if saved is None:
                 break
-            with self.fs.open_input_file(path) as f:
-                data = np.load(io.BytesIO(f.read()), allow_pickle=False)
+            data = np.load(io.BytesIO(saved), allow_pickle=False)
             meta = json.loads(str(data["meta"]))
             if meta["fingerprint"] != self.fingerprint:
                 log.info("checkpoint %s is from another config; refitting from level %d", path, t)
@@ -94,6 +88,6 @@ class LevelCheckpoints:
 
     def clear(self) -> None:
         try:
-            self.fs.delete_dir(self.dir)
-        except (FileNotFoundError, OSError):
-            pass
+            self.lake.remove_tree(self.dir)
+        except OSError as exc:  # leftovers cost disk space only: a fresh fingerprint ignores them
+            log.warning("could not remove the checkpoints %s: %s", self.dir, exc)

@@ -1,9 +1,10 @@
 """Cluster stage: hierarchical k-means over the input embeddings -> ``clusters`` and ``assignments``.
 
-Level 1 runs on the executors (Spark assigner over cached blocks). Levels 2..T take the previous
-level's centroids: in-process on the driver when they number at most ``driver_max_rows``, else on
-the executors through the same assigner. Each fitted level is checkpointed; the two tables are
-committed at the end, assignments first, then clusters, each as one table version.
+Level 1 runs on the executors (the Spark assigner over cached blocks). Levels 2..T take the
+previous level's centroids: in-process on the driver when they number at most
+``clustering.driver_max_rows``, else on the executors through the same assigner. Each fitted
+level is checkpointed, so a killed job resumes at the next level; the two tables are committed at
+the end, assignments first, then clusters, each as one table version.
 """
 
 from __future__ import annotations
@@ -16,11 +17,16 @@ import pyarrow as pa
 
 from lakecurate.core.assign import NumpyAssigner
 from lakecurate.core.hierarchy import Level, fit_hierarchy, parent_ids
-from lakecurate.core.validate import check_levels
+from lakecurate.core.kmeans import normalize_rows
 from lakecurate.spark.arrow import matrix_to_list_array
-from lakecurate.spark.assigner import AssignTuning, SparkAssigner
+from lakecurate.spark.assigner import SparkAssigner
+from lakecurate.spark.assignments import assignment_rows
+from lakecurate.spark.blocks import EmbeddingBlocks
+from lakecurate.spark.two_step import fit_level1_two_step
 from lakecurate.stages.checkpoints import LevelCheckpoints
-from lakecurate.stages.context import ASSIGNMENTS, CLUSTERS, StageContext
+from lakecurate.stages.context import Stage, StageContext
+from lakecurate.tables import ASSIGNMENTS, CLUSTERS
+from lakecurate.validation import check_levels
 
 log = logging.getLogger(__name__)
 
@@ -70,70 +76,83 @@ def level_metrics(lv: Level, n_inputs: int) -> dict:
     }
 
 
+def _log_iteration(n_iters: list[int]):
+    def progress(level: int, step: int, it) -> None:
+        # per-iteration lines for slow iterations; fast in-process levels only log their last
+        last = it.iteration + 1 == n_iters[level - 1]
+        log.log(
+            logging.INFO if (it.seconds >= 0.5 or last) else logging.DEBUG,
+            "level %d step %d iter %d/%d: objective=%.6g reseeded=%d imbalance=%.3f %.2fs",
+            level, step, it.iteration + 1, n_iters[level - 1], it.objective, it.n_reseeded, it.imbalance, it.seconds,
+        )
+
+    return progress
+
+
 def run_cluster(ctx: StageContext, metrics: dict) -> None:
     cfg = ctx.config
     ccfg = cfg.clustering
-    params = ccfg.level_params  # validated in config
+    params = ctx.plan.levels
     t0 = time.perf_counter()
-    assigner, report = SparkAssigner.from_dataframe(
-        ctx.spark,
-        ctx.input_frame(),
-        id_column=cfg.input.id_column,
-        embedding_column=cfg.input.embedding_column,
-        partitions=cfg.spark.partitions,
-        normalize=ccfg.metric == "cosine",
-        where=f"input {cfg.input.path or cfg.input.table or cfg.input.format}",
-        tuning=AssignTuning(cache=cfg.spark.block_cache),
+    blocks = EmbeddingBlocks.from_dataframe(
+        ctx.spark, ctx.input_frame("cluster"), id_column=cfg.input.id_column, embedding_column=cfg.input.embedding_column,
+        partitions=cfg.spark.partitions, transform=normalize_rows if ccfg.metric == "cosine" else None,
+        where=f"input {cfg.input.location}", cache=cfg.spark.block_cache,
     )
-    metrics["n_rows"] = report.n_rows
-    metrics["dim"] = report.dim
-    metrics["cache_seconds"] = round(time.perf_counter() - t0, 3)
+    assigner = SparkAssigner(blocks)
+    upper: list[EmbeddingBlocks] = []  # levels 2..T run on the executors
+    metrics.update(n_rows=blocks.n, dim=blocks.d, cache_seconds=round(time.perf_counter() - t0, 3))
     try:
-        check_levels([p.n_clusters for p in params], report.n_rows, key="clustering.n_clusters")
-        checkpoints = LevelCheckpoints(ctx.lake.root, ctx.run_id, cfg.fingerprint())
+        check_levels([p.n_clusters for p in params], blocks.n, key="clustering.n_clusters")
+        checkpoints = LevelCheckpoints(ctx.lake, ctx.run_id, ctx.plan.fingerprint)
         start = checkpoints.load(len(params))
         if not start and ccfg.level1_coarse_clusters:  # very large k_1: level 1 in two steps
-            from lakecurate.stages.split_level import fit_level1_two_step
-
             start = [fit_level1_two_step(assigner, params[0], ccfg.level1_coarse_clusters, ccfg.seed)]
             checkpoints.save(start[0])
-        spark_levels: list[SparkAssigner] = []
 
         def make_assigner(x: np.ndarray):
-            if x.shape[0] > ccfg.driver_max_rows:
-                log.info("%d inputs > clustering.driver_max_rows=%d: this level runs on the executors", x.shape[0], ccfg.driver_max_rows)
-                sa = SparkAssigner.from_numpy(ctx.spark, x, partitions=cfg.spark.partitions)
-                spark_levels.append(sa)
-                return sa
-            return NumpyAssigner(x)
-
-        def progress(level: int, step: int, it) -> None:
-            # per-iteration lines for slow iterations; fast in-process levels only log their last
-            last = it.iteration + 1 == params[level - 1].n_iter
-            log.log(
-                logging.INFO if (it.seconds >= 0.5 or last) else logging.DEBUG,
-                "level %d step %d iter %d/%d: objective=%.6g reseeded=%d imbalance=%.3f %.2fs",
-                level, step, it.iteration + 1, params[level - 1].n_iter, it.objective, it.n_reseeded, it.imbalance, it.seconds,
-            )
+            if x.shape[0] <= ccfg.driver_max_rows:
+                return NumpyAssigner(x)
+            log.info("%d inputs > clustering.driver_max_rows=%d: this level runs on the executors", x.shape[0], ccfg.driver_max_rows)
+            upper.append(EmbeddingBlocks.from_numpy(ctx.spark, x, partitions=cfg.spark.partitions))
+            return SparkAssigner(upper[-1])
 
         levels = fit_hierarchy(
-            assigner, params, ccfg.seed, make_assigner=make_assigner, on_iteration=progress,
+            assigner, params, ccfg.seed, make_assigner=make_assigner, on_iteration=_log_iteration([p.n_iter for p in params]),
             on_level=checkpoints.save, start_levels=start,
         )
-        for sa in spark_levels:
-            sa.release()
-        metrics["levels"] = [level_metrics(lv, report.n_rows if i == 0 else levels[i - 1].n_clusters) for i, lv in enumerate(levels)]
+        while upper:
+            upper.pop().release()
+        metrics["levels"] = [level_metrics(lv, blocks.n if i == 0 else levels[i - 1].n_clusters) for i, lv in enumerate(levels)]
         metrics["resumed_levels"] = len(start)
 
         t1 = time.perf_counter()
         parents = [p for p in parent_ids(levels) if p is not None]
-        assignments = assigner.assignments(levels[0].centroids, parents, id_column=cfg.input.id_column)
-        ctx.lake.write_run(assignments, ASSIGNMENTS, ctx.run_id, description="level-1..T cluster of every input row")
-        ctx.lake.write_arrow(clusters_table(levels), CLUSTERS, ctx.run_id, description="the cluster tree")
-        metrics["write_seconds"] = round(time.perf_counter() - t1, 3)
-        metrics["spark_passes"] = assigner.passes
-        metrics["block_cache"] = cfg.spark.block_cache
-        metrics["block_file_fallback_partitions"] = assigner.fallback_partitions
+        rows = assignment_rows(blocks, levels[0].centroids, parents, id_column=cfg.input.id_column)
+        ctx.lake.write_run(rows, ASSIGNMENTS, ctx.run_id)
+        ctx.lake.write_arrow(clusters_table(levels), CLUSTERS, ctx.run_id)
+        metrics.update(write_seconds=round(time.perf_counter() - t1, 3), spark_passes=blocks.passes,
+                       block_cache=cfg.spark.block_cache, block_file_fallback_partitions=blocks.fallback_partitions)
         checkpoints.clear()
     finally:
-        assigner.release()
+        for b in upper:
+            b.release()
+        blocks.release()
+
+
+def summarize(m: dict) -> list[str]:
+    return [
+        f"  level {lv['level']}: {lv['n_clusters']} clusters over {lv['n_inputs']} inputs, "
+        f"objective {lv['objective']:.4g}, re-seeded {lv['n_reseeded']}, empty {lv['n_empty']}, "
+        f"sizes {lv['smallest_cluster']}..{lv['largest_cluster']}, {lv['seconds']:.1f}s"
+        for lv in m.get("levels", [])
+    ]
+
+
+STAGE = Stage(
+    name="cluster",
+    run=run_cluster,
+    help="hierarchical k-means with resampling: embeddings -> the clusters and assignments tables",
+    writes=lambda cfg: (ASSIGNMENTS, CLUSTERS),
+    summary=summarize,
+)

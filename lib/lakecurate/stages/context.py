@@ -1,55 +1,89 @@
-"""What every stage receives: the session, the lake, the validated config and the run log."""
+"""What a stage is (its record) and what it receives when it runs (its context).
+
+A stage is declared once, by one :class:`Stage` record at the bottom of its module, listed in
+:data:`lakecurate.stages.STAGES`. Config checking (:func:`lakecurate.plan.plan_run`), the
+pipeline, the command line and table registration all read the records, so adding a stage
+means: its module (ending in its record), its config section, one line in ``STAGES``.
+"""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from lakecurate.config import RunConfig, SyntheticConfig
-from lakecurate.lake import Lake
-from lakecurate.runlog import RunLog
+if TYPE_CHECKING:
+    from lakecurate.config import RunConfig
+    from lakecurate.lake import Lake
+    from lakecurate.plan import RunPlan
+    from lakecurate.runlog import RunLog
 
-# table names, in one place
-POOL = "pool"
-DUPLICATES = "duplicates"
-CLUSTERS = "clusters"
-ASSIGNMENTS = "assignments"
-CURATED = "curated"
+#: ``hands_on(ctx, upstream)``: the input the stages after this one read, given ``upstream()``,
+#: the input as this stage itself saw it (called only if needed)
+HandsOn = Callable[["StageContext", Callable[[], Any]], Any]
 
 
-def synthetic_pool_id(cfg: SyntheticConfig) -> str:
-    """The ``pool`` table partition holding a generated pool with these parameters."""
-    pool_id = f"synthetic-n{cfg.n}-d{cfg.dim}-c{cfg.n_concepts}-a{cfg.alpha:g}-s{cfg.spread:g}-seed{cfg.seed}"
-    if cfg.n_items:  # a redundant pool (copies of n_items items)
-        pool_id += f"-items{cfg.n_items}-ca{cfg.copies_alpha:g}-cn{cfg.copy_noise:g}"
-    return pool_id
+def _no_lines(metrics: dict) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a run: everything the rest of lakecurate needs to know about it."""
+
+    name: str
+    #: ``run(ctx, metrics)``: reads tables, writes tables, fills ``metrics`` (kept in ``runs``)
+    run: Callable[["StageContext", dict], None]
+    #: one line, for ``lakecurate --help`` and the docs
+    help: str
+    #: the tables it writes, for a given config (most are fixed names; embed's are configurable)
+    writes: Callable[["RunConfig"], tuple[str, ...]]
+    #: what it hands to the stages after it as their input (None: the input passes through)
+    hands_on: Optional[HandsOn] = None
+    #: True when ``hands_on`` replaces the run's input altogether (``input.*`` is then not read)
+    provides_input: bool = False
+    #: the config section it needs (a section that is None by default, e.g. ``embed``)
+    section: Optional[str] = None
+    #: the lines the command line prints about it, from its metrics
+    summary: Callable[[dict], list[str]] = _no_lines
+    #: ``lakecurate <name> CONFIG`` runs this stage alone
+    command: bool = False
+    #: run alone without a ``run_id``, every call is a new run (an incremental stage: a rerun
+    #: on a grown source must not be skipped as already done)
+    fresh_run_alone: bool = False
+    #: runs without being listed in ``stages`` when this says so (e.g. the report)
+    automatic: Optional[Callable[["RunConfig"], bool]] = None
+    #: skipped on a rerun when its success for this run and config is already in ``runs``
+    resumable: bool = True
 
 
 @dataclass
 class StageContext:
-    spark: object
-    lake: Lake
-    config: RunConfig
-    runlog: RunLog
+    """The session, the lake, the run's plan and its run log: all a stage receives."""
+
+    spark: Any
+    lake: "Lake"
+    plan: "RunPlan"
+    runlog: "RunLog"
+
+    @property
+    def config(self) -> "RunConfig":
+        return self.plan.config
 
     @property
     def run_id(self) -> str:
-        return self.config.run_id  # type: ignore[return-value]
+        return self.plan.run_id
 
-    def input_frame(self, *, deduplicated: bool = True):
-        """The run's input embeddings: after de-duplication when that stage is part of the run,
-        unless ``deduplicated=False`` (the raw pool: dedup's own input, the report's baseline)."""
-        cfg = self.config.input
-        if "embed" in self.config.stages:
-            # the embed stage ran first in this run: its embeddings table (rows of the configured
-            # model) is the input, and input.path is not used
-            from lakecurate.stages.embed import embedded_frame
+    def input_frame(self, stage: str):
+        """The run's input as ``stage`` sees it: the configured input, then what each stage of
+        the run before ``stage`` hands on (the embed stage's embeddings replace it; the dedup
+        stage removes its duplicates). For a stage not in the run, every stage's hand-on applies."""
+        from lakecurate.inputs import read_run_input
 
-            df = embedded_frame(self)
-        elif cfg.format == "synthetic":
-            df = self.lake.read(POOL, synthetic_pool_id(cfg.synthetic)).drop("run_id")
-        else:
-            df = self.lake.read_input(cfg)
-        if deduplicated and "dedup" in self.config.stages and self.lake.exists(DUPLICATES):
-            removed = self.lake.read(DUPLICATES, self.run_id).select(cfg.id_column)
-            df = df.join(removed, on=cfg.id_column, how="left_anti")
-        return df
+        frame = functools.partial(read_run_input, self.lake, self.config.input)
+        for record in self.plan.stages:
+            if record.name == stage:
+                break
+            if record.hands_on is not None:
+                frame = functools.partial(record.hands_on, self, frame)
+        return frame()

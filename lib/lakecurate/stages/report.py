@@ -16,7 +16,8 @@ from lakecurate.core.keys import random_keys
 from lakecurate.core.metrics import balance_from_counts
 from lakecurate.errors import InputDataError
 from lakecurate.spark.arrow import row_keys
-from lakecurate.stages.context import CURATED, StageContext
+from lakecurate.stages.context import Stage, StageContext
+from lakecurate.tables import CURATED
 
 log = logging.getLogger(__name__)
 _REPORT_STREAM = 3
@@ -34,7 +35,7 @@ def run_report(ctx: StageContext, metrics: dict) -> None:
     id_col = cfg.input.id_column
     # the baseline is the pool as it came in: with a dedup stage in the run, "pool" and "random"
     # include the copies (what a random subset of the raw pool would hold), "deduplicated" does not
-    source = ctx.input_frame(deduplicated=False)
+    source = ctx.input_frame("dedup")
     if label not in source.columns:
         raise InputDataError(f"report.label_column={label!r} is not a column of the input (columns: {source.columns})")
     labelled = source.select(id_col, label)
@@ -56,9 +57,36 @@ def run_report(ctx: StageContext, metrics: dict) -> None:
     metrics["random"] = balance_from_counts(_label_counts(random_subset, label), n_concepts)
     metrics["curated"] = balance_from_counts(_label_counts(curated.join(labelled, on=id_col), label), n_concepts)
     names = ["pool", "random", "curated"]
-    if "dedup" in cfg.stages:
-        kept = ctx.input_frame().select(id_col, label)
+    if ctx.plan.has("dedup"):
+        kept = ctx.input_frame("report").select(id_col, label)
         metrics["deduplicated"] = balance_from_counts(_label_counts(kept, label), n_concepts)
         names.insert(2, "deduplicated")
     for name in names:
         log.info("balance of %s: %s", name, metrics[name])
+
+
+SUBSETS = ("pool", "random", "deduplicated", "curated")
+
+
+def summarize(rep: dict) -> list[str]:
+    """The balance table: rows, concepts covered, entropy, effective concepts, head share, KL."""
+    lines = ["", f"  balance over '{rep['label_column']}' ({rep['pool']['concepts_covered']} concepts in the pool):",
+             f"    {'subset':<13}{'rows':>9}{'covered':>9}{'entropy':>9}{'eff. concepts':>15}{'largest share':>15}{'KL to uniform':>15}"]
+    for name in SUBSETS:
+        if name not in rep:  # "deduplicated": runs with a dedup stage only
+            continue
+        r = rep[name]
+        lines.append(f"    {name:<13}{r['n']:>9}{r['concepts_covered']:>9}{r['entropy_bits']:>9.3f}"
+                     f"{r['effective_concepts']:>15.1f}{r['largest_share']:>15.3f}{r['kl_to_uniform_bits']:>15.3f}")
+    return lines
+
+
+STAGE = Stage(
+    name="report",
+    run=run_report,
+    help="balance of the curated subset against a random one, over a column of known labels",
+    writes=lambda cfg: (),
+    summary=summarize,
+    automatic=lambda cfg: cfg.report.label_column is not None and "sample" in cfg.stages,
+    resumable=False,  # cheap, and its settings are not part of the run's fingerprint
+)

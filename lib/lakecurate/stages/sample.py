@@ -15,7 +15,8 @@ import pyarrow as pa
 
 from lakecurate.core.sampling import ClusterTree, hierarchical_quotas, selection_keys
 from lakecurate.errors import InputDataError, TableError
-from lakecurate.stages.context import ASSIGNMENTS, CLUSTERS, CURATED, StageContext
+from lakecurate.stages.context import Stage, StageContext
+from lakecurate.tables import ASSIGNMENTS, CLUSTERS, CURATED
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +94,9 @@ def run_sample(ctx: StageContext, metrics: dict) -> None:
         F.lit(scfg.strategy).alias("strategy"),
     )
     if cfg.input.passthrough_columns:
-        source = ctx.input_frame().select(id_col, *cfg.input.passthrough_columns)
+        source = ctx.input_frame("sample").select(id_col, *cfg.input.passthrough_columns)
         curated = curated.join(source, on=id_col, how="left")
-    info = ctx.lake.write_run(curated, CURATED, ctx.run_id, description="the curated subset")
+    info = ctx.lake.write_run(curated, CURATED, ctx.run_id)
     n_written = ctx.lake.read(CURATED, ctx.run_id).count()
     if n_written != scfg.target_size:
         raise TableError(f"curated table holds {n_written} rows for run {ctx.run_id!r}, expected {scfg.target_size}")
@@ -110,3 +111,17 @@ def run_sample(ctx: StageContext, metrics: dict) -> None:
             "table_version": info.version,
         }
     )
+
+
+def summarize(m: dict) -> list[str]:
+    return [f"  curated {m.get('selected')} of {m.get('pool')} rows ({m.get('strategy')}), "
+            f"from {m.get('level1_clusters_used')} level-1 clusters"]
+
+
+STAGE = Stage(
+    name="sample",
+    run=run_sample,
+    help="balanced sampling down the cluster tree: clusters + assignments -> the curated table",
+    writes=lambda cfg: (CURATED,),
+    summary=summarize,
+)

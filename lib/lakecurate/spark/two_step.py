@@ -1,4 +1,5 @@
-"""Level 1 in two steps on Spark (``clustering.level1_coarse_clusters``): for very large k_1.
+"""Two-step level 1 on Spark (``clustering.level1_coarse_clusters``): the Spark half of
+:mod:`lakecurate.core.two_step`, for very large k_1.
 
 Step 1: a coarse k-means with ``coarse_k`` clusters over all rows, on the executors through the
 usual Spark assigner. Step 2: every row is labelled with its coarse cluster, rows are grouped by
@@ -22,7 +23,8 @@ from lakecurate.core.assign import nearest_centroid
 from lakecurate.core.hierarchy import Level, LevelParams
 from lakecurate.core.kmeans import fit_kmeans_assigner
 from lakecurate.core.two_step import allocate_subclusters, fit_fine
-from lakecurate.spark.assigner import SparkAssigner, _block_arrays, _iter_blocks, _one_thread_per_core
+from lakecurate.spark.assigner import SparkAssigner
+from lakecurate.spark.tasks import configure_faiss
 
 log = logging.getLogger(__name__)
 
@@ -41,37 +43,28 @@ def fit_level1_two_step(assigner: SparkAssigner, params: LevelParams, coarse_k: 
     share = allocate_subclusters(coarse.counts, params.n_clusters)
     log.info("level 1 two-step: %d coarse clusters done in %.1fs; fine k per coarse cluster %d..%d",
              coarse_k, time.perf_counter() - t0, int(share[share > 0].min()), int(share.max()))
-    spark = assigner.spark
-    bc = spark.sparkContext.broadcast((coarse.centroids, share))
-    threads = assigner.tuning.faiss_threads
+    blocks = assigner.blocks
+    threads = blocks.faiss_threads
 
-    def label_rows(batches):
-        _one_thread_per_core(threads)
-        c, _ = bc.value
-        for b in _iter_blocks(batches):
-            rows, x = _block_arrays(b)
-            lab, _ = nearest_centroid(x, c)
+    def label_rows(batches, c):
+        for b in batches:
+            lab, _ = nearest_centroid(b.vectors, c)
             yield pa.record_batch({
                 "coarse": pa.array(lab.astype(np.int32)),
-                "row_key": pa.array(rows),
-                "vec": pa.array([r.tobytes() for r in x], pa.binary()),
+                "row_key": pa.array(b.keys),
+                "vec": pa.array([r.tobytes() for r in b.vectors], pa.binary()),
             })
 
     def fine(pdf: "pd.DataFrame") -> "pd.DataFrame":
-        _one_thread_per_core(threads)
-        _, sh = bc.value
+        configure_faiss(threads)
         cid = int(pdf["coarse"].iloc[0])
         pdf = pdf.sort_values("row_key", kind="stable")  # the fit sees rows in key order: any partitioning
         x = np.frombuffer(b"".join(pdf["vec"].tolist()), np.float32).reshape(-1, d)
-        cent = fit_fine(x, int(sh[cid]), params, seed, cid)
+        cent = fit_fine(x, int(share[cid]), params, seed, cid)
         return pd.DataFrame({"coarse": cid, "j": np.arange(cent.shape[0], dtype=np.int32), "centroid": [r.tobytes() for r in cent]})
 
-    try:
-        rows = assigner.blocks.mapInArrow(label_rows, "coarse INT, row_key LONG, vec BINARY")
-        assigner.passes += 1
+    with blocks.mapped(label_rows, "coarse INT, row_key LONG, vec BINARY", coarse.centroids) as rows:
         got = rows.groupBy("coarse").applyInPandas(fine, "coarse INT, j INT, centroid BINARY").toPandas()
-    finally:
-        bc.unpersist()
     got = got.sort_values(["coarse", "j"], kind="stable")
     centroids = np.frombuffer(b"".join(got["centroid"].tolist()), np.float32).reshape(-1, d).copy()
     final = assigner.assign(centroids)

@@ -1,0 +1,111 @@
+"""Where a run's rows come from, and what they must look like.
+
+Two kinds of input, both read through the lake (:mod:`lakecurate.lake` does the I/O; this module
+decides what to read and checks its columns):
+
+* the **embeddings input** of a run (``input.*``): a Delta or Parquet table (path or catalog
+  name), a ``.npy`` matrix (staged once as Parquet), or the generated demo pool (``format:
+  synthetic``), which is written to the ``pool`` table the first time a run asks for it;
+* the **raw source** of the embed stage (``embed.source.*``): a table with an id and a text or
+  image-bytes column, or a folder of image files.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+
+from lakecurate.config import EmbedConfig, InputConfig, SyntheticConfig
+from lakecurate.core.synthetic import long_tailed_pool, redundant_pool
+from lakecurate.embed.spec import EncoderSpec
+from lakecurate.errors import InputDataError
+from lakecurate.lake import Lake
+from lakecurate.spark.arrow import matrix_to_list_array
+from lakecurate.tables import POOL
+
+log = logging.getLogger(__name__)
+
+#: a column of the embed source holding the byte size of a file too large to read (else null)
+OVERSIZED = "_oversized_bytes"
+
+
+def synthetic_pool_id(cfg: SyntheticConfig) -> str:
+    """The ``pool`` table partition holding a generated pool with these parameters."""
+    pool_id = f"synthetic-n{cfg.n}-d{cfg.dim}-c{cfg.n_concepts}-a{cfg.alpha:g}-s{cfg.spread:g}-seed{cfg.seed}"
+    if cfg.n_items:  # a redundant pool (copies of n_items items)
+        pool_id += f"-items{cfg.n_items}-ca{cfg.copies_alpha:g}-cn{cfg.copy_noise:g}"
+    return pool_id
+
+
+def prepare_run_input(lake: Lake, cfg: InputConfig) -> None:
+    """Make the input readable before the first stage: generate the demo pool once per parameter set."""
+    if cfg.format != "synthetic":
+        return
+    pool_cfg = cfg.pool
+    pool_id = synthetic_pool_id(pool_cfg)
+    if lake.exists(POOL) and lake.read(POOL, pool_id).limit(1).count() == 1:
+        return
+    log.info("generating the synthetic pool %s", pool_id)
+    if pool_cfg.n_items:
+        pool = redundant_pool(
+            pool_cfg.n, pool_cfg.dim, pool_cfg.n_items, copies_alpha=pool_cfg.copies_alpha, copy_noise=pool_cfg.copy_noise,
+            n_concepts=pool_cfg.n_concepts, alpha=pool_cfg.alpha, spread=pool_cfg.spread, seed=pool_cfg.seed,
+        )
+    else:
+        pool = long_tailed_pool(pool_cfg.n, pool_cfg.dim, pool_cfg.n_concepts, alpha=pool_cfg.alpha, spread=pool_cfg.spread, seed=pool_cfg.seed)
+    table = pa.table(
+        {
+            "id": pa.array(np.arange(pool_cfg.n, dtype=np.int64)),
+            "embedding": matrix_to_list_array(pool.x),
+            "concept": pa.array(pool.concept.astype(np.int32)),
+            **({"item": pa.array(pool.item.astype(np.int32))} if pool_cfg.n_items else {}),
+        }
+    )
+    lake.write_arrow(table, POOL, pool_id)
+
+
+def input_tables(cfg: InputConfig) -> tuple[str, ...]:
+    """The lake tables the input lives in (the generated pool's), for registration as views."""
+    return (POOL,) if cfg.format == "synthetic" else ()
+
+
+def read_run_input(lake: Lake, cfg: InputConfig):
+    """The embeddings input as a DataFrame with at least (id, embedding) as the config names them."""
+    if cfg.format == "synthetic":
+        return lake.read(POOL, synthetic_pool_id(cfg.pool)).drop("run_id")
+    if cfg.format == "npy":
+        return lake.read_npy(cfg.path, id_column=cfg.id_column, embedding_column=cfg.embedding_column, key="input.path")
+    return lake.read_source(cfg.format, path=cfg.path, table=cfg.table, key="input")
+
+
+def read_embed_source(lake: Lake, ecfg: EmbedConfig, spec: EncoderSpec):
+    """The embed stage's source as (id, payload, passthrough...); files too large to read keep a
+    null payload and their size in :data:`OVERSIZED`, so they become rejects and the counts add up."""
+    from pyspark.sql import functions as F
+
+    src = ecfg.source
+    if src.format == "files":
+        files = lake.read_files(src.path, glob=src.glob, recursive=src.recursive, key="embed.source.path")
+        ident = (F.col("path") if src.file_id == "path" else F.xxhash64(F.col("path"))).alias(src.id_column)
+        # binaryFile pushes filters on length into the scan and reads content only when selected,
+        # so an oversized file is never read
+        limit = F.lit(spec.max_bytes)
+        small = files.where(F.col("length") <= limit).select(
+            ident, "content", F.lit(None).cast("long").alias(OVERSIZED), *src.passthrough_columns
+        )
+        big = files.where(F.col("length") > limit).select(
+            ident, F.lit(None).cast("binary").alias("content"), F.col("length").alias(OVERSIZED), *src.passthrough_columns
+        )
+        return small.unionByName(big)
+    df = lake.read_source(src.format, path=src.path, table=src.table, key="embed.source")
+    payload = ecfg.payload_column(spec)
+    missing = [c for c in [src.id_column, payload, *src.passthrough_columns] if c not in df.columns]
+    if missing:
+        raise InputDataError(f"embed.source {src.path or src.table!r} has no column(s) {missing}; it has {df.columns}")
+    want = "string" if spec.input_modality == "text" else "binary"
+    got = df.schema[payload].dataType.simpleString()
+    if got != want:
+        raise InputDataError(f"embed.source column {payload!r} is {got}; a {spec.input_modality} encoder needs {want}")
+    return df.select(src.id_column, payload, *src.passthrough_columns)

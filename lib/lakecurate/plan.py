@@ -1,0 +1,139 @@
+"""A run as it will execute: its id, its stages and what they compute from the config.
+
+:func:`plan_run` turns a validated :class:`~lakecurate.config.RunConfig` (plain data) into a
+:class:`RunPlan`, checking everything that spans sections against the stage records
+(:data:`lakecurate.stages.STAGES`): stage names and order, the sections a listed stage needs, an
+input for a run whose stages read one. Derived values live here and nowhere else: the run id,
+the config fingerprint, the per-level k-means parameters, the encoder spec. Nothing here starts
+Spark, so a bad config fails before any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from lakecurate.config import RunConfig, SyntheticConfig, apply_overrides, from_dict, load_yaml, to_dict
+from lakecurate.core.hierarchy import LevelParams, level_params
+from lakecurate.embed.spec import EncoderSpec
+from lakecurate.errors import ConfigError
+from lakecurate.stages import STAGES, Stage
+from lakecurate.validation import check_choice, check_hierarchy
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The resolved run: the config it came from plus everything derived from it."""
+
+    config: RunConfig
+    run_id: str
+    fingerprint: str
+    #: the stage records to run, in order (listed stages plus automatic ones such as the report)
+    stages: tuple[Stage, ...]
+    #: k-means parameters of every level (``clustering.*``)
+    levels: tuple[LevelParams, ...]
+    #: the embed stage's encoder (None without an embed section)
+    encoder: Optional[EncoderSpec]
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+    def has(self, stage: str) -> bool:
+        return stage in self.stage_names
+
+    def tables(self) -> list[str]:
+        """The tables this run's stages write, in stage order."""
+        out: list[str] = []
+        for record in self.stages:
+            out += [t for t in record.writes(self.config) if t not in out]
+        return out
+
+
+def config_fingerprint(config: RunConfig) -> str:
+    """Hash of everything that changes the result: not Spark tuning, not the run id, not the
+    report, not where temporary files are staged; the dedup settings only for runs that de-duplicate."""
+    d = to_dict(config)
+    for k in ("run_id", "spark", "report"):
+        d.pop(k, None)
+    d["lake"].pop("staging", None)
+    if "dedup" not in config.stages:
+        d.pop("dedup", None)
+    if config.input.format == "synthetic" and d["input"]["synthetic"] is None:
+        d["input"]["synthetic"] = to_dict(SyntheticConfig())  # the defaults, spelled out
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def plan_run(config: RunConfig, *, alone: Optional[str] = None) -> RunPlan:
+    """The plan of ``config`` (already validated section by section); ConfigError on what spans sections.
+
+    ``alone``: the stage is run on its own (``lakecurate embed``): ``stages`` becomes that stage,
+    and a stage that is a fresh run every time it runs alone gets a new run id unless one is given.
+    """
+    names = [s.name for s in STAGES]
+    listed = list(config.stages)
+    if alone is not None:
+        check_choice(alone, [s.name for s in STAGES if s.command], "command")
+        listed = [alone]
+    for i, name in enumerate(listed):
+        check_choice(name, [s.name for s in STAGES if s.automatic is None], f"stages[{i}]")
+    if [n for n in names if n in listed] != listed:
+        raise ConfigError(f"stages={listed} must keep the order {[s.name for s in STAGES if s.automatic is None]}")
+    if listed != list(config.stages):
+        config = dataclasses.replace(config, stages=tuple(listed))
+    records = tuple(s for s in STAGES if s.name in listed or (s.automatic is not None and s.automatic(config)))
+    for record in records:
+        if record.section is not None and getattr(config, record.section) is None:
+            raise ConfigError(f"stages include {record.name!r} but the config has no {record.section} section")
+    if not any(r.provides_input for r in records):
+        config.input.require_location("input")
+
+    settings = config.clustering
+    checked = check_hierarchy(
+        settings.n_clusters, n_resampling_steps=settings.n_resampling_steps, resample_size=settings.resample_size,
+        n_iter=settings.n_iter, init=settings.init, metric=settings.metric,
+        init_points_per_centroid=settings.init_points_per_centroid, where="clustering.",
+    )
+    fingerprint = config_fingerprint(config)
+    run_id = config.run_id
+    if run_id is None:
+        fresh = alone is not None and any(r.fresh_run_alone for r in records)
+        if fresh:
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+            run_id = f"{config.name}-{alone}-{stamp}"
+        else:
+            run_id = f"{config.name}-{fingerprint[:10]}"
+    if not _RUN_ID.match(run_id):
+        raise ConfigError(f"run_id={run_id!r} must match {_RUN_ID.pattern}")
+    return RunPlan(
+        config=config,
+        run_id=run_id,
+        fingerprint=fingerprint,
+        stages=records,
+        levels=tuple(level_params(checked)),
+        encoder=config.embed.encoder_spec() if config.embed is not None else None,
+    )
+
+
+def load_plan(
+    path: Optional[Union[str, Path]] = None,
+    overrides: Sequence[str] = (),
+    *,
+    data: Optional[dict] = None,
+    alone: Optional[str] = None,
+) -> RunPlan:
+    """Load a YAML job config (or ``data``), apply ``dotted.key=value`` overrides, validate, plan."""
+    raw = dict(data) if data is not None else (load_yaml(path) if path is not None else {})
+    raw = apply_overrides(raw, list(overrides))
+    config = from_dict(RunConfig, raw)
+    config.validate()
+    return plan_run(config, alone=alone)
+

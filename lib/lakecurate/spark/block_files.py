@@ -1,0 +1,91 @@
+"""Block files: each executor's own copy of the blocks it caches, as ``.npy`` files.
+
+While the blocks are built (:class:`lakecurate.spark.blocks.EmbeddingBlocks`), every task also
+writes its blocks' row keys and float32 vectors into its executor's Spark work directory. A pass
+over the blocks then memory-maps them instead of receiving the vectors from the JVM over Arrow:
+the N x d stream per pass is gone and the page cache serves the bytes. The files are a speed-up
+only: a task that cannot write them (full or read-only disk) logs it and carries on, and a pass
+that finds a partition's files missing runs that partition on the streamed blocks.
+
+Everything here runs inside Python tasks on the executors (or on the driver in local mode).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from typing import Optional
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FOLDER = "lakecurate-blocks"
+
+
+def block_folder(cache_id: str) -> str:
+    """This process's folder for a cache's block files: under Spark's per-application work dir
+    (``SparkFiles``: the executor's work directory, removed with the application)."""
+    from pyspark import SparkFiles
+
+    return os.path.join(SparkFiles.getRootDirectory(), FOLDER, cache_id)
+
+
+def block_paths(folder: str, part: int, seq: int) -> tuple[str, str]:
+    """(keys file, vectors file) of block ``seq`` of partition ``part``."""
+    stem = os.path.join(folder, f"p{part:05d}-s{seq:05d}")
+    return stem + "-keys.npy", stem + "-vectors.npy"
+
+
+def save_npy_atomically(path: str, arr: np.ndarray) -> None:
+    """Write to a temporary name, then rename: a retried or speculative task never leaves a
+    half-written file behind."""
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_block_files(cache_id: str, part: int, seq: int, keys: np.ndarray, x: np.ndarray) -> None:
+    """Best effort: a disk that cannot take the files must not fail the job; the partition's
+    passes then run on the streamed blocks."""
+    try:
+        folder = block_folder(cache_id)
+        os.makedirs(folder, exist_ok=True)
+        kp, vp = block_paths(folder, part, seq)
+        save_npy_atomically(vp, np.ascontiguousarray(x, dtype=np.float32))
+        save_npy_atomically(kp, np.ascontiguousarray(keys, dtype=np.int64))
+    except OSError as e:
+        log.warning("block files for partition %d not written (%s): its passes will stream", part, e)
+
+
+def open_block_files(cache_id: str, metas: list[tuple[int, int, int]]) -> Optional[list[tuple[int, int, np.ndarray, np.ndarray]]]:
+    """Memory-mapped ``(part, seq, keys, vectors)`` for ``(part, seq, n)`` entries; None when any
+    file is missing or short (the caller then streams the partition)."""
+    folder = block_folder(cache_id)
+    out = []
+    for part, seq, n in metas:
+        if not n:  # a batch with no valid rows writes no files
+            continue
+        kp, vp = block_paths(folder, part, seq)
+        try:
+            keys = np.load(kp, mmap_mode="r")
+            x = np.load(vp, mmap_mode="r")
+        except (FileNotFoundError, ValueError, OSError):
+            return None
+        if keys.shape[0] != n or x.shape[0] != n:
+            return None
+        out.append((part, seq, keys, x))
+    return out
+
+
+def delete_block_files(cache_id: str) -> None:
+    """Remove this process's files of one cache (each executor runs this for its own)."""
+    shutil.rmtree(block_folder(cache_id), ignore_errors=True)

@@ -1,0 +1,454 @@
+"""The cached embedding blocks: how every Spark stage gets at the vectors.
+
+The input embeddings are read once, validated (null ids, null or wrong-length embeddings,
+NaN/inf, duplicate ids: one :class:`InputReport` for the whole input) and cached as *blocks*: one
+row per Arrow batch holding the batch's ids (Arrow IPC bytes), int64 row keys and float32 vectors
+as raw bytes, so a pass turns them into numpy with ``np.frombuffer`` instead of decoding
+``list<float>`` rows. Every stage then maps a function over the blocks with one of two calls:
+
+* :meth:`EmbeddingBlocks.map` -> a DataFrame (lazy): the function's record batches, e.g. the
+  ``assignments`` rows, de-duplication's routed rows;
+* :meth:`EmbeddingBlocks.collect` -> the function's rows on the driver, in partition order: the
+  k-means passes' small partial results. Where the executors hold block files
+  (:mod:`lakecurate.spark.block_files`), a collect pass memory-maps them instead of streaming the
+  vectors from the JVM; a partition whose files are missing is re-run on the streamed blocks, so
+  the result never depends on where tasks ran.
+
+The mapped function is ``fn(blocks, payload) -> iterator of pyarrow.RecordBatch``: ``blocks``
+yields :class:`Block` views, ``payload`` is a small driver-side object (e.g. the centroids)
+shipped to every task. Both calls give the task faiss threads equal to its cores (and its GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from lakecurate.errors import ConfigError, InputDataError, LakecurateError
+from lakecurate.spark.arrow import list_column_to_matrix, row_keys
+from lakecurate.spark.block_files import delete_block_files, open_block_files, write_block_files
+from lakecurate.spark.tasks import configure_faiss, ship_to_tasks
+
+log = logging.getLogger(__name__)
+
+BLOCK_DDL = (
+    "part INT, seq INT, n INT, ids_arrow BINARY, keys BINARY, vectors BINARY, "
+    "n_null_id LONG, n_null_embedding LONG, n_bad_dim LONG, n_nonfinite LONG, examples STRING"
+)
+#: how passes read the vectors: memory-mapped block files on the executors, or Spark's cache
+CACHES = ("local_files", "spark")
+_MAX_EXAMPLES = 3
+
+BlockFn = Callable[[Iterator["Block"], Any], Iterator[pa.RecordBatch]]
+
+
+# ---------------------------------------------------------------- Arrow IPC of one array
+
+
+def array_to_ipc(arr: pa.Array) -> bytes:
+    """One Arrow array as IPC stream bytes (a binary cell that keeps any id type exactly)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, pa.schema([("v", arr.type)])) as w:
+        w.write_batch(pa.record_batch([arr], names=["v"]))
+    return sink.getvalue().to_pybytes()
+
+
+def ipc_to_array(data) -> pa.Array:
+    return pa.ipc.open_stream(pa.py_buffer(data) if isinstance(data, bytes) else data).read_all().column(0).combine_chunks()
+
+
+def rows_of(batches) -> Iterator[dict]:
+    """Rows of record batches as dicts; binary cells stay Arrow buffers (zero-copy into numpy)."""
+    for batch in batches:
+        names = batch.schema.names
+        for i in range(batch.num_rows):
+            row = {}
+            for name in names:
+                scalar = batch.column(name)[i]
+                row[name] = scalar.as_buffer() if pa.types.is_binary(scalar.type) else scalar.as_py()
+            yield row
+
+
+# ---------------------------------------------------------------- one block
+
+
+@dataclass
+class Block:
+    """One cached batch of valid rows: row keys and float32 vectors, viewed in place (no copy)."""
+
+    part: int
+    seq: int
+    keys: np.ndarray  # (n,) int64 row keys: the id, or a stable hash of a string id
+    vectors: np.ndarray  # (n, d) float32
+    ids_ipc: Any = None  # the rows' ids as Arrow IPC (streamed blocks; block files hold none)
+
+    @property
+    def n(self) -> int:
+        return int(self.keys.shape[0])
+
+    @property
+    def ids(self) -> pa.Array:
+        """The rows' ids as an Arrow array of the input's id type."""
+        if self.ids_ipc is None:
+            raise LakecurateError("this block came from block files, which hold keys and vectors only: map() it for ids")
+        return ipc_to_array(self.ids_ipc)
+
+    @classmethod
+    def from_row(cls, row: dict) -> "Block":
+        keys = np.frombuffer(row["keys"], dtype=np.int64)
+        x = np.frombuffer(row["vectors"], dtype=np.float32).reshape(len(keys), -1)
+        return cls(row["part"], row["seq"], keys, x, row.get("ids_arrow"))
+
+
+def blocks_of(batches) -> Iterator[Block]:
+    """The blocks in record batches of the cached block DataFrame."""
+    for row in rows_of(batches):
+        yield Block.from_row(row)
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+def _make_blocks_fn(id_col: str, emb_col: str, dim: int, transform: Optional[Callable], cache_id: Optional[str]):
+    def to_blocks(batches):
+        from pyspark import TaskContext
+        import pyarrow.compute as pc
+
+        part = TaskContext.get().partitionId()
+        for seq, batch in enumerate(batches):
+            ids = batch.column(id_col)
+            emb = batch.column(emb_col)
+            null_id = ids.is_null().to_numpy(zero_copy_only=False)
+            null_emb = emb.is_null().to_numpy(zero_copy_only=False)
+            lengths = pc.fill_null(pc.list_value_length(emb), -1).to_numpy(zero_copy_only=False)
+            bad_dim = ~null_emb & (lengths != dim)
+            ok = ~null_id & ~null_emb & ~bad_dim
+            ok_idx = np.flatnonzero(ok)
+            x = list_column_to_matrix(emb.take(pa.array(ok_idx)), dim) if ok_idx.size else np.zeros((0, dim), np.float32)
+            finite = np.isfinite(x).all(axis=1)
+            examples = []
+            id_list = ids.to_pylist() if not ok.all() or not finite.all() else None
+            if id_list is not None:
+                for j in np.flatnonzero(null_id)[:_MAX_EXAMPLES]:
+                    examples.append({"row_in_batch": int(j), "problem": "null id"})
+                for j in np.flatnonzero(null_emb & ~null_id)[:_MAX_EXAMPLES]:
+                    examples.append({"id": id_list[j], "problem": f"null {emb_col}"})
+                for j in np.flatnonzero(bad_dim & ~null_id)[:_MAX_EXAMPLES]:
+                    examples.append({"id": id_list[j], "problem": f"{int(lengths[j])} values, expected {dim}"})
+                for j in ok_idx[~finite][:_MAX_EXAMPLES]:
+                    examples.append({"id": id_list[j], "problem": "NaN or infinite value"})
+            keep = ok_idx[finite]
+            kept_ids = ids.take(pa.array(keep))
+            x = x[finite]
+            if transform is not None:
+                x = transform(x)
+            keys = row_keys(kept_ids)
+            if cache_id is not None and keep.size:
+                write_block_files(cache_id, part, seq, keys, x)
+            yield pa.record_batch(
+                {
+                    "part": pa.array([part], pa.int32()),
+                    "seq": pa.array([seq], pa.int32()),
+                    "n": pa.array([keep.size], pa.int32()),
+                    "ids_arrow": pa.array([array_to_ipc(kept_ids)], pa.binary()),
+                    "keys": pa.array([keys.tobytes()], pa.binary()),
+                    "vectors": pa.array([np.ascontiguousarray(x).tobytes()], pa.binary()),
+                    "n_null_id": pa.array([int(null_id.sum())], pa.int64()),
+                    "n_null_embedding": pa.array([int((null_emb & ~null_id).sum())], pa.int64()),
+                    "n_bad_dim": pa.array([int((bad_dim & ~null_id).sum())], pa.int64()),
+                    "n_nonfinite": pa.array([int((~finite).sum())], pa.int64()),
+                    "examples": pa.array([json.dumps(examples, default=str)], pa.string()),
+                }
+            )
+
+    return to_blocks
+
+
+@dataclass
+class InputReport:
+    """What the blocking pass found in the input (all counts over the whole input)."""
+
+    n_rows: int
+    dim: int
+    n_null_id: int = 0
+    n_null_embedding: int = 0
+    n_bad_dim: int = 0
+    n_nonfinite: int = 0
+    examples: list = field(default_factory=list)
+
+    def raise_if_bad(self, where: str) -> None:
+        problems = []
+        if self.n_null_id:
+            problems.append(f"{self.n_null_id} row(s) with a null id")
+        if self.n_null_embedding:
+            problems.append(f"{self.n_null_embedding} row(s) with a null embedding")
+        if self.n_bad_dim:
+            problems.append(f"{self.n_bad_dim} row(s) whose embedding does not have {self.dim} values (the first row's dimension)")
+        if self.n_nonfinite:
+            problems.append(f"{self.n_nonfinite} row(s) with NaN or infinite values")
+        if problems:
+            raise InputDataError(f"{where}: " + "; ".join(problems) + f"; examples: {json.dumps(self.examples[:6], default=str)}")
+
+
+def _with_part(rb: pa.RecordBatch, part: pa.Array) -> pa.RecordBatch:
+    """``rb`` plus the partition it came from and ``_missing = False`` (one value per row)."""
+    n = rb.num_rows
+    cols = list(rb.columns) + [pa.repeat(part[0], n) if n else pa.array([], pa.int32()), pa.array([False] * n, pa.bool_())]
+    return pa.record_batch(cols, names=list(rb.schema.names) + ["_part", "_missing"])
+
+
+class EmbeddingBlocks:
+    """The validated, cached blocks of an embeddings DataFrame (or a driver-side matrix).
+
+    Attributes: ``n`` rows of ``d`` dimensions, ``id_type`` (the Spark type of the ids),
+    ``report`` (what validation found), ``passes`` (Spark jobs run over the blocks),
+    ``fallback_partitions`` (partitions re-run on streamed blocks because their files were missing).
+    ``faiss_threads`` and ``read_block_files`` may be changed between passes (the benchmark does).
+    """
+
+    def __init__(self, spark, frame, n: int, d: int, id_type, *, report: Optional[InputReport] = None,
+                 cache_id: Optional[str] = None, faiss_threads: int = 0):
+        self.spark = spark
+        #: the cached DataFrame of blocks (BLOCK_DDL)
+        self.frame = frame
+        self.n = n
+        self.d = d
+        self.id_type = id_type
+        self.report = report if report is not None else InputReport(n_rows=n, dim=d)
+        #: set when the executors also hold the blocks as block files
+        self.cache_id = cache_id
+        self.read_block_files = cache_id is not None
+        self.faiss_threads = faiss_threads
+        self.passes = 0
+        self.fallback_partitions = 0
+        self._partitions: Optional[int] = None
+        self._shipped: list[Callable[[], None]] = []  # frees the payloads of map() DataFrames
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_dataframe(
+        cls,
+        spark,
+        df,
+        *,
+        id_column: str,
+        embedding_column: str,
+        partitions: int = 0,
+        transform: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+        where: str = "input",
+        cache: str = "local_files",
+    ) -> "EmbeddingBlocks":
+        """Validate and cache ``df``'s (id, embedding) rows as blocks; InputDataError on bad input.
+
+        ``transform`` is applied once to every block's valid vectors as it is built (e.g.
+        ``normalize_rows`` for cosine k-means, ``unit_rows`` for de-duplication); it must work row
+        by row, so the result does not depend on the blocking. ``cache="local_files"`` also
+        writes the block files; ``"spark"`` keeps the blocks in Spark's cache only.
+        """
+        if cache not in CACHES:
+            raise ConfigError(f"cache={cache!r} is not one of {list(CACHES)}")
+        cache_id = uuid.uuid4().hex if cache == "local_files" else None
+        from pyspark import StorageLevel
+        from pyspark.sql import functions as F
+        from pyspark.sql import types as T
+
+        missing = [c for c in (id_column, embedding_column) if c not in df.columns]
+        if missing:
+            raise InputDataError(f"{where}: column(s) {missing} not found; the input has columns {df.columns}")
+        emb_type = df.schema[embedding_column].dataType
+        if not isinstance(emb_type, T.ArrayType) or not isinstance(emb_type.elementType, (T.FloatType, T.DoubleType)):
+            raise InputDataError(f"{where}: column {embedding_column!r} must be array<float> or array<double>; got {emb_type.simpleString()}")
+        id_type = df.schema[id_column].dataType
+        if not isinstance(id_type, (T.IntegerType, T.LongType, T.ShortType, T.StringType)):
+            raise InputDataError(f"{where}: id column {id_column!r} must be an integer or string; got {id_type.simpleString()}")
+        first = df.where(F.col(embedding_column).isNotNull()).select(F.size(embedding_column).alias("d")).first()
+        if first is None:
+            raise InputDataError(f"{where} is empty: no rows with an embedding")
+        dim = int(first["d"])
+        if dim <= 0:
+            raise InputDataError(f"{where}: the first embedding has {dim} values")
+        src = df.select(id_column, embedding_column)
+        parts = partitions or 2 * spark.sparkContext.defaultParallelism
+        if src.rdd.getNumPartitions() != parts:
+            src = src.repartition(parts)
+        frame = src.mapInArrow(_make_blocks_fn(id_column, embedding_column, dim, transform, cache_id), BLOCK_DDL).persist(StorageLevel.MEMORY_AND_DISK)
+        made = cls(spark, frame, 0, dim, id_type, cache_id=cache_id)
+        meta = frame.select("n", "n_null_id", "n_null_embedding", "n_bad_dim", "n_nonfinite", "examples").collect()
+        report = InputReport(
+            n_rows=sum(r["n"] for r in meta),
+            dim=dim,
+            n_null_id=sum(r["n_null_id"] for r in meta),
+            n_null_embedding=sum(r["n_null_embedding"] for r in meta),
+            n_bad_dim=sum(r["n_bad_dim"] for r in meta),
+            n_nonfinite=sum(r["n_nonfinite"] for r in meta),
+            examples=[e for r in meta for e in json.loads(r["examples"])],
+        )
+        try:
+            report.raise_if_bad(where)
+            if report.n_rows == 0:
+                raise InputDataError(f"{where} is empty: 0 rows")
+            dups = df.groupBy(id_column).count().where(F.col("count") > 1).limit(_MAX_EXAMPLES).collect()
+            if dups:
+                shown = ", ".join(f"{r[id_column]!r} x{r['count']}" for r in dups)
+                raise InputDataError(f"{where}: id column {id_column!r} has duplicate ids, e.g. {shown}")
+        except InputDataError:
+            made.release()
+            raise
+        made.n = report.n_rows
+        made.report = report
+        log.info(
+            "%s: cached %d rows x %d dims in %d blocks over %d partitions%s", where, report.n_rows, dim, len(meta), parts,
+            " (+ block files on the executors)" if cache_id else "",
+        )
+        return made
+
+    @classmethod
+    def from_numpy(cls, spark, x: np.ndarray, *, block_rows: int = 20_000, partitions: int = 0) -> "EmbeddingBlocks":
+        """Blocks of a driver-side matrix (levels 2..T above ``driver_max_rows``); row keys 0..n-1."""
+        from pyspark import StorageLevel
+        from pyspark.sql import types as T
+
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        rows = []
+        for seq, start in enumerate(range(0, x.shape[0], block_rows)):
+            xb = x[start : start + block_rows]
+            ids = pa.array(np.arange(start, start + xb.shape[0], dtype=np.int64))
+            rows.append((0, seq, xb.shape[0], array_to_ipc(ids), np.asarray(ids).tobytes(), xb.tobytes(), 0, 0, 0, 0, "[]"))
+        parts = partitions or 2 * spark.sparkContext.defaultParallelism
+        frame = spark.createDataFrame(rows, BLOCK_DDL).repartition(min(parts, len(rows))).persist(StorageLevel.MEMORY_AND_DISK)
+        return cls(spark, frame, x.shape[0], x.shape[1], T.LongType())
+
+    @property
+    def num_partitions(self) -> int:
+        if self._partitions is None:
+            self._partitions = self.frame.rdd.getNumPartitions()
+        return self._partitions
+
+    def release(self) -> None:
+        """Unpersist the blocks and delete the block files (best effort: Spark removes its work
+        directories with the application anyway)."""
+        if self.cache_id is not None:
+            cache_id = self.cache_id
+            self.cache_id = None
+            self.read_block_files = False
+
+            def drop(batches):
+                for _ in batches:
+                    pass
+                delete_block_files(cache_id)
+                yield pa.record_batch({"ok": pa.array([True])})
+
+            try:  # one task per cached partition, where it lives: reaches every executor holding files
+                self.frame.select("part").mapInArrow(drop, "ok BOOLEAN").collect()
+                delete_block_files(cache_id)  # the driver's own, in local mode
+            except Exception as e:  # never mask the error that made us release
+                log.warning("could not delete block files %s: %s", cache_id, e)
+        for free in self._shipped:
+            free()
+        self._shipped.clear()
+        self.frame.unpersist()
+
+    # ------------------------------------------------------------------ mapping a function over the blocks
+
+    def map(self, fn: BlockFn, schema, payload: Any = None):
+        """``fn(blocks, payload)`` over every partition's streamed blocks, as a lazy DataFrame of ``schema``.
+
+        The DataFrame may be read any number of times until :meth:`release`, which frees the
+        payload; :meth:`mapped` frees it as soon as a ``with`` block ends.
+        """
+        df, free = self._map(fn, schema, payload)
+        self._shipped.append(free)
+        return df
+
+    @contextmanager
+    def mapped(self, fn: BlockFn, schema, payload: Any = None):
+        """:meth:`map` for a DataFrame used only inside the ``with`` block (e.g. once per Lloyd iteration)."""
+        df, free = self._map(fn, schema, payload)
+        try:
+            yield df
+        finally:
+            free()
+
+    def _map(self, fn: BlockFn, schema, payload: Any):
+        get, free = ship_to_tasks(self.spark, payload)
+        threads = self.faiss_threads
+
+        def run(batches):
+            configure_faiss(threads)
+            yield from fn(blocks_of(batches), get())
+
+        self.passes += 1
+        return self.frame.mapInArrow(run, schema), free
+
+    def collect(self, fn: BlockFn, schema: str, payload: Any = None) -> list[dict]:
+        """``fn(blocks, payload)`` on every partition; its result rows on the driver, in partition order.
+
+        ``schema`` is a DDL string (binary columns for arrays). With block files each task
+        memory-maps its partition's files; partitions whose files are missing are run again on
+        the streamed blocks.
+        """
+        from pyspark.sql import functions as F
+
+        get, free = ship_to_tasks(self.spark, payload)
+        self.passes += 1
+        try:
+            if not self.read_block_files:
+                rows = self._collect_streamed(fn, schema, get, self.frame)
+            else:
+                rows, missing = self._collect_from_files(fn, schema, get)
+                if missing:
+                    self.fallback_partitions += len(missing)
+                    log.warning("block files missing for %d partition(s) %s: those run on the streamed blocks", len(missing), missing[:10])
+                    rows += self._collect_streamed(fn, schema, get, self.frame.where(F.col("part").isin(missing)))
+        finally:
+            free()
+        rows.sort(key=lambda r: r["_part"])  # stable: a partition's rows keep their order
+        return rows
+
+    def _collect_streamed(self, fn: BlockFn, schema: str, get, frame) -> list:
+        threads = self.faiss_threads
+
+        def run(batches):
+            from pyspark import TaskContext
+
+            configure_faiss(threads)
+            part = pa.array([TaskContext.get().partitionId()], pa.int32())
+            for rb in fn(blocks_of(batches), get()):
+                yield _with_part(rb, part)
+
+        return list(rows_of(frame.mapInArrow(run, schema + ", _part INT, _missing BOOLEAN").toArrow().to_batches()))
+
+    def _collect_from_files(self, fn: BlockFn, schema: str, get) -> tuple[list, list[int]]:
+        threads = self.faiss_threads
+        cache_id = self.cache_id
+        names = [c.strip().split()[0] for c in schema.split(",")]
+
+        def run(batches):
+            from pyspark import TaskContext
+
+            metas = []
+            for b in batches:
+                metas += zip(b.column("part").to_pylist(), b.column("seq").to_pylist(), b.column("n").to_pylist())
+            tc_part = TaskContext.get().partitionId()
+            opened = open_block_files(cache_id, sorted(metas))
+            if opened is None:  # this executor does not hold the files: the driver re-runs the partition
+                cols = [pa.nulls(1, pa.binary()) for _ in names] + [pa.array([metas[0][0]], pa.int32()), pa.array([True])]
+                yield pa.record_batch(cols, names=names + ["_part", "_missing"])
+                return
+            configure_faiss(threads)
+            part = pa.array([tc_part], pa.int32())
+            for rb in fn((Block(p, s, np.asarray(k), np.asarray(x)) for p, s, k, x in opened), get()):
+                yield _with_part(rb, part)
+
+        result = self.frame.select("part", "seq", "n").mapInArrow(run, schema + ", _part INT, _missing BOOLEAN").toArrow()
+        rows = list(rows_of(result.to_batches()))
+        missing = sorted({r["_part"] for r in rows if r["_missing"]})
+        return [r for r in rows if not r["_missing"]], missing

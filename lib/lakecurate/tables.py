@@ -1,0 +1,31 @@
+"""The names of lakecurate's tables and what each holds, in one place.
+
+Every table lives under ``lake.root`` as a Delta table partitioned by ``run_id``; their columns are
+documented in the README ("Tables"). Stages name the tables they write in their record
+(:mod:`lakecurate.stages`) and read other stages' tables by these names only. The embed stage's
+two tables take their names from the config (``embed.table``, ``embed.rejects_table``); these are
+the defaults.
+"""
+
+from __future__ import annotations
+
+POOL = "pool"
+EMBEDDINGS = "embeddings"
+REJECTS = "rejects"
+DUPLICATES = "duplicates"
+CLUSTERS = "clusters"
+ASSIGNMENTS = "assignments"
+CURATED = "curated"
+RUNS = "runs"
+
+#: one line per table: the Delta table description written with its first commit
+DESCRIPTIONS = {
+    POOL: "generated long-tailed pool with known concepts",
+    EMBEDDINGS: "embeddings keyed by (model, id); appended incrementally per run",
+    REJECTS: "rows the embed stage could not embed, with the reason",
+    DUPLICATES: "rows removed as near-duplicates and the row kept for each",
+    CLUSTERS: "the cluster tree",
+    ASSIGNMENTS: "level-1..T cluster of every input row",
+    CURATED: "the curated subset",
+    RUNS: "one row per stage attempt: config, status, timings, metrics",
+}

@@ -1,0 +1,189 @@
+"""Every check at an edge (a config file, the pure API), in one place.
+
+Validation happens once, where values come in: :mod:`lakecurate.config` when a YAML file is
+loaded, :class:`lakecurate.HierarchicalKMeans` and :func:`lakecurate.deduplicate` when they are
+called. The cores below them trust their input. Every message names the key (a dotted config key
+or a parameter name), the value and the limit, e.g. ``sampling.target_size=0 must be an integer
+>= 1``. This module imports nothing but numpy and the error classes, so the config can use it
+without loading the curation code.
+
+The option values of the method (metrics, initialisations, strategies) live here too: they are
+what the edges check against, and the cores import them from here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from lakecurate.errors import ConfigError, InputDataError
+
+#: distances k-means runs on: squared L2 on the raw vectors, or on unit rows (cosine)
+METRICS = ("l2", "cosine")
+#: k-means initialisations: k-means++ on a uniform sample, or k rows drawn at random
+INITS = ("k-means++", "random")
+#: how balanced sampling picks rows inside a level-1 cluster
+STRATEGIES = ("random", "closest", "furthest")
+
+
+def check_int(value: Any, key: str, *, minimum: Optional[int] = None) -> int:
+    """``value`` as an int (not a bool), at least ``minimum`` when given."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        limit = f" >= {minimum}" if minimum is not None else ""
+        raise ConfigError(f"{key}={value!r} must be an integer{limit}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{key}={value!r} must be an integer >= {minimum}")
+    return int(value)
+
+
+def check_number(value: Any, key: str, *, low: Optional[float] = None, high: Optional[float] = None,
+                 low_open: bool = False, what: str = "") -> float:
+    """``value`` as a finite float within the bounds (``low_open``: strictly above ``low``)."""
+    bounds = _interval(low, high, low_open)
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(float(value)):
+        raise ConfigError(f"{key}={value!r} must be a finite number{bounds}{what}")
+    v = float(value)
+    if (low is not None and (v <= low if low_open else v < low)) or (high is not None and v > high):
+        raise ConfigError(f"{key}={v!r} must be{bounds}{what}")
+    return v
+
+
+def _interval(low, high, low_open) -> str:
+    if low is None and high is None:
+        return ""
+    if high is None:
+        return f" {'>' if low_open else '>='} {low:g}"
+    if low is None:
+        return f" <= {high:g}"
+    return f" in {'(' if low_open else '['}{low:g}, {high:g}]"
+
+
+def check_choice(value: Any, options: Sequence[str], key: str) -> str:
+    if value not in options:
+        raise ConfigError(f"{key}={value!r} is not one of {list(options)}")
+    return value
+
+
+def check_int_list(value: Any, key: str, *, minimum: int = 1) -> list[int]:
+    """A non-empty list of integers >= ``minimum`` (a single integer is a list of one)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = [int(value)]
+    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) == 0:
+        raise ConfigError(f"{key} must be a non-empty list of integers; got {value!r}")
+    return [check_int(v, f"{key}[{i}]", minimum=minimum) for i, v in enumerate(value)]
+
+
+def check_name(value: Any, key: str) -> str:
+    """A non-empty column or table name."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key}={value!r} must be a non-empty name")
+    return value
+
+
+# ---------------------------------------------------------------- the hierarchy's parameters
+
+
+@dataclass(frozen=True)
+class HierarchySettings:
+    """Checked parameters of a hierarchical k-means, one entry per level where it varies."""
+
+    n_clusters: tuple[int, ...]
+    resample_size: tuple[int, ...]
+    n_resampling_steps: int
+    n_iter: int
+    init: str
+    metric: str
+    init_points_per_centroid: int
+
+
+def check_hierarchy(
+    n_clusters: Any,
+    *,
+    n_resampling_steps: Any,
+    resample_size: Any,
+    n_iter: Any,
+    init: Any,
+    metric: Any,
+    init_points_per_centroid: Any,
+    where: str = "",
+) -> HierarchySettings:
+    """The checks of :class:`~lakecurate.HierarchicalKMeans` and the ``clustering`` config section.
+
+    ``where`` prefixes every key (``"clustering."`` in a config). k must not grow with the level;
+    ``resample_size`` is one r for every level or one per level (None: no resampling).
+    """
+    ks = check_int_list(n_clusters, f"{where}n_clusters")
+    for t in range(1, len(ks)):
+        if ks[t] > ks[t - 1]:
+            raise ConfigError(f"{where}n_clusters must not grow with the level: level {t + 1} has {ks[t]} > level {t}'s {ks[t - 1]}")
+    if resample_size is None:
+        rs = [1] * len(ks)
+    else:
+        rs = check_int_list(resample_size, f"{where}resample_size", minimum=0)
+        if len(rs) == 1 and len(ks) > 1:
+            rs = rs * len(ks)
+        if len(rs) != len(ks):
+            raise ConfigError(f"{where}resample_size has {len(rs)} entries but n_clusters has {len(ks)} levels")
+    return HierarchySettings(
+        n_clusters=tuple(ks),
+        resample_size=tuple(rs),
+        n_resampling_steps=check_int(n_resampling_steps, f"{where}n_resampling_steps", minimum=0),
+        n_iter=check_int(n_iter, f"{where}n_iter", minimum=1),
+        init=check_choice(init, INITS, f"{where}init"),
+        metric=check_choice(metric, METRICS, f"{where}metric"),
+        init_points_per_centroid=check_int(init_points_per_centroid, f"{where}init_points_per_centroid", minimum=1),
+    )
+
+
+def check_eps(eps: Any, *, key: str = "eps") -> float:
+    """The de-duplication threshold: rows are duplicates when cosine similarity >= 1 - eps.
+
+    eps = 0 would ask for similarity >= 1, which rounding makes a coin toss for anything but
+    bit-identical rows; eps = 1 (similarity >= 0) is the loosest meaningful threshold.
+    """
+    return check_number(eps, key, low=0.0, high=1.0, low_open=True,
+                        what=f": rows are duplicates when cosine similarity >= 1 - {key}")
+
+
+# ---------------------------------------------------------------- data
+
+
+def check_embeddings(x, *, name: str = "X") -> np.ndarray:
+    """A finite, non-empty 2-D float32 array, or an InputDataError saying which row is bad."""
+    try:
+        arr = np.asarray(x)
+    except ValueError as exc:  # ragged rows
+        raise InputDataError(f"{name}: rows have different lengths ({exc})") from exc
+    if arr.dtype == object:
+        raise InputDataError(f"{name}: rows have different lengths (got an object array of shape {arr.shape})")
+    if arr.ndim != 2:
+        raise InputDataError(f"{name} must be 2-D (n_samples, dim); got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise InputDataError(f"{name} is empty: 0 rows")
+    if arr.shape[1] == 0:
+        raise InputDataError(f"{name} has dimension 0")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise InputDataError(f"{name} must be numeric; got dtype {arr.dtype}")
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise InputDataError(
+            f"{name} has {bad.size} row(s) with NaN or infinite values (float32), first at row {int(bad[0])}: "
+            f"{arr[bad[0]][~np.isfinite(arr[bad[0]])][:3].tolist()}"
+        )
+    return arr
+
+
+def check_levels(n_clusters: Sequence[int], n_inputs: int, *, key: str = "n_clusters") -> None:
+    """Each level needs at least as many inputs as clusters: n at level 1, k_{t-1} above."""
+    available = n_inputs
+    for t, k in enumerate(n_clusters):
+        if k > available:
+            what = "rows in the input" if t == 0 else f"clusters at level {t}"
+            raise InputDataError(f"{key}[{t}]={k} (level {t + 1}) is more than the {available} {what}")
+        available = k

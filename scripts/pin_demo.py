@@ -1,0 +1,54 @@
+"""Check the full demo configurations against the digests pinned in tests/e2e/pinned_demo.json.
+
+    .venv/bin/python scripts/pin_demo.py            # conf/demo.yaml and conf/demo-redundant.yaml (~2 min)
+    .venv/bin/python scripts/pin_demo.py demo       # one of them
+
+Runs each config through the real CLI into a fresh lake and compares the digests of its tables
+(tests/digests.py: every cluster size and centroid bit, every assignment, every curated id) with
+the pinned ones. Exit code 1 when any differs. The CI suite checks the small demo (tests/e2e/test_cli.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from deltalake import DeltaTable  # noqa: E402
+from digests import run_digests  # noqa: E402
+
+CONFIGS = {"demo": "conf/demo.yaml", "demo-redundant": "conf/demo-redundant.yaml"}
+
+
+def main(names: list[str]) -> int:
+    with open(os.path.join(ROOT, "tests", "e2e", "pinned_demo.json")) as f:
+        pinned = json.load(f)
+    failed = 0
+    for name in names or list(CONFIGS):
+        with tempfile.TemporaryDirectory() as tmp:
+            lake = os.path.join(tmp, "lake")
+            cmd = [sys.executable, "-m", "lakecurate.cli", "run", os.path.join(ROOT, CONFIGS[name]), f"lake.root={lake}"]
+            out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
+            if out.returncode != 0:
+                print(f"{name}: the run failed\n{out.stderr[-3000:]}")
+                failed += 1
+                continue
+            run_id = DeltaTable(os.path.join(lake, "runs")).to_pandas()["run_id"].iloc[0]
+            got = run_digests(lake, run_id)
+        same = got == pinned[name]
+        failed += not same
+        print(f"{name}: {'same as pinned' if same else 'DIFFERENT'}")
+        if not same:
+            for key in sorted(set(got) | set(pinned[name])):
+                if got.get(key) != pinned[name].get(key):
+                    print(f"  {key}: got {got.get(key)}, pinned {pinned[name].get(key)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

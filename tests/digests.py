@@ -1,0 +1,77 @@
+"""Digests of a run's output tables, read with delta-rs (no Spark): what "the same result" means.
+
+Each figure is a sha256 of the table's content in a canonical order (rows sorted by id, clusters by
+level and id), so two runs agree on a digest only when every id, label, size and centroid bit
+agrees. ``tests/e2e/pinned_demo.json`` holds the digests the demo configuration produced before the
+refactor of issue 10; the e2e test compares a fresh run against them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+from deltalake import DeltaTable
+
+
+def _sha(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str(a.dtype).encode())
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _rows(lake_root: str, name: str, run_id: str):
+    path = os.path.join(lake_root, name)
+    if not DeltaTable.is_deltatable(path):
+        return None
+    df = DeltaTable(path).to_pandas()
+    return df[df["run_id"] == run_id]
+
+
+def run_digests(lake_root: str, run_id: str, id_column: str = "id") -> dict:
+    """Digests of ``clusters``, ``assignments``, ``curated`` and ``duplicates`` for one run."""
+    out: dict = {}
+    clusters = _rows(lake_root, "clusters", run_id)
+    if clusters is not None and len(clusters):
+        for level in sorted(clusters["level"].unique()):
+            lv = clusters[clusters["level"] == level].sort_values("cluster_id")
+            parent = lv["parent_id"].fillna(-1).to_numpy(np.int64)
+            out[f"level_{int(level)}"] = {
+                "n_clusters": int(len(lv)),
+                "sizes": _sha(lv["size"].to_numpy(np.int64)),
+                "centroids": _sha(np.stack(lv["centroid"].to_numpy()).astype(np.float32)),
+                "parents": _sha(parent),
+                "largest": int(lv["size"].max()),
+                "smallest": int(lv["size"].min()),
+            }
+    assignments = _rows(lake_root, "assignments", run_id)
+    if assignments is not None and len(assignments):
+        a = assignments.sort_values(id_column)
+        path_cols = sorted((c for c in a.columns if c.startswith("cluster_")), key=lambda c: int(c.split("_")[1]))
+        out["assignments"] = {
+            "rows": int(len(a)),
+            "paths": _sha(a[path_cols].to_numpy(np.int64)),
+            "distance": _sha(a["distance"].to_numpy(np.float32)),
+        }
+    curated = _rows(lake_root, "curated", run_id)
+    if curated is not None and len(curated):
+        c = curated.sort_values([id_column, "copy"])
+        out["curated"] = {
+            "rows": int(len(c)),
+            "ids": _sha(c[id_column].to_numpy(np.int64)),
+            "ranks": _sha(c["rank"].to_numpy(np.int64)),
+        }
+    duplicates = _rows(lake_root, "duplicates", run_id)
+    if duplicates is not None and len(duplicates):
+        d = duplicates.sort_values(id_column)
+        out["duplicates"] = {
+            "rows": int(len(d)),
+            "pairs": _sha(d[[id_column, "kept_id"]].to_numpy(np.int64)),
+            "similarity": _sha(d["similarity"].to_numpy(np.float64)),
+        }
+    return out
