@@ -29,7 +29,7 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     from lakecurate.stages import STAGES
 
     p = argparse.ArgumentParser(prog="lakecurate", description="Curate large, diverse, balanced training sets on Spark + Delta.")
@@ -66,7 +66,7 @@ def _print_summary(result, plan) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     _setup_logging(getattr(args, "verbose", False))
     try:
         from lakecurate.pipeline import run

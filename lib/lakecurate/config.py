@@ -27,6 +27,7 @@ from lakecurate.embed.spec import EncoderSpec
 from lakecurate.errors import ConfigError
 from lakecurate.validation import (
     STRATEGIES,
+    HierarchySettings,
     check_choice,
     check_eps,
     check_hierarchy,
@@ -155,8 +156,9 @@ class ClusteringConfig:
     #: share of n_clusters[0] proportional to its size; 0 = one k-means (the default)
     level1_coarse_clusters: int = 0
 
-    def validate(self, where: str) -> None:
-        levels = check_hierarchy(
+    def hierarchy(self, where: str = "clustering") -> HierarchySettings:
+        """The checked per-level settings (computed on each call, never stored)."""
+        return check_hierarchy(
             self.n_clusters,
             n_resampling_steps=self.n_resampling_steps,
             resample_size=self.resample_size,
@@ -166,10 +168,13 @@ class ClusteringConfig:
             init_points_per_centroid=self.init_points_per_centroid,
             where=f"{where}.",
         )
+
+    def validate(self, where: str) -> None:
+        levels = self.hierarchy(where)
         check_int(self.seed, f"{where}.seed", minimum=0)
         check_int(self.driver_max_rows, f"{where}.driver_max_rows", minimum=1)
-        coarse = self.level1_coarse_clusters
-        if isinstance(coarse, bool) or not isinstance(coarse, int) or coarse < 0 or (coarse and coarse >= levels.n_clusters[0]):
+        coarse = check_int(self.level1_coarse_clusters, f"{where}.level1_coarse_clusters", minimum=0)
+        if coarse >= levels.n_clusters[0]:
             raise ConfigError(f"{where}.level1_coarse_clusters={coarse!r} must be 0 (off) or an integer in [1, n_clusters[0]={levels.n_clusters[0]})")
         if coarse and levels.resample_size[0] > 1:
             raise ConfigError(f"{where}.level1_coarse_clusters={coarse} needs resample_size[0] <= 1 (no resampling at a two-step level 1)")

@@ -1,10 +1,14 @@
-"""One exception root for everything lakecurate raises on purpose.
+"""One exception root for everything lakecurate raises on purpose, and one warning root.
 
 Every message names the offending value and where it came from (a config key, a
 column, a row id, a path), so a failed scheduled job can be fixed from its log alone.
 """
 
 from __future__ import annotations
+
+import logging
+import warnings
+from typing import Optional
 
 
 class LakecurateError(Exception):
@@ -25,3 +29,24 @@ class TableError(LakecurateError):
 
 class MissingDependencyError(LakecurateError, ImportError):
     """An optional dependency is needed for the requested feature; the message names the pip install."""
+
+
+class LakecurateWarning(UserWarning):
+    """A result that is valid but not what was asked for; callers and tests can catch it
+    (``warnings.simplefilter("error", LakecurateWarning)`` turns every one into an error)."""
+
+
+class ClusteringWarning(LakecurateWarning):
+    """k-means degraded: clusters re-seeded or left empty, fewer distinct centroids than k,
+    resampling stopped early."""
+
+
+class SamplingWarning(LakecurateWarning):
+    """Sampling could not balance as asked: the target takes the whole pool, or rows are drawn twice."""
+
+
+def warn_degraded(message: str, category: type = LakecurateWarning, *, logger: Optional[logging.Logger] = None) -> None:
+    """Log ``message`` as a warning and raise it as a ``category`` warning (both: a scheduled job's
+    log shows it, a caller can catch it)."""
+    (logger or logging.getLogger("lakecurate")).warning(message)
+    warnings.warn(message, category, stacklevel=3)

@@ -22,8 +22,7 @@ import posixpath
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Optional, Sequence
-from urllib.parse import urlparse
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa

@@ -24,7 +24,7 @@ from lakecurate.core.hierarchy import LevelParams, level_params
 from lakecurate.embed.spec import EncoderSpec
 from lakecurate.errors import ConfigError
 from lakecurate.stages import STAGES, Stage
-from lakecurate.validation import check_choice, check_hierarchy
+from lakecurate.validation import check_choice
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -96,12 +96,6 @@ def plan_run(config: RunConfig, *, alone: Optional[str] = None) -> RunPlan:
     if not any(r.provides_input for r in records):
         config.input.require_location("input")
 
-    settings = config.clustering
-    checked = check_hierarchy(
-        settings.n_clusters, n_resampling_steps=settings.n_resampling_steps, resample_size=settings.resample_size,
-        n_iter=settings.n_iter, init=settings.init, metric=settings.metric,
-        init_points_per_centroid=settings.init_points_per_centroid, where="clustering.",
-    )
     fingerprint = config_fingerprint(config)
     run_id = config.run_id
     if run_id is None:
@@ -118,7 +112,7 @@ def plan_run(config: RunConfig, *, alone: Optional[str] = None) -> RunPlan:
         run_id=run_id,
         fingerprint=fingerprint,
         stages=records,
-        levels=tuple(level_params(checked)),
+        levels=tuple(level_params(config.clustering.hierarchy())),
         encoder=config.embed.encoder_spec() if config.embed is not None else None,
     )
 

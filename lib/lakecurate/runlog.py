@@ -10,6 +10,7 @@ import json
 import logging
 import time
 import traceback
+import warnings
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Optional
@@ -17,6 +18,7 @@ from typing import Any, Optional
 import pyarrow as pa
 
 from lakecurate import __version__
+from lakecurate.errors import LakecurateWarning
 from lakecurate.lake import Lake
 from lakecurate.tables import RUNS as RUNS_TABLE
 
@@ -78,12 +80,17 @@ class RunLog:
 
     @contextmanager
     def track(self, stage: str):
-        """Time a stage; record success with its metrics dict, or failure with the error, then re-raise."""
+        """Time a stage; record success with its metrics dict, or failure with the error, then re-raise.
+
+        The stage's lakecurate warnings (degraded but valid results) are kept under
+        ``metrics["warnings"]`` and passed on to the caller as they were.
+        """
         started = time.time()
         metrics: dict[str, Any] = {}
         log.info("stage %s: started (run %s)", stage, self.run_id)
         try:
-            yield metrics
+            with _recorded_warnings(metrics):
+                yield metrics
         except BaseException as exc:
             try:
                 self.record(stage, "failed", started, metrics, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
@@ -92,6 +99,20 @@ class RunLog:
             raise
         self.record(stage, "succeeded", started, metrics)
         log.info("stage %s: succeeded in %.1fs", stage, time.time() - started)
+
+
+@contextmanager
+def _recorded_warnings(metrics: dict):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            ours = [str(w.message) for w in caught if issubclass(w.category, LakecurateWarning)]
+            if ours:
+                metrics["warnings"] = ours
+    for w in caught:  # outside the recording context: to the caller's filters, unchanged
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
 def _jsonable(value):

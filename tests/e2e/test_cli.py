@@ -8,8 +8,7 @@ import sys
 import pytest
 from deltalake import DeltaTable
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from digests import run_digests  # noqa: E402
+from digests import run_digests
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.spark]
 

@@ -6,17 +6,17 @@ import glob
 import os
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from lakecurate.core.assign import NumpyAssigner
 from lakecurate.core.hierarchy import LevelParams, fit_hierarchy
 from lakecurate.core.synthetic import long_tailed_pool
 from lakecurate.core.two_step import two_step_centroids
-from lakecurate.spark.arrow import matrix_to_list_array
 from lakecurate.spark.assigner import AssignTuning, SparkAssigner
 from lakecurate.spark.block_files import block_folder, open_block_files, write_block_files
 from lakecurate.spark.blocks import EmbeddingBlocks
+
+from builders import embeddings_table
 
 pytestmark = pytest.mark.spark
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.spark
 @pytest.fixture(scope="module")
 def pool_df(spark):
     x = long_tailed_pool(4000, 12, 30, seed=3).x
-    table = pa.table({"id": pa.array(np.arange(len(x), dtype=np.int64)), "embedding": matrix_to_list_array(x)})
+    table = embeddings_table(x)
     return x, spark.createDataFrame(table.to_pandas())
 
 

@@ -1,16 +1,16 @@
 """Bad input to the Spark pipeline: a clear error naming the problem, and no output table written."""
 
+import json
 import os
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
 from lakecurate.plan import load_plan
-from lakecurate.errors import InputDataError, LakecurateError, TableError
+from lakecurate.errors import InputDataError, SamplingWarning, TableError
 from lakecurate.pipeline import run
 
 pytestmark = pytest.mark.spark
@@ -131,9 +131,14 @@ def test_target_larger_than_pool_writes_no_curated_table(spark, tmp_path):
     assert not DeltaTable.is_deltatable(os.path.join(cfg.config.lake.root, "curated"))
     # with repeats allowed the same target succeeds and draws one row twice
     cfg = cfg_for(path, str(tmp_path / "lake"), sampling__target_size=61, sampling__max_repeats=2)
-    res = run(cfg, spark=spark)
+    with pytest.warns(SamplingWarning, match="every row is drawn"):
+        res = run(cfg, spark=spark)
     cur = DeltaTable(res.tables["curated"]).to_pandas()
     assert len(cur) == 61 and cur["id"].value_counts().max() == 2
+    # the degraded-but-valid result is on record in the runs table too
+    runs = DeltaTable(res.tables["runs"]).to_pandas()
+    sample = json.loads(runs[(runs.run_id == cfg.run_id) & (runs.stage == "sample")]["metrics"].iloc[0])
+    assert any("every row is drawn, some up to 2 times" in w for w in sample["warnings"])
 
 
 def test_string_ids_work(spark, tmp_path):

@@ -7,8 +7,9 @@ from deltalake import DeltaTable
 from lakecurate.plan import load_plan
 from lakecurate.core.dedup import find_duplicates
 from lakecurate.core.synthetic import redundant_pool
-from lakecurate.errors import ConfigError
 from lakecurate.pipeline import run
+
+from builders import boundary_pool, save_npy
 
 pytestmark = pytest.mark.spark
 
@@ -20,9 +21,7 @@ K, NB, SEED, ITERS = 12, 1, 7, 5
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
     p = redundant_pool(N, D, ITEMS, copies_alpha=1.1, copy_noise=0.05, n_concepts=30, seed=3)
-    path = tmp_path_factory.mktemp("data") / "redundant.npy"
-    np.save(path, p.x)
-    return str(path), p
+    return save_npy(tmp_path_factory.mktemp("data"), p.x, "redundant.npy"), p
 
 
 def dedup_config(npy, lake_root, partitions, **dedup):
@@ -68,29 +67,9 @@ def test_spark_stage_equals_pure_api_whatever_the_partitions_and_chunks(spark, p
     assert m["cross_pairs"] > 0  # the neighbour probes found pairs across clusters
 
 
-def boundary_pool():
-    """Two blobs around e0 and e1 and a pair of near-copies on the boundary between them."""
-    rng = np.random.default_rng(0)
-    d = 8
-    half = 0.4 * rng.normal(size=(10, d - 2))
-    noise = np.concatenate([half, -half])
-    a = np.zeros((20, d))
-    a[:, 0], a[:, 2:] = 1.0, noise
-    b = np.zeros((20, d))
-    b[:, 1], b[:, 2:] = 1.0, noise[::-1]
-    delta = 0.05  # cos(p, q) = 0.995
-    p = np.zeros(d)
-    p[0], p[1] = 1 + delta, 1 - delta
-    q = np.zeros(d)
-    q[0], q[1] = 1 - delta, 1 + delta
-    X = np.concatenate([a[:10], [p], a[10:], b[:10], [q], b[10:]]).astype(np.float32)
-    return X, 10, 31
-
-
 def test_neighbour_option_catches_copies_straddling_a_boundary(spark, tmp_path):
     X, p, q = boundary_pool()
-    npy = tmp_path / "boundary.npy"
-    np.save(npy, X)
+    npy = save_npy(tmp_path, X, "boundary.npy")
     lake = str(tmp_path / "lake")
     found = {}
     for nb in (0, 1):
@@ -152,9 +131,3 @@ def test_run_with_dedup_curates_fewer_copies(spark, tmp_path):
     assert rep["pool"]["n"] == 3000 and rep["deduplicated"]["n"] == 3000 - len(removed)
     assert rep["random"]["n"] == 300 and rep["random"]["concepts_covered"] < rep["curated"]["concepts_covered"]
     assert "deduplicated" not in without.report and without.report["pool"]["n"] == 3000
-
-
-@pytest.mark.parametrize("eps", [0, -0.1, 1.5, float("nan"), "big"])
-def test_eps_out_of_range_is_a_config_error(tmp_path, eps):
-    with pytest.raises(ConfigError, match="dedup.eps"):
-        load_plan(data={"stages": ["dedup", "cluster", "sample"], "input": {"format": "synthetic"}, "dedup": {"eps": eps}})

@@ -204,7 +204,6 @@ def test_image_folder_embeds_good_files_and_rejects_corrupt_and_oversized(spark,
     assert rej["huge.png"].startswith("file is") and f"max_bytes={MAX_BYTES}" in rej["huge.png"]
 
     # the same files as an image-bytes column of a table give the same vectors, ids hashed or not
-    files_table = tmp_path / "bytes"
     names = ["a.png", "b.png", "sub/c.png"]
     pq.write_table(
         pa.table({"key": pa.array(names), "image": pa.array([good[k] for k in names], pa.binary())}),
@@ -264,15 +263,6 @@ def test_missing_model_path_is_a_config_error_before_spark_work(spark, tmp_path)
         with pytest.raises(ConfigError, match=message):
             run(cfg, spark=spark)
     assert not os.path.exists(os.path.join(lake_root, "embeddings"))
-
-
-def test_embed_config_is_validated_at_load_time(tmp_path):
-    with pytest.raises(ConfigError, match="embed: encoder.batch_size=0"):
-        embed_config(str(tmp_path), {"format": "parquet", "path": "x"}, {"batch_size": 0})
-    with pytest.raises(ConfigError, match="reads image files but encoder kind 'text'"):
-        embed_config(str(tmp_path), {"format": "files", "path": "x"})
-    with pytest.raises(ConfigError, match="unknown config key embed.source.colum"):
-        embed_config(str(tmp_path), {"format": "parquet", "path": "x", "colum": "t"})
 
 
 # ------------------------------------------------------------------------------------ end to end

@@ -13,6 +13,8 @@ from lakecurate.core.synthetic import long_tailed_pool
 from lakecurate.lake import Lake
 from lakecurate.pipeline import run
 
+from builders import save_npy
+
 pytestmark = pytest.mark.spark
 
 N, D = 6000, 8
@@ -24,9 +26,7 @@ TARGET = 1500
 @pytest.fixture(scope="module")
 def pool_npy(tmp_path_factory):
     p = long_tailed_pool(N, D, 12, alpha=1.3, spread=0.3, seed=5)
-    path = tmp_path_factory.mktemp("data") / "pool.npy"
-    np.save(path, p.x)
-    return str(path), p
+    return save_npy(tmp_path_factory.mktemp("data"), p.x), p
 
 
 def config(npy, lake_root, **over):

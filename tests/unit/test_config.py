@@ -128,3 +128,21 @@ def test_config_imports_no_curation_code():
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lakecurate."):
                 todo.append(node.module)
     assert seen == {"lakecurate.config", "lakecurate.errors", "lakecurate.validation", "lakecurate.embed.spec"}, seen
+
+
+@pytest.mark.parametrize("eps", [0, -0.1, 1.5, float("nan"), "big"])
+def test_dedup_eps_out_of_range_is_a_config_error(eps):
+    with pytest.raises(ConfigError, match="dedup.eps"):
+        load_plan(data={"stages": ["dedup", "cluster", "sample"], "input": {"format": "synthetic"}, "dedup": {"eps": eps}})
+
+
+def test_embed_config_is_validated_at_load_time(tmp_path):
+    def embed(source, encoder=None):
+        return load_plan(data={"lake": {"root": str(tmp_path)}, "embed": {"source": source, "encoder": encoder or {}}}, alone="embed")
+
+    with pytest.raises(ConfigError, match="embed: encoder.batch_size=0"):
+        embed({"format": "parquet", "path": "x"}, {"batch_size": 0})
+    with pytest.raises(ConfigError, match="reads image files but encoder kind 'text'"):
+        embed({"format": "files", "path": "x"})
+    with pytest.raises(ConfigError, match="unknown config key embed.source.colum"):
+        embed({"format": "parquet", "path": "x", "colum": "t"})

@@ -27,6 +27,8 @@ from lakecurate.core.dedup import (
 )
 from lakecurate.errors import ConfigError, InputDataError
 
+from builders import boundary_pool
+
 # ---------------------------------------------------------------- helpers
 
 
@@ -264,25 +266,6 @@ def test_find_duplicate_pairs_returns_a_spanning_forest_of_real_pairs(monkeypatc
 
 
 # ---------------------------------------------------------------- coarse clusters and neighbours
-
-
-def boundary_pool() -> tuple[np.ndarray, int, int]:
-    """Two blobs around e0 and e1 and a pair of near-copies on the boundary between them."""
-    rng = np.random.default_rng(0)
-    d = 8
-    half = 0.4 * rng.normal(size=(10, d - 2))
-    noise = np.concatenate([half, -half])  # mirrored: the blob centres lie exactly on e0 and e1
-    a = np.zeros((20, d))
-    a[:, 0], a[:, 2:] = 1.0, noise
-    b = np.zeros((20, d))
-    b[:, 1], b[:, 2:] = 1.0, noise[::-1]
-    delta = 0.05  # p leans to e0, q to e1; cos(p, q) = (1 - delta^2) / (1 + delta^2) = 0.995
-    p = np.zeros(d)
-    p[0], p[1] = 1 + delta, 1 - delta
-    q = np.zeros(d)
-    q[0], q[1] = 1 - delta, 1 + delta
-    X = np.concatenate([a[:10], [p], a[10:], b[:10], [q], b[10:]]).astype(np.float32)
-    return X, 10, 31
 
 
 def test_copies_straddling_a_cluster_boundary_need_the_neighbour_option():

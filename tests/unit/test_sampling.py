@@ -10,7 +10,7 @@ from lakecurate.core.sampling import (
     select_within_clusters,
     water_fill_quotas,
 )
-from lakecurate.errors import ConfigError, InputDataError
+from lakecurate.errors import ConfigError, InputDataError, SamplingWarning
 
 
 def rng(seed=0):
@@ -90,10 +90,13 @@ def fitted():
 
 @pytest.mark.parametrize("strategy", ["random", "closest", "furthest"])
 def test_balanced_sample_returns_exactly_n_distinct_rows(fitted, strategy):
-    for n in (0, 1, 999, 2999, 3000):
+    for n in (0, 1, 999, 2999):
         s = balanced_sample(fitted, n, strategy=strategy)
         assert s.size == n and np.unique(s).size == n
         assert s.min(initial=0) >= 0 and s.max(initial=0) < 3000
+    with pytest.warns(SamplingWarning, match="takes the whole pool"):  # valid, but nothing was balanced
+        s = balanced_sample(fitted, 3000, strategy=strategy)
+    assert np.array_equal(s, np.arange(3000))
 
 
 def test_balanced_sample_is_reproducible_from_the_seed(fitted):
@@ -123,7 +126,8 @@ def test_balanced_sample_closest_picks_the_rows_nearest_each_centroid(fitted):
 def test_target_larger_than_pool_is_an_error_unless_repeats(fitted):
     with pytest.raises(InputDataError, match=r"n=3001 .*3000 rows"):
         balanced_sample(fitted, 3001)
-    s = balanced_sample(fitted, 4500, max_repeats=2)
+    with pytest.warns(SamplingWarning, match="more than the pool of 3000: every row is drawn, some up to 2 times"):
+        s = balanced_sample(fitted, 4500, max_repeats=2)
     assert s.size == 4500 and np.bincount(s).max() <= 2
 
 

@@ -71,12 +71,11 @@ import math
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Union
 
-import faiss
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
-from lakecurate.core.assign import Assigner, NumpyAssigner
+from lakecurate.core.assign import Assigner, NumpyAssigner, knn_candidates
 from lakecurate.core.kmeans import KMeansFit, fit_kmeans_assigner
 from lakecurate.errors import ConfigError, InputDataError
 from lakecurate.validation import check_embeddings, check_eps, check_int
@@ -200,7 +199,7 @@ def neighbor_clusters(
     out = np.empty((m, r), dtype=np.int64)
     for s in range(0, m, EXACT_CHUNK_ROWS):
         xb = x[s : s + EXACT_CHUNK_ROWS]
-        _, cand = faiss.knn(xb, c, kk)
+        cand = knn_candidates(xb, c, kk)  # the assignment's device choice: the task's GPU when it has one
         cand = cand.astype(np.int64)
         d2 = np.empty(cand.shape, dtype=np.float32)
         for t in range(kk):

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 import numpy as np
 
 from lakecurate.core.assign import Assigner, NumpyAssigner
+from lakecurate.errors import ClusteringWarning, warn_degraded
 from lakecurate.core.kmeans import (
     DEFAULT_INIT_POINTS_PER_CENTROID,
     IterationStats,
@@ -138,9 +139,10 @@ def fit_level(
         for step in range(1, params.n_resampling_steps + 1):
             _, points = assigner.closest_per_cluster(centroids, params.resample_size)
             if points.shape[0] < params.n_clusters:
-                log.warning(
-                    "level %d resampling step %d: only %d points near %d centroids; stopping resampling",
-                    level, step, points.shape[0], params.n_clusters,
+                warn_degraded(
+                    f"level {level} resampling step {step}: only {points.shape[0]} points near {params.n_clusters} "
+                    f"centroids; resampling stopped after {step - 1} of {params.n_resampling_steps} steps",
+                    ClusteringWarning, logger=log,
                 )
                 break
             # a fresh k-means++ on the union of the r-nearest points (the reference's behaviour)
@@ -217,8 +219,7 @@ def fit_hierarchy(
             seconds=time.perf_counter() - t0,
             steps=steps,
         )
-        if level.n_empty:
-            log.warning("level %d: %d of %d clusters are empty after the final assignment", level.level, level.n_empty, p.n_clusters)
+        warn_if_degraded(level)
         log.info(
             "level %d done in %.1fs: objective=%.6g, re-seeded=%d, empty=%d",
             level.level, level.seconds, level.objective, reseeded, level.n_empty,
@@ -227,6 +228,21 @@ def fit_hierarchy(
         if on_level is not None:
             on_level(level)
     return levels
+
+
+def warn_if_degraded(level: Level) -> None:
+    """A :class:`~lakecurate.errors.ClusteringWarning` for each way a fitted level is worse than asked."""
+    k = level.n_clusters
+    if level.n_reseeded:
+        warn_degraded(f"level {level.level}: empty clusters were re-seeded {level.n_reseeded} time(s) during the fit, each by "
+                      f"splitting a populous one (k={k})", ClusteringWarning, logger=log)
+    if level.n_empty:
+        warn_degraded(f"level {level.level}: {level.n_empty} of {k} clusters are empty after the final assignment",
+                      ClusteringWarning, logger=log)
+    distinct = int(np.unique(level.centroids, axis=0).shape[0])
+    if distinct < k:
+        warn_degraded(f"level {level.level}: only {distinct} distinct centroids for k={k} (the inputs hold fewer "
+                      f"distinct points than clusters)", ClusteringWarning, logger=log)
 
 
 def parent_ids(levels: Sequence[Level]) -> list[Optional[np.ndarray]]:

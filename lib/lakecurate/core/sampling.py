@@ -12,14 +12,17 @@ chosen by a strategy. Two halves, so the Spark stage can run the second one on e
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 
 from lakecurate.core.keys import random_keys
-from lakecurate.errors import ConfigError
+from lakecurate.errors import ConfigError, SamplingWarning, warn_degraded
 from lakecurate.validation import STRATEGIES
+
+log = logging.getLogger(__name__)
 #: Key stream for within-cluster random ordering (separate from other uses of the seed).
 _SELECTION_STREAM = 1
 
@@ -93,6 +96,12 @@ def hierarchical_quotas(tree: ClusterTree, n: int, rng: np.random.Generator, *, 
             children = order[bounds[p] : bounds[p + 1]]
             child_quotas[children] = water_fill_quotas(child_sizes[children], int(quotas[p]), rng)
         quotas = child_quotas
+    pool = tree.n_points
+    if n > pool:
+        warn_degraded(f"a target of {n} rows is more than the pool of {pool}: every row is drawn, "
+                      f"some up to {int(np.max(-(-quotas // np.maximum(tree.sizes[0], 1))))} times", SamplingWarning, logger=log)
+    elif n == pool:
+        warn_degraded(f"a target of {n} rows takes the whole pool: nothing is left out, so nothing is balanced", SamplingWarning, logger=log)
     return quotas
 
 

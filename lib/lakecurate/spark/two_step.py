@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from lakecurate.core.assign import nearest_centroid
-from lakecurate.core.hierarchy import Level, LevelParams
+from lakecurate.core.hierarchy import Level, LevelParams, warn_if_degraded
 from lakecurate.core.kmeans import fit_kmeans_assigner
 from lakecurate.core.two_step import allocate_subclusters, fit_fine
 from lakecurate.spark.assigner import SparkAssigner
@@ -85,6 +85,7 @@ def fit_level1_two_step(assigner: SparkAssigner, params: LevelParams, coarse_k: 
             "iterations": [vars(it) for it in coarse.iterations],
         }],
     )
+    warn_if_degraded(level)
     log.info("level 1 two-step done in %.1fs: %d clusters, objective=%.6g, empty=%d",
              level.seconds, level.n_clusters, level.objective, level.n_empty)
     return level

@@ -94,11 +94,7 @@ def run_cluster(ctx: StageContext, metrics: dict) -> None:
     ccfg = cfg.clustering
     params = ctx.plan.levels
     t0 = time.perf_counter()
-    blocks = EmbeddingBlocks.from_dataframe(
-        ctx.spark, ctx.input_frame("cluster"), id_column=cfg.input.id_column, embedding_column=cfg.input.embedding_column,
-        partitions=cfg.spark.partitions, transform=normalize_rows if ccfg.metric == "cosine" else None,
-        where=f"input {cfg.input.location}", cache=cfg.spark.block_cache,
-    )
+    blocks = ctx.input_blocks("cluster", transform=normalize_rows if ccfg.metric == "cosine" else None)
     assigner = SparkAssigner(blocks)
     upper: list[EmbeddingBlocks] = []  # levels 2..T run on the executors
     metrics.update(n_rows=blocks.n, dim=blocks.d, cache_seconds=round(time.perf_counter() - t0, 3))

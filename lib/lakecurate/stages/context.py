@@ -87,3 +87,18 @@ class StageContext:
             if record.hands_on is not None:
                 frame = functools.partial(record.hands_on, self, frame)
         return frame()
+
+    def input_blocks(self, stage: str, *, transform=None):
+        """The input as ``stage`` sees it, validated and cached as embedding blocks
+        (:class:`~lakecurate.spark.blocks.EmbeddingBlocks`): release them when done.
+
+        ``transform`` maps every block's vectors once, as they are cached (e.g. unit rows).
+        """
+        from lakecurate.spark.blocks import EmbeddingBlocks
+
+        cfg = self.config
+        return EmbeddingBlocks.from_dataframe(
+            self.spark, self.input_frame(stage), id_column=cfg.input.id_column, embedding_column=cfg.input.embedding_column,
+            partitions=cfg.spark.partitions, transform=transform, where=f"{stage} input {cfg.input.location}",
+            cache=cfg.spark.block_cache,
+        )

@@ -27,7 +27,6 @@ from lakecurate.core.dedup import coarse_clustering, default_n_clusters, removal
 from lakecurate.core.dedup_routing import chunks_per_cluster, n_tasks
 from lakecurate.errors import InputDataError
 from lakecurate.spark.assigner import SparkAssigner
-from lakecurate.spark.blocks import EmbeddingBlocks
 from lakecurate.spark.dedup import pairwise_results, removed_within_clusters, resolve_removed
 from lakecurate.stages.context import Stage, StageContext
 from lakecurate.tables import DUPLICATES
@@ -44,11 +43,7 @@ def run_dedup(ctx: StageContext, metrics: dict) -> None:
     dcfg = cfg.dedup
     id_col = cfg.input.id_column
     t0 = time.perf_counter()
-    blocks = EmbeddingBlocks.from_dataframe(
-        ctx.spark, ctx.input_frame("dedup"), id_column=id_col, embedding_column=cfg.input.embedding_column,
-        partitions=cfg.spark.partitions, transform=unit_rows, where=f"dedup input {cfg.input.location}",
-        cache=cfg.spark.block_cache,
-    )
+    blocks = ctx.input_blocks("dedup", transform=unit_rows)
     results = None
     shipped: list = []
     try:

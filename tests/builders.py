@@ -1,0 +1,47 @@
+"""Data the tests of every tier build: one definition each, imported by the unit, Spark and e2e tests."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+
+
+def boundary_pool() -> tuple[np.ndarray, int, int]:
+    """Two blobs around e0 and e1 and a pair of near-copies (rows p, q) on the boundary between them.
+
+    The blob noise is mirrored, so the blob centres lie exactly on e0 and e1; p leans to e0, q to
+    e1, and cos(p, q) = (1 - delta^2) / (1 + delta^2) = 0.995. With two coarse clusters the pair is
+    split between them: only the neighbour option finds it. Returns (X, p, q).
+    """
+    rng = np.random.default_rng(0)
+    d = 8
+    half = 0.4 * rng.normal(size=(10, d - 2))
+    noise = np.concatenate([half, -half])
+    a = np.zeros((20, d))
+    a[:, 0], a[:, 2:] = 1.0, noise
+    b = np.zeros((20, d))
+    b[:, 1], b[:, 2:] = 1.0, noise[::-1]
+    delta = 0.05
+    p = np.zeros(d)
+    p[0], p[1] = 1 + delta, 1 - delta
+    q = np.zeros(d)
+    q[0], q[1] = 1 - delta, 1 + delta
+    X = np.concatenate([a[:10], [p], a[10:], b[:10], [q], b[10:]]).astype(np.float32)
+    return X, 10, 31
+
+
+def save_npy(folder, x: np.ndarray, name: str = "pool.npy") -> str:
+    """``x`` as a .npy input file in ``folder``; returns its path."""
+    path = os.path.join(str(folder), name)
+    np.save(path, x)
+    return path
+
+
+def embeddings_table(x: np.ndarray, ids=None) -> pa.Table:
+    """(id, embedding list<float>) rows of a matrix, ids 0..n-1 unless given: the shape of an input table."""
+    from lakecurate.spark.arrow import matrix_to_list_array
+
+    ids = np.arange(len(x), dtype=np.int64) if ids is None else ids
+    return pa.table({"id": pa.array(ids), "embedding": matrix_to_list_array(np.asarray(x, np.float32))})
