@@ -11,6 +11,10 @@ Two backends write the same Delta tables:
 
 Every output table is partitioned by ``run_id`` and every write replaces exactly that run's rows,
 so a rerun of a stage is idempotent and a killed stage leaves no partial table version behind.
+
+The lake also reads the inputs (Delta/Parquet tables, files through ``binaryFile``, ``.npy``
+matrices staged once as Parquet under ``lake.staging``) and keeps its own files under the root
+(the cluster stage's per-level checkpoints in ``_checkpoints/``), written atomically.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Block files live in the executor that cached a partition; these tests show that k-means passes
 find them there (no fallback), that the tree equals the in-process one, that releasing the cache
-deletes them on every executor, and that a whole ``lakecurate run`` commits its tables.
+deletes them on every executor, and that a whole ``lakecurate run`` commits its tables. Both run
+in one local-cluster application (starting one costs ~20 s).
 """
 
 import json
@@ -60,8 +61,19 @@ after = spark.sparkContext.parallelize(range(16), 16).mapPartitions(files_now).c
 same = all(np.array_equal(a.centroids, b.centroids) and np.array_equal(a.sizes, b.sizes) and a.objective == b.objective for a, b in zip(ref, got))
 print("RESULT " + json.dumps({"executors": spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1,
       "passes": passes, "fallback": fallback, "same": bool(same), "before": before, "after": after}))
+
+# then a whole `lakecurate run` in the same application (the CLI reuses the active session)
+from lakecurate.cli import main
+print("RUN_RC", main(["run", *sys.argv[2:]]))
 spark.stop()
 """
+
+RUN_ARGS = [
+    os.path.join(ROOT, "conf", "demo.yaml"), f"spark.master={MASTER}",
+    "input.synthetic.n=4000", "input.synthetic.dim=16", "input.synthetic.n_concepts=30",
+    "clustering.n_clusters=[80,20,5]", "clustering.resample_size=[1,3,2]", "clustering.n_iter=5",
+    "clustering.n_resampling_steps=1", "sampling.target_size=800",
+]
 
 
 def env(tmp_path):
@@ -72,7 +84,7 @@ def env(tmp_path):
     return e
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _remove_executor_work_dirs():
     """local-cluster executors work in $SPARK_HOME/work/app-*/ (logs, SparkFiles); remove the new ones."""
     import shutil
@@ -89,8 +101,17 @@ def _remove_executor_work_dirs():
             os.rmdir(work)
 
 
-def test_block_files_stay_with_their_executor_and_give_the_in_process_tree(tmp_path):
-    out = subprocess.run([sys.executable, "-c", SCRIPT, MASTER], capture_output=True, text=True, env=env(tmp_path), timeout=600, cwd=str(tmp_path))
+@pytest.fixture(scope="module")
+def two_executors(tmp_path_factory):
+    """(the script's output, the lake root of its `lakecurate run`)."""
+    tmp = tmp_path_factory.mktemp("multi")
+    root = str(tmp / "lake")
+    cmd = [sys.executable, "-c", SCRIPT, MASTER, *RUN_ARGS, f"lake.root={root}"]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env(tmp), timeout=900, cwd=str(tmp)), root
+
+
+def test_block_files_stay_with_their_executor_and_give_the_in_process_tree(two_executors):
+    out, _ = two_executors
     lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
     assert lines, out.stderr[-4000:]
     r = json.loads(lines[0][len("RESULT "):])
@@ -103,17 +124,9 @@ def test_block_files_stay_with_their_executor_and_give_the_in_process_tree(tmp_p
     assert all(a["files"] == 0 for a in r["after"])  # ... release() deleted the files everywhere
 
 
-def test_lakecurate_run_on_two_executors_commits_its_tables(tmp_path):
-    root = str(tmp_path / "lake")
-    cmd = [
-        sys.executable, "-m", "lakecurate.cli", "run", os.path.join(ROOT, "conf", "demo.yaml"), f"lake.root={root}",
-        f"spark.master={MASTER}", "spark.conf.spark.driver.memory=1g",
-        "input.synthetic.n=4000", "input.synthetic.dim=16", "input.synthetic.n_concepts=30",
-        "clustering.n_clusters=[80,20,5]", "clustering.resample_size=[1,3,2]", "clustering.n_iter=5",
-        "clustering.n_resampling_steps=1", "sampling.target_size=800",
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env(tmp_path), timeout=600, cwd=str(tmp_path))
-    assert out.returncode == 0, out.stderr[-4000:]
+def test_lakecurate_run_on_two_executors_commits_its_tables(two_executors):
+    out, root = two_executors
+    assert "RUN_RC 0" in out.stdout, out.stderr[-4000:]
     curated = DeltaTable(os.path.join(root, "curated")).to_pandas()
     assignments = DeltaTable(os.path.join(root, "assignments")).to_pandas()
     assert len(curated) == 800 and curated["id"].is_unique
