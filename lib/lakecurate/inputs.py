@@ -12,7 +12,13 @@ decides what to read and checks its columns):
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import logging
+import os
+import time
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +26,7 @@ import pyarrow as pa
 from lakecurate.config import EmbedConfig, InputConfig, SyntheticConfig
 from lakecurate.core.synthetic import long_tailed_pool, redundant_pool
 from lakecurate.embed.spec import EncoderSpec
-from lakecurate.errors import InputDataError
+from lakecurate.errors import InputDataError, TableError
 from lakecurate.lake import Lake
 from lakecurate.spark.arrow import matrix_to_list_array
 from lakecurate.tables import POOL
@@ -71,16 +77,105 @@ def input_tables(cfg: InputConfig) -> tuple[str, ...]:
     return (POOL,) if cfg.format == "synthetic" else ()
 
 
-def read_run_input(lake: Lake, cfg: InputConfig):
-    """The embeddings input as a DataFrame with at least (id, embedding) as the config names them."""
+def read_run_input(lake: Lake, cfg: InputConfig, snapshot: Optional[dict] = None):
+    """The embeddings input as a DataFrame with at least (id, embedding) as the config names them.
+
+    ``snapshot``: the input's fingerprint (:func:`fingerprint_run_input`); the read is pinned to
+    it (a Delta version, a Parquet folder's listing, a .npy file's content hash).
+    """
     if cfg.format == "synthetic":
         return lake.read(POOL, synthetic_pool_id(cfg.pool)).drop("run_id")
     if cfg.format == "npy":
-        return lake.read_npy(cfg.path, id_column=cfg.id_column, embedding_column=cfg.embedding_column, key="input.path")
-    return lake.read_source(cfg.format, path=cfg.path, table=cfg.table, key="input")
+        digest = snapshot["sha256"] if snapshot else file_sha256(cfg.path, key="input.path")
+        return lake.read_npy(cfg.path, id_column=cfg.id_column, embedding_column=cfg.embedding_column, content_sha256=digest, key="input.path")
+    return lake.read_source(cfg.format, path=cfg.path, table=cfg.table, key="input", snapshot=snapshot)
 
 
-def read_embed_source(lake: Lake, ecfg: EmbedConfig, spec: EncoderSpec):
+# ---------------------------------------------------------------- fingerprints of what a run reads
+
+_HASHED: dict[tuple, str] = {}  # (path, device, inode, size, mtime_ns) -> sha256, within one process
+
+
+def file_sha256(path: str, *, key: str = "input.path") -> str:
+    """The content hash of a local file, in one streaming pass (memoised per process by file identity)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise TableError(f"{key}={path!r} does not exist" if exc.errno == errno.ENOENT else f"{key}={path!r}: {exc.strerror}") from exc
+    ident = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if ident not in _HASHED:
+        t0 = time.perf_counter()
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(8 << 20), b""):
+                h.update(chunk)
+        _HASHED[ident] = h.hexdigest()
+        log.info("hashed %s (%.1f MB) in %.1fs", path, st.st_size / 1e6, time.perf_counter() - t0)
+    return _HASHED[ident]
+
+
+def fingerprint_source(lake: Lake, format: str, *, path: Optional[str], table: Optional[str], key: str,
+                       glob: Optional[str] = None, recursive: bool = True) -> dict:
+    """What a table, folder or file input is right now, precisely enough that any change shows:
+    a Delta table's id and version; a Parquet folder's or a file folder's listing (names, sizes,
+    modification times); a .npy file's content hash; a catalog table's Delta version or files."""
+    if format == "npy":
+        return {"kind": "npy", "path": os.path.abspath(path), "bytes": os.path.getsize(path) if os.path.exists(path) else None,
+                "sha256": file_sha256(path, key=f"{key}.path")}
+    if table:
+        return _fingerprint_catalog_table(lake, table, key)
+    if format == "delta":
+        lake.read_source(format, path=path, key=key)  # existence and readability, with the usual errors
+        return {"kind": "delta", "path": path, **lake.delta_snapshot(path)}
+    try:
+        listing = lake.list_files(path, glob=glob, recursive=recursive)
+    except FileNotFoundError as exc:
+        raise TableError(f"{key}.path={path!r} does not exist") from exc
+    if not listing:
+        raise InputDataError(f"{key}.path={path!r} holds no {'files' if format == 'files' else 'Parquet files'}")
+    digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+    return {"kind": format, "path": path, "files": len(listing), "bytes": sum(b for _, b, _ in listing),
+            "listing_sha256": digest, "listing": [rel for rel, _, _ in listing]}
+
+
+def _fingerprint_catalog_table(lake: Lake, table: str, key: str) -> dict:
+    spark = lake.spark
+    try:
+        detail = spark.sql(f"DESCRIBE DETAIL {table}").first()
+    except Exception:  # not a Delta table (or no DESCRIBE DETAIL): its files are its identity
+        detail = None
+    if detail is not None and str(detail["format"]).lower() == "delta":
+        version = spark.sql(f"DESCRIBE HISTORY {table} LIMIT 1").first()["version"]
+        return {"kind": "catalog-delta", "table": table, "table_id": detail["id"], "version": int(version)}
+    files = sorted(lake.read_source("parquet", table=table, key=key).inputFiles())
+    return {"kind": "catalog", "table": table, "files": len(files), "listing_sha256": hashlib.sha256(json.dumps(files).encode()).hexdigest()}
+
+
+def fingerprint_run_input(lake: Lake, cfg: InputConfig) -> Optional[dict]:
+    """The run input's fingerprint; None for the generated pool (its config is its identity)."""
+    if cfg.format == "synthetic":
+        return None
+    return fingerprint_source(lake, cfg.format, path=cfg.path, table=cfg.table, key="input")
+
+
+def fingerprint_embed_source(lake: Lake, ecfg: EmbedConfig) -> dict:
+    src = ecfg.source
+    return fingerprint_source(lake, src.format, path=src.path, table=src.table, key="embed.source",
+                              glob=src.glob, recursive=src.recursive)
+
+
+def summary(fingerprint: dict) -> str:
+    """One line for the log."""
+    kind = fingerprint["kind"]
+    where = fingerprint.get("path") or fingerprint.get("table")
+    if "version" in fingerprint:
+        return f"{kind} {where} version {fingerprint['version']} (table id {fingerprint['table_id']})"
+    if "sha256" in fingerprint:
+        return f"{kind} {where}, {fingerprint['bytes']} bytes, sha256 {fingerprint['sha256'][:16]}"
+    return f"{kind} {where}, {fingerprint['files']} files, listing sha256 {fingerprint['listing_sha256'][:16]}"
+
+
+def read_embed_source(lake: Lake, ecfg: EmbedConfig, spec: EncoderSpec, snapshot: Optional[dict] = None):
     """The embed stage's source as (id, payload, passthrough...); files too large to read keep a
     null payload and their size in :data:`OVERSIZED`, so they become rejects and the counts add up."""
     from pyspark.sql import functions as F
@@ -99,7 +194,7 @@ def read_embed_source(lake: Lake, ecfg: EmbedConfig, spec: EncoderSpec):
             ident, F.lit(None).cast("binary").alias("content"), F.col("length").alias(OVERSIZED), *src.passthrough_columns
         )
         return small.unionByName(big)
-    df = lake.read_source(src.format, path=src.path, table=src.table, key="embed.source")
+    df = lake.read_source(src.format, path=src.path, table=src.table, key="embed.source", snapshot=snapshot)
     payload = ecfg.payload_column(spec)
     missing = [c for c in [src.id_column, payload, *src.passthrough_columns] if c not in df.columns]
     if missing:

@@ -19,14 +19,18 @@ matrices staged once as Parquet under ``lake.staging``) and keeps its own files 
 
 from __future__ import annotations
 
+import errno
+import fnmatch
 import json
 import logging
 import os
 import posixpath
+import random
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Optional
+from urllib.parse import unquote
 
 import numpy as np
 import pyarrow as pa
@@ -35,12 +39,40 @@ import pyarrow.parquet as pq
 
 from lakecurate.config import LakeConfig
 from lakecurate.errors import InputDataError, TableError
+from lakecurate.faults import fault_point
 from lakecurate.spark.session import has_native_delta
 from lakecurate.tables import DESCRIPTIONS
 
 log = logging.getLogger(__name__)
 
 RUN_ID = "run_id"
+#: where a table's data files live: ``_data/run_id=<id>/<token>/part-*.parquet`` (embedded backend)
+DATA_DIR = "_data"
+#: attempts at one commit when concurrent writers keep committing first
+COMMIT_ATTEMPTS = 12
+#: an unreferenced file younger than this may belong to a write still in flight
+ORPHAN_AGE_SECONDS = 3600.0
+
+
+def new_token() -> str:
+    """A unique, time-ordered name for one write's files (UTC time first, so age is visible)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:12]
+
+
+_DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                errno.EACCES: "permission denied", errno.EPERM: "operation not permitted", errno.EROFS: "read-only file system"}
+
+
+def disk_error(exc: OSError, doing: str) -> TableError:
+    """A one-line TableError for an OSError while ``doing`` something: what, where, and why."""
+    reason = _DISK_ERRNOS.get(exc.errno or -1, exc.strerror or _first_line(exc))
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    return TableError(f"{doing} failed: {reason}{where}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _is_uri(path: str) -> bool:
@@ -111,16 +143,17 @@ class Lake:
             df = df.where(F.col(RUN_ID) == run_id)
         return df
 
-    def read_delta_path(self, path: str):
-        """Any Delta table by path, with whichever backend this lake uses."""
+    def read_delta_path(self, path: str, version: Optional[int] = None):
+        """Any Delta table by path (at ``version``, default the latest), with this lake's backend."""
         from deltalake import DeltaTable
 
         uri = _uri(path)
         if self.backend == "native":
-            return self.spark.read.format("delta").load(uri)
+            reader = self.spark.read.format("delta")
+            return (reader.option("versionAsOf", version) if version is not None else reader).load(uri)
         if not DeltaTable.is_deltatable(uri):
             raise TableError(f"{path!r} is not a Delta table (no readable _delta_log)")
-        dt = DeltaTable(uri)
+        dt = DeltaTable(uri, version=version)
         files = dt.file_uris()
         spark_schema = _spark_schema(_table_arrow_schema(dt))
         if not files:
@@ -129,6 +162,37 @@ class Lake:
         reader = self.spark.read.schema(spark_schema).option("basePath", uri)
         df = reader.parquet(*files)
         return df.select(*[f.name for f in spark_schema.fields]) if partition_cols else df
+
+    def delta_snapshot(self, path: str) -> dict:
+        """The identity of a Delta table's latest version: ``{"table_id", "version"}``."""
+        from deltalake import DeltaTable
+
+        uri = _uri(path)
+        if self.backend == "native":
+            detail = self.spark.sql(f"DESCRIBE DETAIL delta.`{uri}`").first()
+            version = self.spark.sql(f"DESCRIBE HISTORY delta.`{uri}` LIMIT 1").first()["version"]
+            return {"table_id": detail["id"], "version": int(version)}
+        if not DeltaTable.is_deltatable(uri):
+            raise TableError(f"{path!r} is not a Delta table (no readable _delta_log)")
+        dt = DeltaTable(uri)
+        return {"table_id": dt.metadata().id, "version": dt.version()}
+
+    def list_files(self, path: str, *, glob: Optional[str] = None, recursive: bool = True) -> list[tuple[str, int, int]]:
+        """(path relative to ``path``, bytes, mtime in ns) of the data files under a folder, sorted;
+        hidden files (``_``/``.`` prefixed, e.g. ``_SUCCESS``) are left out, as Spark's readers do."""
+        fs, base = _fs(path)
+        info = fs.get_file_info(base)
+        if info.type == pafs.FileType.File:
+            return [(posixpath.basename(base), info.size, info.mtime_ns or 0)]
+        out = []
+        for f in fs.get_file_info(pafs.FileSelector(base, recursive=recursive)):
+            rel = posixpath.relpath(f.path, base)
+            if not f.is_file or any(part.startswith(("_", ".")) for part in rel.split("/")):
+                continue
+            if glob is not None and not fnmatch.fnmatch(f.base_name, glob):
+                continue
+            out.append((rel, f.size, f.mtime_ns or 0))
+        return sorted(out)
 
     def version(self, name: str) -> Optional[int]:
         from deltalake import DeltaTable
@@ -201,70 +265,182 @@ class Lake:
         return TableInfo(name, path, self.version(name), "native")
 
     def _write_embedded(self, df, name: str, run_id: str, mode: str, description: str) -> TableInfo:
-        from deltalake import DeltaTable, Schema
-        from deltalake.transaction import AddAction, create_table_with_add_actions
+        """Spark writes Parquet into a fresh folder ``_data/run_id=<id>/<token>/`` of the table
+        (never inside a live partition folder, never moved), then delta-rs commits those files.
+
+        A failed write deletes its folder; a killed one leaves it unreferenced, and the next
+        write to the table (or ``lakecurate vacuum``) removes it once it is older than
+        :data:`ORPHAN_AGE_SECONDS`.
+        """
+        from deltalake import DeltaTable
+        from deltalake.transaction import AddAction
 
         path = self.path(name)
-        uri = _uri(path)
         fs, table_dir = _fs(path)
-        token = uuid.uuid4().hex[:12]
-        staging = f"{table_dir}/_staging/{token}"
-        partition_dir = f"{table_dir}/{RUN_ID}={_escape(run_id)}"
+        token = new_token()
+        files_rel = f"{DATA_DIR}/{RUN_ID}={_escape(run_id)}/{token}"
+        files_dir = f"{table_dir}/{files_rel}"
         arrow_schema = _arrow_schema(df.schema)
-        exists = DeltaTable.is_deltatable(uri)
-        if exists:
+        uri = _uri(path)
+        if DeltaTable.is_deltatable(uri):
             _check_same_schema(_table_arrow_schema(DeltaTable(uri)), arrow_schema, name)
-        moved: list[str] = []
+            self._remove_stale_files(name)
+        committed = False
         try:
-            df.drop(RUN_ID).write.mode("errorifexists").parquet(_uri(staging))
-            fs.create_dir(partition_dir, recursive=True)
+            df.drop(RUN_ID).write.mode("errorifexists").parquet(_uri(files_dir))
             adds = []
-            for info in fs.get_file_info(pafs.FileSelector(staging, recursive=False)):
-                if not info.is_file or not info.base_name.endswith(".parquet"):
+            for info in fs.get_file_info(pafs.FileSelector(files_dir, recursive=True)):
+                if not info.is_file or not info.base_name.endswith(".parquet") or info.base_name.startswith((".", "_")):
+                    if info.is_file:  # Spark's _SUCCESS and .crc files: no version would reference them
+                        fs.delete_file(info.path)
                     continue
-                target = f"{partition_dir}/{token}-{info.base_name}"
-                fs.move(info.path, target)
-                moved.append(target)
-                n_rows = pq.read_metadata(target, filesystem=fs).num_rows
                 adds.append(
                     AddAction(
-                        path=posixpath.relpath(target, table_dir),
-                        size=fs.get_file_info(target).size,
+                        path=f"{files_rel}/{posixpath.relpath(info.path, files_dir)}",
+                        size=info.size,
                         partition_values={RUN_ID: run_id},
                         modification_time=int(time.time() * 1000),
                         data_change=True,
-                        stats=json.dumps({"numRecords": n_rows}),
+                        stats=json.dumps({"numRecords": pq.read_metadata(info.path, filesystem=fs).num_rows}),
                     )
                 )
-            if not exists:
-                create_table_with_add_actions(
-                    uri, Schema.from_arrow(arrow_schema), adds, mode="error", partition_by=[RUN_ID],
-                    name=name, description=description or None,
-                )
-            elif mode == "replace_run":
-                DeltaTable(uri).create_write_transaction(
-                    adds, mode="overwrite", schema=arrow_schema, partition_by=[RUN_ID],
-                    partition_filters=[(RUN_ID, "=", run_id)],
-                )
-            else:
-                DeltaTable(uri).create_write_transaction(adds, mode="append", schema=arrow_schema, partition_by=[RUN_ID])
+            fault_point("commit:files_written", table=name)
+            version = self._commit_embedded(uri, name, adds, arrow_schema, run_id, mode, description)
+            committed = True
+            fault_point("commit:committed", table=name)
         except BaseException as exc:
-            for target in moved:
-                _quiet(fs.delete_file, target)
+            if not committed:
+                _quiet(fs.delete_dir, files_dir)
             if isinstance(exc, Exception) and not isinstance(exc, TableError):
-                raise TableError(f"writing table {name!r} at {path!r} for run {run_id!r} failed: {exc}") from exc
+                raise TableError(f"writing table {name!r} at {path!r} for run {run_id!r} failed: {_first_line(exc)}") from exc
             raise
-        finally:
-            _quiet(fs.delete_dir, staging)
-        return TableInfo(name, path, DeltaTable(uri).version(), "embedded")
+        return TableInfo(name, path, version, "embedded")
+
+    def _commit_embedded(self, uri: str, name: str, adds: list, schema: pa.Schema, run_id: str, mode: str, description: str) -> int:
+        """Commit ``adds`` on a fresh snapshot, retrying (bounded) when another writer committed first.
+
+        delta-rs may not retry on its own (``max_commit_retries=0``): a replace of the run's rows
+        must remove the files of whatever version it commits on, so a concurrent writer of the
+        same run can never leave the run's rows twice; on a conflict the removes are recomputed
+        from the new snapshot (the last writer's rows win, whole). Creating the table races the
+        same way: the loser commits to the table the winner created.
+        """
+        from deltalake import CommitProperties, DeltaTable, Schema
+        from deltalake.exceptions import CommitFailedError
+        from deltalake.transaction import create_table_with_add_actions
+
+        no_retry = CommitProperties(max_commit_retries=0)
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                if not DeltaTable.is_deltatable(uri):
+                    fault_point("commit:ready", table=name, attempt=attempt)
+                    try:
+                        create_table_with_add_actions(
+                            uri, Schema.from_arrow(schema), adds, mode="error", partition_by=[RUN_ID],
+                            name=name, description=description or None, commit_properties=no_retry,
+                        )
+                        return DeltaTable(uri).version()
+                    except Exception:
+                        if not DeltaTable.is_deltatable(uri):
+                            raise
+                        log.info("table %s was created by a concurrent writer: committing to it instead", name)
+                dt = DeltaTable(uri)  # a fresh snapshot for every attempt
+                _check_same_schema(_table_arrow_schema(dt), schema, name)
+                fault_point("commit:ready", table=name, attempt=attempt)
+                if mode == "replace_run":
+                    dt.create_write_transaction(adds, mode="overwrite", schema=schema, partition_by=[RUN_ID],
+                                                partition_filters=[(RUN_ID, "=", run_id)], commit_properties=no_retry)
+                else:
+                    dt.create_write_transaction(adds, mode="append", schema=schema, partition_by=[RUN_ID], commit_properties=no_retry)
+                return DeltaTable(uri).version()
+            except CommitFailedError as exc:
+                wait = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
+                log.info("commit to %s conflicted with a concurrent commit (attempt %d of %d: %s); retrying on a fresh snapshot in %.2fs",
+                         name, attempt + 1, COMMIT_ATTEMPTS, _first_line(exc), wait)
+                time.sleep(wait)
+        raise TableError(f"table {name!r}: {COMMIT_ATTEMPTS} commits for run {run_id!r} in a row lost to concurrent writers; nothing was committed")
+
+    # ------------------------------------------------------------------ files no version references
+
+    def referenced_files(self, name: str) -> set[str]:
+        """Every data file path (relative to the table) that any version in the table's log adds."""
+        fs, table_dir = _fs(self.path(name))
+        log_dir = f"{table_dir}/_delta_log"
+        paths: set[str] = set()
+        for info in fs.get_file_info(pafs.FileSelector(log_dir, recursive=False)):
+            if info.base_name.endswith(".json"):
+                with fs.open_input_stream(info.path) as f:
+                    for line in f.read().decode().splitlines():
+                        action = json.loads(line) if line.strip() else {}
+                        for kind in ("add", "remove"):
+                            if kind in action:
+                                paths |= {action[kind]["path"], unquote(action[kind]["path"])}
+            elif info.base_name.endswith(".parquet") and ".checkpoint" in info.base_name:
+                cp = pq.read_table(info.path, filesystem=fs, columns=["add", "remove"])
+                for column in ("add", "remove"):
+                    for item in cp.column(column).to_pylist():
+                        if item and item.get("path"):
+                            paths |= {item["path"], unquote(item["path"])}
+        return paths
+
+    def unreferenced_files(self, name: str, *, older_than_seconds: float) -> list[str]:
+        """Data files of the table that no version of its log references (a killed or failed
+        write's leftovers), at least ``older_than_seconds`` old: a concurrent writer's files are
+        unreferenced too until it commits, so young files are left alone."""
+        fs, table_dir = _fs(self.path(name))
+        if fs.get_file_info(table_dir).type != pafs.FileType.Directory:
+            return []
+        known = self.referenced_files(name)
+        cutoff = time.time() - older_than_seconds
+        out = []
+        for info in fs.get_file_info(pafs.FileSelector(table_dir, recursive=True)):
+            rel = posixpath.relpath(info.path, table_dir)
+            if not info.is_file or rel.startswith("_delta_log/") or rel in known:
+                continue
+            if info.mtime is not None and info.mtime.timestamp() > cutoff:
+                continue
+            out.append(rel)
+        return sorted(out)
+
+    def _remove_stale_files(self, name: str) -> None:
+        """Best effort, before a write: the table's leftovers of killed writes (see ``unreferenced_files``)."""
+        try:
+            stale = self.unreferenced_files(name, older_than_seconds=ORPHAN_AGE_SECONDS)
+            if stale:
+                self.delete_table_files(name, stale)
+                log.info("removed %d file(s) of %s that no version references (leftovers of killed writes)", len(stale), name)
+        except Exception as exc:  # cleaning is never worth failing a write for
+            log.warning("could not look for leftover files in %s: %s", name, _first_line(exc))
+
+    def delete_table_files(self, name: str, relpaths: list[str]) -> None:
+        """Delete files of a table (relative paths), then the folders they leave empty."""
+        fs, table_dir = _fs(self.path(name))
+        folders = set()
+        for rel in relpaths:
+            fs.delete_file(f"{table_dir}/{rel}")
+            folders.add(posixpath.dirname(rel))
+        for folder in sorted(folders, key=len, reverse=True):
+            while folder and folder != ".":
+                full = f"{table_dir}/{folder}"
+                if fs.get_file_info(pafs.FileSelector(full, allow_not_found=True)):
+                    break
+                _quiet(fs.delete_dir, full)
+                folder = posixpath.dirname(folder)
 
     # ------------------------------------------------------------------ inputs
 
-    def read_source(self, format: str, *, path: Optional[str] = None, table: Optional[str] = None, key: str = "input"):
-        """A Delta or Parquet input by storage path or catalog name (``key`` names it in errors)."""
+    def read_source(self, format: str, *, path: Optional[str] = None, table: Optional[str] = None, key: str = "input",
+                    snapshot: Optional[dict] = None):
+        """A Delta or Parquet input by storage path or catalog name (``key`` names it in errors).
+
+        ``snapshot`` (what :func:`lakecurate.inputs.fingerprint_source` recorded) pins the read to
+        exactly what was fingerprinted: a Delta version, or a Parquet folder's file listing.
+        """
+        version = snapshot.get("version") if snapshot else None
         if table:
             try:
-                return self.spark.table(table)
+                reader = self.spark.read
+                return (reader.option("versionAsOf", version) if version is not None else reader).table(table)
             except Exception as exc:
                 raise TableError(f"{key}.table={table!r} cannot be read: {str(exc).splitlines()[0]}") from exc
         fs, p = _fs(path)
@@ -272,8 +448,12 @@ class Lake:
             raise TableError(f"{key}.path={path!r} does not exist")
         try:
             if format == "delta":
-                return self.read_delta_path(path)
+                return self.read_delta_path(path, version)
             if format == "parquet":
+                listing = snapshot.get("listing") if snapshot else None
+                if listing and fs.get_file_info(p).type == pafs.FileType.Directory:
+                    base = _uri(path).rstrip("/")
+                    return self.spark.read.option("basePath", base).parquet(*[f"{base}/{rel}" for rel in listing])
                 return self.spark.read.parquet(_uri(path))
         except TableError:
             raise
@@ -291,8 +471,9 @@ class Lake:
         except Exception as exc:
             raise InputDataError(f"{key}={path!r} cannot be listed: {str(exc).splitlines()[0]}") from exc
 
-    def read_npy(self, path: str, *, id_column: str, embedding_column: str, key: str = "input.path"):
-        """A local .npy matrix as (id = row number, embedding), staged once as Parquet under :attr:`staging`."""
+    def read_npy(self, path: str, *, id_column: str, embedding_column: str, content_sha256: str, key: str = "input.path"):
+        """A local .npy matrix as (id = row number, embedding), staged once as Parquet under
+        :attr:`staging`, keyed by its content hash (two files never share a staged copy)."""
         if not os.path.isfile(path):
             raise TableError(f"{key}={path!r} does not exist")
         try:
@@ -301,23 +482,34 @@ class Lake:
             raise TableError(f"{key}={path!r} is not a readable .npy file: {exc}") from exc
         if arr.ndim != 2:
             raise InputDataError(f"{key}={path!r}: expected a 2-D array (rows, dim); got shape {arr.shape}")
-        stat = os.stat(path)
-        out_dir = self._join(self.staging, "inputs", f"{os.path.basename(path)}-{stat.st_size}-{int(stat.st_mtime)}")
+        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+            raise InputDataError(f"{key}={path!r}: embeddings must be real numbers; the array holds dtype {arr.dtype}")
+        if arr.shape[0] == 0 or arr.shape[1] == 0:
+            raise InputDataError(f"{key}={path!r} is empty: shape {arr.shape}")
+        out_dir = self._join(self.staging, "inputs", f"{os.path.basename(path)}-{content_sha256[:32]}")
         fs, base = _fs(out_dir)
-        done = f"{base}/_SUCCESS"
-        if fs.get_file_info(done).type != pafs.FileType.File:
-            fs.create_dir(base, recursive=True)
-            chunk = 65536
-            for i, start in enumerate(range(0, arr.shape[0], chunk)):
-                block = np.ascontiguousarray(arr[start : start + chunk], dtype=np.float32)
-                ids = pa.array(np.arange(start, start + block.shape[0], dtype=np.int64))
-                emb = pa.ListArray.from_arrays(
-                    pa.array(np.arange(0, block.size + 1, block.shape[1], dtype=np.int32)), pa.array(block.ravel())
-                )
-                pq.write_table(pa.table({id_column: ids, embedding_column: emb}), f"{base}/part-{i:05d}.parquet", filesystem=fs)
-            with fs.open_output_stream(done):
-                pass
-        return self.spark.read.parquet(_uri(out_dir))
+        if fs.get_file_info(f"{base}/_SUCCESS").type != pafs.FileType.File:
+            tmp = f"{base}.{new_token()}.tmp"  # staged whole, then renamed: a reader never sees half a copy
+            try:
+                fs.create_dir(tmp, recursive=True)
+                chunk = 65536
+                for i, start in enumerate(range(0, arr.shape[0], chunk)):
+                    block = np.ascontiguousarray(arr[start : start + chunk], dtype=np.float32)
+                    ids = pa.array(np.arange(start, start + block.shape[0], dtype=np.int64))
+                    emb = pa.ListArray.from_arrays(
+                        pa.array(np.arange(0, block.size + 1, block.shape[1], dtype=np.int32)), pa.array(block.ravel())
+                    )
+                    pq.write_table(pa.table({"id": ids, "embedding": emb}), f"{tmp}/part-{i:05d}.parquet", filesystem=fs)
+                with fs.open_output_stream(f"{tmp}/_SUCCESS"):
+                    pass
+                if fs.get_file_info(base).type == pafs.FileType.NotFound:
+                    fs.move(tmp, base)
+            except OSError as exc:
+                raise disk_error(exc, f"staging {path!r} as Parquet under {self.staging!r}") from exc
+            finally:
+                _quiet(fs.delete_dir, tmp)
+        df = self.spark.read.parquet(_uri(out_dir))
+        return df.withColumnRenamed("id", id_column).withColumnRenamed("embedding", embedding_column)
 
     # ------------------------------------------------------------------ files of the lake's own
 
@@ -327,11 +519,15 @@ class Lake:
     def put_file(self, relpath: str, data: bytes) -> None:
         """Write ``<root>/<relpath>`` atomically (a temporary name, then a rename)."""
         fs, path = _fs(self._join(self.root, relpath))
-        fs.create_dir(posixpath.dirname(path), recursive=True)
         tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-        with fs.open_output_stream(tmp) as out:
-            out.write(data)
-        fs.move(tmp, path)
+        try:
+            fs.create_dir(posixpath.dirname(path), recursive=True)
+            with fs.open_output_stream(tmp) as out:
+                out.write(data)
+            fs.move(tmp, path)
+        except OSError as exc:
+            _quiet(fs.delete_file, tmp)
+            raise disk_error(exc, f"writing {path!r}") from exc
 
     def get_file(self, relpath: str) -> Optional[bytes]:
         """The bytes of ``<root>/<relpath>``, or None when it does not exist."""

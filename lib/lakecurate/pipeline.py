@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from lakecurate.config import RunConfig, to_dict
-from lakecurate.inputs import input_tables, prepare_run_input
+from lakecurate.inputs import fingerprint_embed_source, fingerprint_run_input, input_tables, prepare_run_input
+from lakecurate.inputs import summary as input_summary
 from lakecurate.lake import Lake
 from lakecurate.plan import RunPlan, plan_run
 from lakecurate.runlog import RunLog
@@ -50,9 +51,14 @@ def run(plan: Union[RunPlan, RunConfig], spark=None) -> RunResult:
     spark = spark or get_spark(config.spark.master, config.spark.app_name, _spark_conf(config))
     lake = Lake(spark, config.lake)
     reads_input = not any(s.provides_input for s in plan.stages)
+    plan = plan.with_inputs(read_fingerprints(lake, plan, reads_input))
+    for section, fp in plan.recorded_inputs().items():
+        log.info("%s: %s", section, input_summary(fp))
+    if plan.inputs and plan.run_id_from_fingerprint:
+        log.info("run id %s: the config and the input fingerprints (a changed input is a new run)", plan.run_id)
     if reads_input:
         prepare_run_input(lake, config.input)
-    runlog = RunLog(lake, plan.run_id, to_dict(config), plan.fingerprint)
+    runlog = RunLog(lake, plan.run_id, to_dict(config), plan.fingerprint, inputs=plan.recorded_inputs())
     ctx = StageContext(spark, lake, plan, runlog)
     result = RunResult(run_id=plan.run_id, lake_root=lake.root, backend=lake.backend)
     log.info("run %s: stages %s, lake %s", plan.run_id, plan.stage_names, lake.root)
@@ -75,6 +81,16 @@ def run(plan: Union[RunPlan, RunConfig], spark=None) -> RunResult:
             result.tables[name] = lake.path(name)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def read_fingerprints(lake: Lake, plan: RunPlan, reads_input: bool) -> dict:
+    """Fingerprints of what the run reads: the embeddings input, and the embed stage's source."""
+    out = {}
+    if reads_input:
+        out["input"] = fingerprint_run_input(lake, plan.config.input)
+    if plan.has("embed"):
+        out["embed.source"] = fingerprint_embed_source(lake, plan.config.embed)
+    return {k: v for k, v in out.items() if v}
 
 
 def _spark_conf(config: RunConfig) -> dict:

@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -42,6 +42,11 @@ class RunPlan:
     levels: tuple[LevelParams, ...]
     #: the embed stage's encoder (None without an embed section)
     encoder: Optional[EncoderSpec]
+    #: the run id came from the fingerprint (so a changed input gives a new run)
+    run_id_from_fingerprint: bool = True
+    #: fingerprints of what the run reads, by config section ("input", "embed.source");
+    #: set by :meth:`with_inputs` once the lake can be asked (lakecurate.inputs)
+    inputs: dict = field(default_factory=dict)
 
     @property
     def stage_names(self) -> list[str]:
@@ -49,6 +54,25 @@ class RunPlan:
 
     def has(self, stage: str) -> bool:
         return stage in self.stage_names
+
+    def with_inputs(self, inputs: dict) -> "RunPlan":
+        """This plan for a run that reads ``inputs``: the fingerprint covers them too, and so does
+        the run id unless it was given or is a fresh one, so a changed input is a new run."""
+        recorded = _without_listings(inputs)
+        if not recorded:
+            return dataclasses.replace(self, inputs=inputs)
+        blob = json.dumps({"config": self.fingerprint_of_config, "inputs": recorded}, sort_keys=True, default=str)
+        fingerprint = hashlib.sha256(blob.encode()).hexdigest()
+        run_id = f"{self.config.name}-{fingerprint[:10]}" if self.run_id_from_fingerprint else self.run_id
+        return dataclasses.replace(self, inputs=inputs, fingerprint=fingerprint, run_id=run_id)
+
+    @property
+    def fingerprint_of_config(self) -> str:
+        return config_fingerprint(self.config)
+
+    def recorded_inputs(self) -> dict:
+        """The input fingerprints as the ``runs`` table keeps them (file listings by hash only)."""
+        return _without_listings(self.inputs)
 
     def tables(self) -> list[str]:
         """The tables this run's stages write, in stage order."""
@@ -98,8 +122,8 @@ def plan_run(config: RunConfig, *, alone: Optional[str] = None) -> RunPlan:
 
     fingerprint = config_fingerprint(config)
     run_id = config.run_id
+    fresh = alone is not None and any(r.fresh_run_alone for r in records)
     if run_id is None:
-        fresh = alone is not None and any(r.fresh_run_alone for r in records)
         if fresh:
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
             run_id = f"{config.name}-{alone}-{stamp}"
@@ -114,6 +138,7 @@ def plan_run(config: RunConfig, *, alone: Optional[str] = None) -> RunPlan:
         stages=records,
         levels=tuple(level_params(config.clustering.hierarchy())),
         encoder=config.embed.encoder_spec() if config.embed is not None else None,
+        run_id_from_fingerprint=config.run_id is None and not fresh,
     )
 
 
@@ -131,3 +156,7 @@ def load_plan(
     config.validate()
     return plan_run(config, alone=alone)
 
+
+
+def _without_listings(inputs: dict) -> dict:
+    return {k: {kk: vv for kk, vv in v.items() if kk != "listing"} for k, v in inputs.items() if v}

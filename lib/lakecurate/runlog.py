@@ -1,7 +1,10 @@
-"""The ``runs`` table: one row per stage attempt (config, status, timings, metrics).
+"""The ``runs`` table: one row per finished stage attempt (config, status, timings, metrics).
 
-A stage whose latest attempt for this run_id succeeded with the same config fingerprint is
-skipped on rerun, so a killed or failed job resumes where it stopped.
+A stage whose latest attempt for this run_id succeeded with the same fingerprint (the config and
+the fingerprints of the inputs it read) is skipped on rerun, so a killed or failed job resumes
+where it stopped; a stage committed for another config or input is run again, and the log says
+so. A stage's ``succeeded`` row is written after all its tables are committed: it is the mark
+that they belong together (readers and later stages check it, :meth:`RunLog.require`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any, Optional
 import pyarrow as pa
 
 from lakecurate import __version__
-from lakecurate.errors import LakecurateWarning
+from lakecurate.errors import LakecurateWarning, TableError
 from lakecurate.lake import Lake
 from lakecurate.tables import RUNS as RUNS_TABLE
 
@@ -41,14 +44,14 @@ RUNS_SCHEMA = pa.schema(
 
 
 class RunLog:
-    def __init__(self, lake: Lake, run_id: str, config: dict, fingerprint: str):
+    def __init__(self, lake: Lake, run_id: str, config: dict, fingerprint: str, inputs: Optional[dict] = None):
         self.lake = lake
         self.run_id = run_id
         self.config = config
         self.fingerprint = fingerprint
+        self.inputs = inputs or {}
 
-    def completed(self, stage: str) -> Optional[dict]:
-        """Metrics of the stage's committed success for this run and config, else None."""
+    def _latest(self, stage: str):
         if not self.lake.exists(RUNS_TABLE):
             return None
         rows = (
@@ -58,9 +61,25 @@ class RunLog:
             .limit(1)
             .collect()
         )
-        if not rows or rows[0]["status"] != "succeeded" or rows[0]["fingerprint"] != self.fingerprint:
+        return rows[0] if rows else None
+
+    def completed(self, stage: str) -> Optional[dict]:
+        """Metrics of the stage's committed success for this run, config and input, else None."""
+        row = self._latest(stage)
+        if row is None or row["status"] != "succeeded":
             return None
-        return json.loads(rows[0]["metrics"] or "{}")
+        if row["fingerprint"] != self.fingerprint:
+            log.info("stage %s of run %s was committed for another config or input (fingerprint %s, now %s): running it again",
+                     stage, self.run_id, row["fingerprint"][:10], self.fingerprint[:10])
+            return None
+        return json.loads(row["metrics"] or "{}")
+
+    def require(self, stage: str, *, by: str) -> None:
+        """TableError unless ``stage`` succeeded for this run: its tables are complete and belong together."""
+        row = self._latest(stage)
+        if row is None or row["status"] != "succeeded":
+            state = "never ran" if row is None else f"last {row['status']}"
+            raise TableError(f"stage {by!r} reads the tables of stage {stage!r}, which {state} for run {self.run_id!r}: run {stage!r} first")
 
     def record(self, stage: str, status: str, started: float, metrics: dict, error: Optional[str] = None) -> None:
         now = time.time()
@@ -72,7 +91,7 @@ class RunLog:
             "seconds": [round(now - started, 3)],
             "fingerprint": [self.fingerprint],
             "config": [json.dumps(self.config, default=str)],
-            "metrics": [json.dumps(metrics, default=_jsonable)],
+            "metrics": [json.dumps({**metrics, "inputs": self.inputs} if self.inputs else metrics, default=_jsonable)],
             "error": [error],
             "lakecurate_version": [__version__],
         }

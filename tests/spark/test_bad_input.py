@@ -137,7 +137,7 @@ def test_target_larger_than_pool_writes_no_curated_table(spark, tmp_path):
     assert len(cur) == 61 and cur["id"].value_counts().max() == 2
     # the degraded-but-valid result is on record in the runs table too
     runs = DeltaTable(res.tables["runs"]).to_pandas()
-    sample = json.loads(runs[(runs.run_id == cfg.run_id) & (runs.stage == "sample")]["metrics"].iloc[0])
+    sample = json.loads(runs[(runs.run_id == res.run_id) & (runs.stage == "sample")]["metrics"].iloc[0])
     assert any("every row is drawn, some up to 2 times" in w for w in sample["warnings"])
 
 

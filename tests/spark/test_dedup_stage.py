@@ -51,7 +51,7 @@ def pure(pool):
 def test_spark_stage_equals_pure_api_whatever_the_partitions_and_chunks(spark, pool, pure, tmp_path, partitions, max_cluster_rows):
     cfg = dedup_config(pool[0], str(tmp_path / "lake"), partitions, max_cluster_rows=max_cluster_rows)
     res = run(cfg, spark=spark)
-    ids, kept, sims, clusters = duplicates_of(res, cfg.run_id)
+    ids, kept, sims, clusters = duplicates_of(res, res.run_id)
     removed, kept_row, similarity = pure.duplicates()
     assert removed.size > 100, "precondition: the pool has many copies"
     np.testing.assert_array_equal(ids, removed)
@@ -75,7 +75,7 @@ def test_neighbour_option_catches_copies_straddling_a_boundary(spark, tmp_path):
     for nb in (0, 1):
         cfg = dedup_config(str(npy), lake, 2, eps=0.01, n_clusters=2, n_neighbor_clusters=nb, seed=0)
         res = run(cfg, spark=spark)
-        ids, kept, _, clusters = duplicates_of(res, cfg.run_id)
+        ids, kept, _, clusters = duplicates_of(res, res.run_id)
         found[nb] = (ids, kept, clusters)
     assert found[0][0].size == 0  # the pair is split between the two coarse clusters
     ids, kept, _ = found[1]

@@ -1,5 +1,6 @@
 """The lake module: atomic, idempotent Delta commits through the embedded delta-rs path."""
 
+import logging
 import os
 
 import pyarrow as pa
@@ -71,7 +72,8 @@ def test_a_failing_write_leaves_no_version_and_no_files(spark, tmp_path):
     assert dt.version() == 0
     assert dt.to_pyarrow_table().num_rows == 10
     assert data_files(str(tmp_path / "t")) == before_files
-    assert not os.listdir(tmp_path / "t" / "_staging")
+    assert lake.unreferenced_files("t", older_than_seconds=0) == []  # not even Spark's _SUCCESS or temp files
+    assert sorted(os.listdir(tmp_path / "t" / "_data" / "run_id=r1")) == sorted({f.split("/")[2] for f in before_files})
 
 
 def test_schema_change_is_refused(spark, tmp_path):
@@ -85,3 +87,87 @@ def test_schema_change_is_refused(spark, tmp_path):
 def test_native_backend_is_refused_without_delta_jars(spark, tmp_path):
     with pytest.raises(TableError, match="no Delta Lake"):
         Lake(spark, LakeConfig(root=str(tmp_path), backend="native"))
+
+
+# ---------------------------------------------------------------- concurrent writers
+
+
+def _race(lake, monkeypatch, writes, caplog):
+    """Run ``writes`` (callables) in threads that all wait, snapshot loaded, until every one is about
+    to commit its first attempt: the interleaving in which none sees another's commit. Returns the
+    number of conflicts the writers had to retry."""
+    import threading
+
+    import lakecurate.lake as lake_module
+
+    barrier = threading.Barrier(len(writes), timeout=120)
+    waited = threading.local()
+
+    def at(point, **context):
+        if point == "commit:ready" and not getattr(waited, "done", False):
+            waited.done = True
+            barrier.wait()
+
+    monkeypatch.setattr(lake_module, "fault_point", at)
+    errors = []
+
+    def go(fn):
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=(w,)) for w in writes]
+    with caplog.at_level(logging.INFO, logger="lakecurate.lake"):
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    return sum("conflicted with a concurrent commit" in r.getMessage() or "created by a concurrent writer" in r.getMessage()
+               for r in caplog.records)
+
+
+def _rows_per_run(path):
+    t = DeltaTable(path).to_pyarrow_table()
+    runs = t.column("run_id").to_pylist()
+    return {r: runs.count(r) for r in set(runs)}
+
+
+@pytest.mark.parametrize("partition_was_empty", [True, False])
+def test_two_writers_of_one_run_never_leave_its_rows_twice(spark, tmp_path, monkeypatch, caplog, partition_was_empty):
+    lake = Lake(spark, LakeConfig(root=str(tmp_path)))
+    lake.write_run(frame(spark, 7), "t", "other")
+    if not partition_was_empty:
+        lake.write_run(frame(spark, 3), "t", "r1")
+    conflicts = _race(lake, monkeypatch, [lambda: lake.write_run(frame(spark, 20), "t", "r1"), lambda: lake.write_run(frame(spark, 20, 100), "t", "r1")], caplog)
+    assert conflicts == 1  # the loser retried on the winner's snapshot
+    assert _rows_per_run(str(tmp_path / "t")) == {"other": 7, "r1": 20}
+    ids = set(lake.read("t", "r1").toPandas()["id"])
+    assert ids in (set(range(20)), set(range(100, 120)))  # one writer's rows, whole
+
+
+def test_two_runs_creating_a_table_at_once_both_commit(spark, tmp_path, monkeypatch, caplog):
+    lake = Lake(spark, LakeConfig(root=str(tmp_path)))
+    conflicts = _race(lake, monkeypatch, [lambda: lake.write_run(frame(spark, 5), "t", "a"), lambda: lake.append_run(frame(spark, 6), "t", "b")], caplog)
+    assert conflicts == 1
+    assert _rows_per_run(str(tmp_path / "t")) == {"a": 5, "b": 6}
+    assert DeltaTable(str(tmp_path / "t")).version() == 1
+    assert lake.unreferenced_files("t", older_than_seconds=0) == []
+
+
+def test_leftovers_of_a_killed_write_are_removed_by_the_next_write_once_old(spark, tmp_path, monkeypatch):
+    import lakecurate.lake as lake_module
+
+    lake = Lake(spark, LakeConfig(root=str(tmp_path)))
+    lake.write_run(frame(spark, 4), "t", "r1")
+    leftover = tmp_path / "t" / "_data" / "run_id=r1" / "20200101T000000Z-deadbeef0000"
+    leftover.mkdir(parents=True)
+    (leftover / "part-0.parquet").write_bytes(b"never committed")
+    assert lake.unreferenced_files("t", older_than_seconds=0) == ["_data/run_id=r1/20200101T000000Z-deadbeef0000/part-0.parquet"]
+    lake.write_run(frame(spark, 4), "t", "r2")  # young: a write in flight could own it
+    assert leftover.exists()
+    monkeypatch.setattr(lake_module, "ORPHAN_AGE_SECONDS", 0.0)
+    lake.write_run(frame(spark, 4), "t", "r3")
+    assert not leftover.exists() and lake.unreferenced_files("t", older_than_seconds=0) == []
+    assert _rows_per_run(str(tmp_path / "t")) == {"r1": 4, "r2": 4, "r3": 4}

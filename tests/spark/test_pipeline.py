@@ -109,9 +109,9 @@ def test_tables_are_delta_and_queryable(spark, first_run):
         assert dt.count() == expected  # delta-rs counts from the commit's numRecords stats
     # SQL without Spark, straight on the Delta log
     qb = QueryBuilder().register("curated", DeltaTable(res.tables["curated"]))
-    n = qb.execute(f"SELECT count(*) AS n FROM curated WHERE run_id = '{cfg.run_id}'").read_all()
+    n = qb.execute(f"SELECT count(*) AS n FROM curated WHERE run_id = '{res.run_id}'").read_all()
     assert n.column("n")[0].as_py() == TARGET
-    runs = spark.sql(f"SELECT stage, status, metrics FROM runs WHERE run_id = '{cfg.run_id}'").collect()
+    runs = spark.sql(f"SELECT stage, status, metrics FROM runs WHERE run_id = '{res.run_id}'").collect()
     assert {(r["stage"], r["status"]) for r in runs} == {("cluster", "succeeded"), ("sample", "succeeded")}
     assert '"objective"' in [r for r in runs if r["stage"] == "cluster"][0]["metrics"]
 

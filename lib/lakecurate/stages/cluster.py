@@ -4,7 +4,8 @@ Level 1 runs on the executors (the Spark assigner over cached blocks). Levels 2.
 previous level's centroids: in-process on the driver when they number at most
 ``clustering.driver_max_rows``, else on the executors through the same assigner. Each fitted
 level is checkpointed, so a killed job resumes at the next level; the two tables are committed at
-the end, assignments first, then clusters, each as one table version.
+the end, the tree (clusters) first, then the rows pointing into it (assignments), each as one table
+version; the stage's ``succeeded`` row in ``runs`` marks them as belonging together.
 """
 
 from __future__ import annotations
@@ -125,8 +126,9 @@ def run_cluster(ctx: StageContext, metrics: dict) -> None:
         t1 = time.perf_counter()
         parents = [p for p in parent_ids(levels) if p is not None]
         rows = assignment_rows(blocks, levels[0].centroids, parents, id_column=cfg.input.id_column)
-        ctx.lake.write_run(rows, ASSIGNMENTS, ctx.run_id)
+        # the tree first, then the rows that point into it; runs' "succeeded" row marks both as one
         ctx.lake.write_arrow(clusters_table(levels), CLUSTERS, ctx.run_id)
+        ctx.lake.write_run(rows, ASSIGNMENTS, ctx.run_id)
         metrics.update(write_seconds=round(time.perf_counter() - t1, 3), spark_passes=blocks.passes,
                        block_cache=cfg.spark.block_cache, block_file_fallback_partitions=blocks.fallback_partitions)
         checkpoints.clear()

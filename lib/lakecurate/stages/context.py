@@ -80,7 +80,7 @@ class StageContext:
         stage removes its duplicates). For a stage not in the run, every stage's hand-on applies."""
         from lakecurate.inputs import read_run_input
 
-        frame = functools.partial(read_run_input, self.lake, self.config.input)
+        frame = functools.partial(read_run_input, self.lake, self.config.input, self.plan.inputs.get("input"))
         for record in self.plan.stages:
             if record.name == stage:
                 break

@@ -82,7 +82,7 @@ def run_embed(ctx: StageContext, metrics: dict) -> None:
     metrics.update(model=name, dim=dim, encoder=encoder.describe())
     metrics["encoder"]["device"] = "auto" if spec.device == "auto" else spec.device  # the driver probe ran on CPU
 
-    source = read_embed_source(ctx.lake, ecfg, spec)
+    source = read_embed_source(ctx.lake, ecfg, spec, ctx.plan.inputs.get("embed.source"))
     id_col, passthrough = src.id_column, list(src.passthrough_columns)
     planned = ctx.spark.createDataFrame([], encoded_schema(source, id_col, passthrough))
     emb_exists = _check_existing(ctx, ecfg.table, embeddings_rows(planned, id_col, name, dim, passthrough), name, dim)

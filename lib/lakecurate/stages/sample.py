@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 def read_tree(ctx: StageContext) -> ClusterTree:
     """The run's cluster tree (sizes and parents per level) from the ``clusters`` table."""
+    ctx.runlog.require("cluster", by="sample")
     if not ctx.lake.exists(CLUSTERS):
         raise TableError(f"table {CLUSTERS!r} does not exist under {ctx.lake.root!r}: run the cluster stage first")
     pdf = ctx.lake.read(CLUSTERS, ctx.run_id).select("level", "cluster_id", "parent_id", "size").toPandas()
