@@ -296,3 +296,9 @@ def test_cli_embed_then_run_embed_cluster_sample_end_to_end(spark, tmp_path, cap
     emb = table(lake_root, "embeddings")
     norms = np.linalg.norm(np.stack(emb["embedding"].to_numpy()), axis=1)
     np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+
+    # the source grows: the same `lakecurate run` (no run id given) is a new run, embeds only the new rows
+    write_texts(tmp_path / "src", list(range(1000, 1340)), texts + make_texts(40, seed=6))
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "skipped" not in out and "embedded 40 new rows" in out and "curated 100 of 340 rows" in out
