@@ -14,7 +14,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from lakecurate.errors import LakecurateError
+from lakecurate import __version__
+from lakecurate.errors import ConfigError, LakecurateError
 
 log = logging.getLogger("lakecurate")
 
@@ -36,12 +37,53 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     commands = [("run", "run the configured stages of one curation run, in order, resuming committed ones")]
     commands += [(s.name, f"run only the {s.name} stage of a config: {s.help}") for s in STAGES if s.command]
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks (anywhere on the line)")
+    p.add_argument("--version", action="version", version=f"lakecurate {__version__}")
     for name, help_text in commands:
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("config", help="YAML job config (see conf/)")
         cmd.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. sampling.target_size=5000")
-        cmd.add_argument("-v", "--verbose", action="store_true")
+    vac = sub.add_parser("vacuum", help="list (or, with --apply, delete) files in the lake that no committed table version references")
+    vac.add_argument("config", nargs="?", help="a job config whose lake.root to clean (or give --lake)")
+    vac.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    vac.add_argument("--lake", help="the lake root (folder or URI)")
+    vac.add_argument("--apply", action="store_true", help="delete them (default: only list them)")
+    vac.add_argument("--older-than-hours", type=float, default=1.0,
+                     help="leave younger files alone: a write still in flight has unreferenced files too (default 1)")
     return p
+
+
+def _vacuum(args) -> None:
+    from lakecurate.config import LakeConfig
+    from lakecurate.lake import Lake
+
+    if args.lake:
+        lake_cfg = LakeConfig(root=args.lake)
+    elif args.config:
+        from lakecurate.plan import load_plan
+
+        lake_cfg = load_plan(args.config, args.overrides).config.lake
+    else:
+        raise ConfigError("lakecurate vacuum needs a job config or --lake ROOT")
+    lake = Lake(None, lake_cfg)
+    found = lake.vacuum(apply=args.apply, older_than_seconds=args.older_than_hours * 3600)
+    verb = "deleted" if args.apply else "would delete (dry run; --apply deletes)"
+    print(f"lake {lake.root}: {len(found)} place(s) with leftovers older than {args.older_than_hours:g} h")
+    for item in found:
+        print(f"  {verb}: {item['files']} file(s), {item['bytes']} bytes in {item['place']} ({item['path']})")
+
+
+GLOBAL_FLAGS = {"-v": "verbose", "--verbose": "verbose"}
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Global flags may stand anywhere on the line (``lakecurate run job.yaml k=v -v``)."""
+    argv = list(argv)
+    flags = {GLOBAL_FLAGS[a] for a in argv if a in GLOBAL_FLAGS}
+    args = build_parser().parse_args([a for a in argv if a not in GLOBAL_FLAGS])
+    for name in flags:
+        setattr(args, name, True)
+    return args
 
 
 def _print_summary(result, plan) -> None:
@@ -66,12 +108,17 @@ def _print_summary(result, plan) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging(getattr(args, "verbose", False))
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    _setup_logging(args.verbose)
+    if args.verbose:
+        os.environ.setdefault("LAKECURATE_SPARK_LOG", "full")  # Spark's own task-failure traces too
     try:
         from lakecurate.pipeline import run
         from lakecurate.plan import load_plan
 
+        if args.command == "vacuum":
+            _vacuum(args)
+            return 0
         overrides = list(args.overrides)
         if os.environ.get("PYSPARK_GATEWAY_PORT"):
             overrides.append("spark.master=null")  # launched by spark-submit: the cluster decides

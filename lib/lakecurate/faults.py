@@ -26,4 +26,18 @@ def fault_point(name: str, **context) -> None:
         return
     _reached[target] = _reached.get(target, 0) + 1
     if _reached[target] >= int(nth or 1):
-        os.killpg(os.getpgrp(), signal.SIGKILL)
+        kill_job()
+
+
+def kill_job() -> None:
+    """SIGKILL the Spark JVM this driver started (PySpark puts it in a process group of its own),
+    then this process's group: nothing gets to clean up, as with ``kill -9`` of the job."""
+    try:
+        from pyspark import SparkContext
+
+        gateway = SparkContext._gateway
+        if gateway is not None and getattr(gateway, "proc", None) is not None:
+            os.killpg(os.getpgid(gateway.proc.pid), signal.SIGKILL)
+    except Exception:  # no JVM of ours (not started yet, or Spark Connect): the group is enough
+        pass
+    os.killpg(os.getpgrp(), signal.SIGKILL)

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import time
+from datetime import datetime, timezone
 from typing import Optional
 
 import numpy as np
@@ -134,8 +135,11 @@ def fingerprint_source(lake: Lake, format: str, *, path: Optional[str], table: O
     if not listing:
         raise InputDataError(f"{key}.path={path!r} holds no {'files' if format == 'files' else 'Parquet files'}")
     digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
-    return {"kind": format, "path": path, "files": len(listing), "bytes": sum(b for _, b, _ in listing),
-            "listing_sha256": digest, "listing": [rel for rel, _, _ in listing]}
+    out = {"kind": format, "path": path, "files": len(listing), "bytes": sum(b for _, b, _ in listing),
+           "listing_sha256": digest, "listing": [rel for rel, _, _ in listing]}
+    if format == "files":  # Spark's binaryFile source skips empty files: the embed stage rejects them itself
+        out["empty_files"] = [[rel, mtime_ns] for rel, size, mtime_ns in listing if size == 0]
+    return out
 
 
 def _fingerprint_catalog_table(lake: Lake, table: str, key: str) -> dict:
@@ -183,6 +187,10 @@ def read_embed_source(lake: Lake, ecfg: EmbedConfig, spec: EncoderSpec, snapshot
     src = ecfg.source
     if src.format == "files":
         files = lake.read_files(src.path, glob=src.glob, recursive=src.recursive, key="embed.source.path")
+        empty = (snapshot or {}).get("empty_files") or []
+        if empty:  # binaryFile never lists a 0-byte file; as an empty payload it becomes a counted reject
+            rows = [(lake.file_uri(src.path, rel), datetime.fromtimestamp(ns / 1e9, timezone.utc), 0, b"") for rel, ns in empty]
+            files = files.unionByName(lake.spark.createDataFrame(rows, files.schema))
         ident = (F.col("path") if src.file_id == "path" else F.xxhash64(F.col("path"))).alias(src.id_column)
         # binaryFile pushes filters on length into the scan and reads content only when selected,
         # so an oversized file is never read

@@ -40,6 +40,8 @@ import pyarrow.parquet as pq
 from lakecurate.config import LakeConfig
 from lakecurate.errors import InputDataError, TableError
 from lakecurate.faults import fault_point
+from lakecurate.spark.errors import as_lakecurate_error
+from lakecurate.spark.errors import describe as describe_spark_error
 from lakecurate.spark.session import has_native_delta
 from lakecurate.tables import DESCRIPTIONS
 
@@ -106,16 +108,17 @@ class Lake:
     """Tables under one root (a folder or URI), optionally registered in a catalog database."""
 
     def __init__(self, spark, config: LakeConfig):
+        """``spark`` may be None for file-level work on an embedded lake (``lakecurate vacuum``)."""
         self.spark = spark
         self.root = _abs(config.root)
         self.database = config.database
         #: where inputs that must be rewritten are staged (``lake.staging``; default ``<root>/_staging``)
         self.staging = _abs(config.staging) if config.staging else self._join(self.root, "_staging")
         if config.backend == "auto":
-            self.backend = "native" if has_native_delta(spark) else "embedded"
+            self.backend = "native" if spark is not None and has_native_delta(spark) else "embedded"
         else:
             self.backend = config.backend
-        if self.backend == "native" and not has_native_delta(spark):
+        if self.backend == "native" and (spark is None or not has_native_delta(spark)):
             raise TableError("lake.backend='native' but this Spark session has no Delta Lake (io.delta jars missing)")
         log.info("lake at %s (%s Delta)", self.root, self.backend)
 
@@ -284,7 +287,7 @@ class Lake:
         uri = _uri(path)
         if DeltaTable.is_deltatable(uri):
             _check_same_schema(_table_arrow_schema(DeltaTable(uri)), arrow_schema, name)
-            self._remove_stale_files(name)
+        self._remove_stale_files(name)  # also when a killed first write left files but no table
         committed = False
         try:
             df.drop(RUN_ID).write.mode("errorifexists").parquet(_uri(files_dir))
@@ -311,8 +314,14 @@ class Lake:
         except BaseException as exc:
             if not committed:
                 _quiet(fs.delete_dir, files_dir)
+            doing = f"writing table {name!r} at {path!r} for run {run_id!r}"
+            if isinstance(exc, OSError):
+                raise disk_error(exc, doing) from exc
             if isinstance(exc, Exception) and not isinstance(exc, TableError):
-                raise TableError(f"writing table {name!r} at {path!r} for run {run_id!r} failed: {_first_line(exc)}") from exc
+                converted = as_lakecurate_error(exc, doing)
+                if isinstance(converted, TableError):  # a disk error on the executors
+                    raise converted from exc
+                raise TableError(f"{doing} failed: {describe_spark_error(str(exc)) if converted else _first_line(exc)}") from exc
             raise
         return TableInfo(name, path, version, "embedded")
 
@@ -367,7 +376,7 @@ class Lake:
         fs, table_dir = _fs(self.path(name))
         log_dir = f"{table_dir}/_delta_log"
         paths: set[str] = set()
-        for info in fs.get_file_info(pafs.FileSelector(log_dir, recursive=False)):
+        for info in fs.get_file_info(pafs.FileSelector(log_dir, recursive=False, allow_not_found=True)):
             if info.base_name.endswith(".json"):
                 with fs.open_input_stream(info.path) as f:
                     for line in f.read().decode().splitlines():
@@ -412,6 +421,46 @@ class Lake:
         except Exception as exc:  # cleaning is never worth failing a write for
             log.warning("could not look for leftover files in %s: %s", name, _first_line(exc))
 
+    def table_names(self, *, with_leftovers: bool = False) -> list[str]:
+        """The Delta tables directly under the root; with ``with_leftovers`` also the folders where a
+        killed first write left data files but no table yet."""
+        fs, root = _fs(self.root)
+        if fs.get_file_info(root).type == pafs.FileType.NotFound:
+            return []
+        names = []
+        for info in fs.get_file_info(pafs.FileSelector(root, recursive=False)):
+            if info.type != pafs.FileType.Directory or info.base_name.startswith(("_", ".")):
+                continue
+            if self.exists(info.base_name) or (with_leftovers and fs.get_file_info(f"{info.path}/{DATA_DIR}").type == pafs.FileType.Directory):
+                names.append(info.base_name)
+        return sorted(names)
+
+    def vacuum(self, *, apply: bool = False, older_than_seconds: float = ORPHAN_AGE_SECONDS) -> list[dict]:
+        """Files no committed version references (killed or failed writes) and half-staged inputs,
+        older than ``older_than_seconds``; deleted when ``apply``. Committed files, including those
+        of older versions (time travel), are never touched. One dict per place: what, files, bytes."""
+        found = []
+        for name in self.table_names(with_leftovers=True):
+            stale = self.unreferenced_files(name, older_than_seconds=older_than_seconds)
+            if stale:
+                fs, table_dir = _fs(self.path(name))
+                size = sum(fs.get_file_info(f"{table_dir}/{rel}").size or 0 for rel in stale)
+                found.append({"place": f"table {name}", "path": self.path(name), "files": len(stale), "bytes": size})
+                if apply:
+                    self.delete_table_files(name, stale)
+        fs, staging = _fs(self._join(self.staging, "inputs"))
+        cutoff = time.time() - older_than_seconds
+        for info in fs.get_file_info(pafs.FileSelector(staging, allow_not_found=True, recursive=False)):
+            if info.type == pafs.FileType.Directory and info.base_name.endswith(".tmp") and (info.mtime is None or info.mtime.timestamp() <= cutoff):
+                files = [f for f in fs.get_file_info(pafs.FileSelector(info.path, recursive=True)) if f.is_file]
+                found.append({"place": "staged input (unfinished)", "path": info.path, "files": len(files), "bytes": sum(f.size or 0 for f in files)})
+                if apply:
+                    fs.delete_dir(info.path)
+        if self.backend == "native":
+            log.info("lake.backend is native: Spark's Delta writer leaves no unreferenced files of lakecurate's; "
+                     "use Delta's own VACUUM for files of old versions")
+        return found
+
     def delete_table_files(self, name: str, relpaths: list[str]) -> None:
         """Delete files of a table (relative paths), then the folders they leave empty."""
         fs, table_dir = _fs(self.path(name))
@@ -442,7 +491,7 @@ class Lake:
                 reader = self.spark.read
                 return (reader.option("versionAsOf", version) if version is not None else reader).table(table)
             except Exception as exc:
-                raise TableError(f"{key}.table={table!r} cannot be read: {str(exc).splitlines()[0]}") from exc
+                raise TableError(f"{key}.table={table!r} cannot be read: {describe_spark_error(str(exc))}") from exc
         fs, p = _fs(path)
         if fs.get_file_info(p).type == pafs.FileType.NotFound:
             raise TableError(f"{key}.path={path!r} does not exist")
@@ -458,7 +507,7 @@ class Lake:
         except TableError:
             raise
         except Exception as exc:
-            raise TableError(f"{key}.path={path!r} cannot be read: {str(exc).splitlines()[0]}") from exc
+            raise TableError(f"{key}.path={path!r} cannot be read: {describe_spark_error(str(exc))}") from exc
         raise InputDataError(f"{key}.format={format!r} cannot be read as a table")
 
     def read_files(self, path: str, *, glob: Optional[str] = None, recursive: bool = True, key: str = "path"):
@@ -470,6 +519,12 @@ class Lake:
             return reader.load(path)
         except Exception as exc:
             raise InputDataError(f"{key}={path!r} cannot be listed: {str(exc).splitlines()[0]}") from exc
+
+    def file_uri(self, folder: str, relpath: str) -> str:
+        """The path Spark's file sources give a file ``relpath`` under ``folder`` (``file:/...`` locally)."""
+        if _is_uri(folder):
+            return folder.rstrip("/") + "/" + relpath
+        return "file:" + os.path.join(os.path.abspath(folder), relpath)
 
     def read_npy(self, path: str, *, id_column: str, embedding_column: str, content_sha256: str, key: str = "input.path"):
         """A local .npy matrix as (id = row number, embedding), staged once as Parquet under

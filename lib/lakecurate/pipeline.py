@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Union
 
 from lakecurate.config import RunConfig, to_dict
 from lakecurate.inputs import fingerprint_embed_source, fingerprint_run_input, input_tables, prepare_run_input
 from lakecurate.inputs import summary as input_summary
-from lakecurate.lake import Lake
+from lakecurate.lake import Lake, disk_error
 from lakecurate.plan import RunPlan, plan_run
 from lakecurate.runlog import RunLog
+from lakecurate.spark.errors import as_lakecurate_error
 from lakecurate.spark.session import get_spark
 from lakecurate.stages import StageContext
 from lakecurate.tables import RUNS
@@ -51,13 +53,15 @@ def run(plan: Union[RunPlan, RunConfig], spark=None) -> RunResult:
     spark = spark or get_spark(config.spark.master, config.spark.app_name, _spark_conf(config))
     lake = Lake(spark, config.lake)
     reads_input = not any(s.provides_input for s in plan.stages)
-    plan = plan.with_inputs(read_fingerprints(lake, plan, reads_input))
+    with one_line_errors("reading the run's inputs"):
+        plan = plan.with_inputs(read_fingerprints(lake, plan, reads_input))
     for section, fp in plan.recorded_inputs().items():
         log.info("%s: %s", section, input_summary(fp))
     if plan.inputs and plan.run_id_from_fingerprint:
         log.info("run id %s: the config and the input fingerprints (a changed input is a new run)", plan.run_id)
     if reads_input:
-        prepare_run_input(lake, config.input)
+        with one_line_errors("preparing the input"):
+            prepare_run_input(lake, config.input)
     runlog = RunLog(lake, plan.run_id, to_dict(config), plan.fingerprint, inputs=plan.recorded_inputs())
     ctx = StageContext(spark, lake, plan, runlog)
     result = RunResult(run_id=plan.run_id, lake_root=lake.root, backend=lake.backend)
@@ -70,7 +74,7 @@ def run(plan: Union[RunPlan, RunConfig], spark=None) -> RunResult:
             result.stages[stage.name] = done
             continue
         started = time.perf_counter()
-        with runlog.track(stage.name) as metrics:
+        with runlog.track(stage.name) as metrics, one_line_errors(f"stage {stage.name}"):
             stage.run(ctx, metrics)
         result.stages[stage.name] = metrics
         result.stage_seconds[stage.name] = time.perf_counter() - started
@@ -81,6 +85,20 @@ def run(plan: Union[RunPlan, RunConfig], spark=None) -> RunResult:
             result.tables[name] = lake.path(name)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+@contextmanager
+def one_line_errors(doing: str):
+    """Spark failures and disk errors as one-line lakecurate errors (the original stays chained)."""
+    try:
+        yield
+    except OSError as exc:
+        raise disk_error(exc, doing) from exc
+    except Exception as exc:
+        converted = as_lakecurate_error(exc, doing)
+        if converted is None:
+            raise
+        raise converted from exc
 
 
 def read_fingerprints(lake: Lake, plan: RunPlan, reads_input: bool) -> dict:

@@ -113,8 +113,9 @@ class RunLog:
         except BaseException as exc:
             try:
                 self.record(stage, "failed", started, metrics, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
-            except Exception:  # never hide the original error behind a logging failure
-                log.exception("could not record the failure of stage %s", stage)
+            except Exception as record_exc:  # never hide the original error behind a logging failure
+                log.warning("could not record the failure of stage %s in the runs table: %s", stage, str(record_exc).splitlines()[0])
+                log.debug("recording the failure failed", exc_info=True)
             raise
         self.record(stage, "succeeded", started, metrics)
         log.info("stage %s: succeeded in %.1fs", stage, time.time() - started)

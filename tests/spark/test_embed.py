@@ -125,6 +125,11 @@ def test_rerun_on_a_grown_source_embeds_only_the_new_ids(spark, text_run, direct
     again = run(embed_config(lake_root, source, run_id="third"), spark=spark).stages["embed"]
     assert (again["embedded"], again["rejected"], again["already_embedded"], again["previously_rejected"]) == (0, 1, 250, 2)
     assert DeltaTable(os.path.join(lake_root, "embeddings")).version() == version
+    # ... and counted, but not written twice; nor are ids rejected again when retried
+    retried = run(embed_config(lake_root, source, run_id="fourth", retry_rejects=True), spark=spark).stages["embed"]
+    assert (retried["rejected"], retried["previously_rejected"], retried["rejects_written"]) == (3, 0, 0)
+    rej = table(lake_root, "rejects")
+    assert len(rej) == 3 and rej["id"].dropna().is_unique
 
 
 # ------------------------------------------------------------------------------------ images
@@ -139,13 +144,15 @@ def png(color, size=(24, 18)) -> bytes:
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
-    """Three small PNGs (one in a sub-folder), a corrupt PNG, a noisy PNG over the size limit, a .txt."""
+    """Three small PNGs (one in a sub-folder), a corrupt PNG, an empty (0-byte) PNG, a noisy PNG over
+    the size limit, a .txt."""
     root = tmp_path_factory.mktemp("images")
     (root / "sub").mkdir()
     good = {"a.png": png((255, 0, 0)), "b.png": png((0, 128, 255), (30, 40)), "sub/c.png": png((10, 200, 10))}
     for name, data in good.items():
         (root / name).write_bytes(data)
     (root / "sub" / "broken.png").write_bytes(good["a.png"][:20] + b"\x00garbage" * 10)
+    (root / "sub" / "empty.png").write_bytes(b"")  # Spark's binaryFile source does not even list it
     noise = np.random.default_rng(0).integers(0, 255, (120, 120, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(noise).save(buf, format="PNG")
@@ -186,7 +193,7 @@ def test_image_folder_embeds_good_files_and_rejects_corrupt_and_oversized(spark,
     source = {"format": "files", "path": str(root), "glob": "*.png", "passthrough_columns": ["length"]}
     lake_root = str(tmp_path / "lake")
     m = run(embed_config(lake_root, source, encoder), spark=spark).stages["embed"]
-    assert (m["inputs"], m["embedded"], m["rejected"], m["dim"], m["model"]) == (5, 3, 2, 8, "tiny.ts.pt")
+    assert (m["inputs"], m["embedded"], m["rejected"], m["dim"], m["model"]) == (6, 3, 3, 8, "tiny.ts.pt")
 
     emb = table(lake_root, "embeddings").sort_values("id")
     assert [p.split(str(root))[-1].lstrip("/") for p in emb["id"]] == ["a.png", "b.png", "sub/c.png"]
@@ -201,6 +208,7 @@ def test_image_folder_embeds_good_files_and_rejects_corrupt_and_oversized(spark,
     rej = table(lake_root, "rejects").set_index("id")["reason"]
     rej.index = [p.rsplit("/", 1)[-1] for p in rej.index]
     assert "undecodable image" in rej["broken.png"]
+    assert rej["empty.png"] == "empty image (0 bytes)"
     assert rej["huge.png"].startswith("file is") and f"max_bytes={MAX_BYTES}" in rej["huge.png"]
 
     # the same files as an image-bytes column of a table give the same vectors, ids hashed or not

@@ -7,14 +7,22 @@ the N x d stream per pass is gone and the page cache serves the bytes. The files
 only: a task that cannot write them (full or read-only disk) logs it and carries on, and a pass
 that finds a partition's files missing runs that partition on the streamed blocks.
 
+A job's own ``release`` deletes its files on every executor, and Spark removes its work
+directories when an application ends. A job killed with ``kill -9`` (or an executor lost) leaves
+its files behind: every cache folder records the executor JVM that owns it (``owner.json``), and
+the first Python worker of a later job on the same host removes the folders whose JVM is gone.
+
 Everything here runs inside Python tasks on the executors (or on the driver in local mode).
 """
 
 from __future__ import annotations
 
+import glob
+import json
 import logging
 import os
 import shutil
+import socket
 import uuid
 from typing import Optional
 
@@ -53,12 +61,87 @@ def save_npy_atomically(path: str, arr: np.ndarray) -> None:
         raise
 
 
+_OWNER = "owner.json"
+_swept: set[str] = set()  # caches this Python worker has already swept for (once per job's cache)
+
+
+def _executor_jvm_pid() -> Optional[int]:
+    """The pid of the JVM this Python worker serves (its nearest ``java`` ancestor), Linux only."""
+    pid = os.getppid()
+    for _ in range(4):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == "java":
+                    return pid
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
+
+
+def is_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def remove_dead_caches() -> int:
+    """Delete the block files of jobs whose executor JVM on this host is gone; returns how many
+    cache folders went. Folders without an owner record are left alone."""
+    from pyspark import SparkFiles
+
+    local_dirs = os.path.dirname(os.path.dirname(SparkFiles.getRootDirectory()))
+    host = socket.gethostname()
+    removed = 0
+    for owner in glob.glob(os.path.join(local_dirs, "*", "*", FOLDER, "*", _OWNER)):
+        try:
+            with open(owner) as f:
+                meta = json.load(f)
+            if meta.get("host") != host or is_alive(int(meta["jvm_pid"])):
+                continue
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        shutil.rmtree(os.path.dirname(owner), ignore_errors=True)
+        removed += 1
+    if removed:
+        log.info("removed the block files of %d earlier job(s) whose executor is gone", removed)
+    return removed
+
+
+def _claim(folder: str) -> None:
+    """Create the cache folder and record its owner; for each new cache, first sweep the dead."""
+    if folder not in _swept:
+        _swept.add(folder)
+        try:
+            remove_dead_caches()
+        except Exception as e:  # cleaning up after others must never fail this job
+            log.warning("could not look for block files of earlier jobs: %s", e)
+    os.makedirs(folder, exist_ok=True)
+    owner = os.path.join(folder, _OWNER)
+    pid = _executor_jvm_pid()
+    if pid is not None and not os.path.exists(owner):
+        tmp = f"{owner}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"host": socket.gethostname(), "jvm_pid": pid}, f)
+        os.replace(tmp, owner)
+
+
 def write_block_files(cache_id: str, part: int, seq: int, keys: np.ndarray, x: np.ndarray) -> None:
     """Best effort: a disk that cannot take the files must not fail the job; the partition's
     passes then run on the streamed blocks."""
     try:
         folder = block_folder(cache_id)
-        os.makedirs(folder, exist_ok=True)
+        _claim(folder)
         kp, vp = block_paths(folder, part, seq)
         save_npy_atomically(vp, np.ascontiguousarray(x, dtype=np.float32))
         save_npy_atomically(kp, np.ascontiguousarray(keys, dtype=np.int64))

@@ -29,6 +29,10 @@ LOCAL_DEFAULTS: dict[str, str] = {
 }
 
 
+#: Spark's logging in local sessions: failed tasks are reported once, by lakecurate (see the file)
+LOCAL_LOG4J = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2-local.properties")
+
+
 def get_spark(master: Optional[str] = "local[*]", app_name: str = "lakecurate", conf: Optional[dict[str, Any]] = None):
     """The active SparkSession, or a new one with lakecurate's settings.
 
@@ -54,6 +58,8 @@ def get_spark(master: Optional[str] = "local[*]", app_name: str = "lakecurate", 
         builder = builder.master(master)
         if master.startswith("local"):
             settings.update(LOCAL_DEFAULTS)
+            if os.environ.get("LAKECURATE_SPARK_LOG", "quiet") != "full" and "spark.driver.extraJavaOptions" not in (conf or {}):
+                settings["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{LOCAL_LOG4J}"
     settings.update(REQUIRED_CONF)
     settings.update({k: str(v) for k, v in (conf or {}).items()})
     for key, value in settings.items():

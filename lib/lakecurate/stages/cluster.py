@@ -19,6 +19,7 @@ import pyarrow as pa
 from lakecurate.core.assign import NumpyAssigner
 from lakecurate.core.hierarchy import Level, fit_hierarchy, parent_ids
 from lakecurate.core.kmeans import normalize_rows
+from lakecurate.faults import fault_point
 from lakecurate.spark.arrow import matrix_to_list_array
 from lakecurate.spark.assigner import SparkAssigner
 from lakecurate.spark.assignments import assignment_rows
@@ -86,6 +87,7 @@ def _log_iteration(n_iters: list[int]):
             "level %d step %d iter %d/%d: objective=%.6g reseeded=%d imbalance=%.3f %.2fs",
             level, step, it.iteration + 1, n_iters[level - 1], it.objective, it.n_reseeded, it.imbalance, it.seconds,
         )
+        fault_point("cluster:iteration", level=level, iteration=it.iteration + 1)
 
     return progress
 
@@ -114,9 +116,13 @@ def run_cluster(ctx: StageContext, metrics: dict) -> None:
             upper.append(EmbeddingBlocks.from_numpy(ctx.spark, x, partitions=cfg.spark.partitions))
             return SparkAssigner(upper[-1])
 
+        def saved(level: Level) -> None:
+            checkpoints.save(level)
+            fault_point("cluster:level_saved", level=level.level)
+
         levels = fit_hierarchy(
             assigner, params, ccfg.seed, make_assigner=make_assigner, on_iteration=_log_iteration([p.n_iter for p in params]),
-            on_level=checkpoints.save, start_levels=start,
+            on_level=saved, start_levels=start,
         )
         while upper:
             upper.pop().release()

@@ -26,6 +26,7 @@ import numpy as np
 from lakecurate.core.dedup import coarse_clustering, default_n_clusters, removal_by_band, unit_rows
 from lakecurate.core.dedup_routing import chunks_per_cluster, n_tasks
 from lakecurate.errors import InputDataError
+from lakecurate.faults import fault_point
 from lakecurate.spark.assigner import SparkAssigner
 from lakecurate.spark.dedup import pairwise_results, removed_within_clusters, resolve_removed
 from lakecurate.stages.context import Stage, StageContext
@@ -67,6 +68,7 @@ def run_dedup(ctx: StageContext, metrics: dict) -> None:
                 int((q > 1).sum()), dcfg.max_cluster_rows, int(sizes.max()),
             )
 
+        fault_point("dedup:pairwise")
         t2 = time.perf_counter()
         results = pairwise_results(blocks, fit.centroids, q, n_neighbors=r, eps=dcfg.eps, block_size=dcfg.block_size)
         results = results.persist(StorageLevel.MEMORY_AND_DISK)

@@ -65,6 +65,21 @@ def _check_existing(ctx: StageContext, name: str, planned, model: str, dim: Opti
     return True
 
 
+def _not_yet_rejected(ctx: StageContext, rejects, model: str, table_exists: bool):
+    """The rejects not already in the table for this model: an id rejected again (``retry_rejects``)
+    keeps its first row; rows without an id cannot be told apart, so they are written once."""
+    from pyspark.sql import functions as F
+
+    if not table_exists:
+        return rejects
+    id_col = ctx.config.embed.source.id_column
+    old = ctx.lake.read(ctx.config.embed.rejects_table).where(F.col(MODEL) == model)
+    fresh = rejects.join(old.where(F.col(id_col).isNotNull()).select(id_col).distinct(), id_col, "left_anti")
+    if old.where(F.col(id_col).isNull()).limit(1).count():
+        fresh = fresh.where(F.col(id_col).isNotNull())
+    return fresh
+
+
 def run_embed(ctx: StageContext, metrics: dict) -> None:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
@@ -134,8 +149,10 @@ def run_embed(ctx: StageContext, metrics: dict) -> None:
             ctx.lake.append_run(embeddings_rows(encoded.where(F.col(REASON).isNull()), id_col, name, dim, passthrough),
                                 ecfg.table, ctx.run_id, description=DESCRIPTIONS[EMBEDDINGS])
         if n_rejected:
-            ctx.lake.append_run(reject_rows(encoded.where(F.col(REASON).isNotNull()), id_col, name, passthrough),
-                                ecfg.rejects_table, ctx.run_id, description=DESCRIPTIONS[REJECTS])
+            fresh = _not_yet_rejected(ctx, reject_rows(encoded.where(F.col(REASON).isNotNull()), id_col, name, passthrough), name, rej_exists)
+            metrics["rejects_written"] = fresh.count()
+            if metrics["rejects_written"]:
+                ctx.lake.append_run(fresh, ecfg.rejects_table, ctx.run_id, description=DESCRIPTIONS[REJECTS])
             top = encoded.where(F.col(REASON).isNotNull()).groupBy(REASON).count().orderBy(F.desc("count")).limit(5).collect()
             metrics["reject_reasons"] = {r[REASON][:200]: int(r["count"]) for r in top}
             log.warning("embed: %d of %d new rows rejected (see table %s), e.g. %s", n_rejected, n_embedded + n_rejected, ecfg.rejects_table, metrics["reject_reasons"])

@@ -15,6 +15,7 @@ import pyarrow as pa
 from lakecurate.core.keys import random_keys
 from lakecurate.core.metrics import balance_from_counts
 from lakecurate.errors import InputDataError
+from lakecurate.faults import fault_point
 from lakecurate.spark.arrow import row_keys
 from lakecurate.stages.context import Stage, StageContext
 from lakecurate.tables import CURATED
@@ -55,6 +56,7 @@ def run_report(ctx: StageContext, metrics: dict) -> None:
     metrics["label_column"] = label
     metrics["pool"] = balance_from_counts(pool_counts, n_concepts)
     metrics["random"] = balance_from_counts(_label_counts(random_subset, label), n_concepts)
+    fault_point("report:counted")
     metrics["curated"] = balance_from_counts(_label_counts(curated.join(labelled, on=id_col), label), n_concepts)
     names = ["pool", "random", "curated"]
     if ctx.plan.has("dedup"):

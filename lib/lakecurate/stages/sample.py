@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from lakecurate.core.sampling import ClusterTree, hierarchical_quotas, selection_keys
 from lakecurate.errors import InputDataError, TableError
+from lakecurate.faults import fault_point
 from lakecurate.stages.context import Stage, StageContext
 from lakecurate.tables import ASSIGNMENTS, CLUSTERS, CURATED
 
@@ -70,6 +71,7 @@ def run_sample(ctx: StageContext, metrics: dict) -> None:
             f"sampling.target_size={scfg.target_size} is larger than the pool of {pool} rows x sampling.max_repeats={scfg.max_repeats}{hint}"
         )
     quotas = hierarchical_quotas(tree, scfg.target_size, np.random.default_rng(scfg.seed), max_repeats=scfg.max_repeats)
+    fault_point("sample:quotas")
     levels = len(tree.sizes)
     path_cols = [f"cluster_{t + 1}" for t in range(levels)]
     quota_df = ctx.spark.createDataFrame(
