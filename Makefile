@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast pin-demo bench clean-lake
+.PHONY: demo test test-fast test-faults pin-demo bench clean-lake
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
@@ -17,6 +17,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not spark and not slow and not e2e"
+
+test-faults: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m faults
 
 pin-demo: $(STAMP)
 	$(VENV)/bin/python scripts/pin_demo.py

@@ -52,6 +52,8 @@ RUN_ID = "run_id"
 DATA_DIR = "_data"
 #: attempts at one commit when concurrent writers keep committing first
 COMMIT_ATTEMPTS = 12
+#: what Delta on Spark says when a concurrent writer committed first (retried, bounded)
+_NATIVE_CONFLICTS = ("Concurrent", "MetadataChanged", "ProtocolChanged", "DELTA_TABLE_ALREADY_EXISTS", "already exists")
 #: an unreferenced file younger than this may belong to a write still in flight
 ORPHAN_AGE_SECONDS = 3600.0
 
@@ -261,10 +263,21 @@ class Lake:
         else:
             writer = writer.mode("append")
         path = self.path(name)
-        if self.database:
-            writer.option("path", _uri(path)).saveAsTable(self.qualified(name))
-        else:
-            writer.save(_uri(path))
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                if self.database:
+                    writer.option("path", _uri(path)).saveAsTable(self.qualified(name))
+                else:
+                    writer.save(_uri(path))
+                break
+            except Exception as exc:  # Delta's optimistic concurrency lost to another writer: write again
+                text = str(exc)
+                if attempt + 1 == COMMIT_ATTEMPTS or not any(k in text for k in _NATIVE_CONFLICTS):
+                    raise
+                wait = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
+                log.info("write to %s lost a commit race (attempt %d of %d: %s); writing again in %.2fs",
+                         name, attempt + 1, COMMIT_ATTEMPTS, describe_spark_error(text), wait)
+                time.sleep(wait)
         return TableInfo(name, path, self.version(name), "native")
 
     def _write_embedded(self, df, name: str, run_id: str, mode: str, description: str) -> TableInfo:
@@ -448,14 +461,12 @@ class Lake:
                 found.append({"place": f"table {name}", "path": self.path(name), "files": len(stale), "bytes": size})
                 if apply:
                     self.delete_table_files(name, stale)
-        fs, staging = _fs(self._join(self.staging, "inputs"))
-        cutoff = time.time() - older_than_seconds
-        for info in fs.get_file_info(pafs.FileSelector(staging, allow_not_found=True, recursive=False)):
-            if info.type == pafs.FileType.Directory and info.base_name.endswith(".tmp") and (info.mtime is None or info.mtime.timestamp() <= cutoff):
-                files = [f for f in fs.get_file_info(pafs.FileSelector(info.path, recursive=True)) if f.is_file]
-                found.append({"place": "staged input (unfinished)", "path": info.path, "files": len(files), "bytes": sum(f.size or 0 for f in files)})
-                if apply:
-                    fs.delete_dir(info.path)
+        fs, _ = _fs(self.staging)
+        for info in self._half_staged(older_than_seconds):
+            files = [f for f in fs.get_file_info(pafs.FileSelector(info.path, recursive=True)) if f.is_file]
+            found.append({"place": "staged input (unfinished)", "path": info.path, "files": len(files), "bytes": sum(f.size or 0 for f in files)})
+            if apply:
+                fs.delete_dir(info.path)
         if self.backend == "native":
             log.info("lake.backend is native: Spark's Delta writer leaves no unreferenced files of lakecurate's; "
                      "use Delta's own VACUUM for files of old versions")
@@ -544,6 +555,7 @@ class Lake:
         out_dir = self._join(self.staging, "inputs", f"{os.path.basename(path)}-{content_sha256[:32]}")
         fs, base = _fs(out_dir)
         if fs.get_file_info(f"{base}/_SUCCESS").type != pafs.FileType.File:
+            self._remove_stale_staging()
             tmp = f"{base}.{new_token()}.tmp"  # staged whole, then renamed: a reader never sees half a copy
             try:
                 fs.create_dir(tmp, recursive=True)
@@ -565,6 +577,23 @@ class Lake:
                 _quiet(fs.delete_dir, tmp)
         df = self.spark.read.parquet(_uri(out_dir))
         return df.withColumnRenamed("id", id_column).withColumnRenamed("embedding", embedding_column)
+
+    def _half_staged(self, older_than_seconds: float) -> list:
+        """Half-staged input copies (``*.tmp``) that killed jobs left, at least that old."""
+        fs, folder = _fs(self._join(self.staging, "inputs"))
+        cutoff = time.time() - older_than_seconds
+        return [info for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+                if info.type == pafs.FileType.Directory and info.base_name.endswith(".tmp")
+                and (info.mtime is None or info.mtime.timestamp() <= cutoff)]
+
+    def _remove_stale_staging(self) -> None:
+        try:
+            fs, _ = _fs(self.staging)
+            for info in self._half_staged(ORPHAN_AGE_SECONDS):
+                fs.delete_dir(info.path)
+                log.info("removed a half-staged input a killed job left: %s", info.path)
+        except OSError as exc:
+            log.warning("could not look for half-staged inputs in %s: %s", self.staging, exc)
 
     # ------------------------------------------------------------------ files of the lake's own
 

@@ -171,3 +171,33 @@ def test_leftovers_of_a_killed_write_are_removed_by_the_next_write_once_old(spar
     lake.write_run(frame(spark, 4), "t", "r3")
     assert not leftover.exists() and lake.unreferenced_files("t", older_than_seconds=0) == []
     assert _rows_per_run(str(tmp_path / "t")) == {"r1": 4, "r2": 4, "r3": 4}
+
+
+def test_vacuum_lists_then_deletes_only_what_no_version_references(spark, tmp_path, capsys):
+    from lakecurate.cli import main
+
+    lake = Lake(spark, LakeConfig(root=str(tmp_path)))
+    lake.write_run(frame(spark, 4), "t", "r1")
+    lake.write_run(frame(spark, 6), "t", "r1")  # version 1 replaces version 0's files: time travel keeps them
+    orphan = tmp_path / "t" / "_data" / "run_id=r1" / "20200101T000000Z-0123456789ab" / "part-0.parquet"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"x" * 10)
+    first_write = tmp_path / "u" / "_data" / "run_id=r1" / "20200101T000000Z-ba9876543210" / "part-0.parquet"
+    first_write.parent.mkdir(parents=True)
+    first_write.write_bytes(b"y" * 5)  # a killed first write: files, no table
+    half_staged = tmp_path / "_staging" / "inputs" / "x.npy-abc.20200101T000000Z-00.tmp"
+    half_staged.mkdir(parents=True)
+    (half_staged / "part-00000.parquet").write_bytes(b"z")
+
+    assert main(["vacuum", "--lake", str(tmp_path), "--older-than-hours", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "3 place(s)" in out and "would delete (dry run" in out
+    assert orphan.exists() and first_write.exists() and half_staged.exists()
+
+    assert main(["vacuum", "--lake", str(tmp_path), "--older-than-hours", "0", "--apply"]) == 0
+    assert "deleted: 1 file(s), 10 bytes in table t" in capsys.readouterr().out
+    assert not orphan.exists() and not first_write.exists() and not half_staged.exists()
+    assert DeltaTable(str(tmp_path / "t"), version=0).to_pyarrow_table().num_rows == 4  # history intact
+    assert DeltaTable(str(tmp_path / "t")).to_pyarrow_table().num_rows == 6
+    assert main(["vacuum", "--lake", str(tmp_path), "--older-than-hours", "0"]) == 0
+    assert "0 place(s)" in capsys.readouterr().out
