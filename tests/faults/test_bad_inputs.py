@@ -164,3 +164,18 @@ def test_lakecurate_errors_reach_the_cli_as_one_line_and_exit_2(capsys):
     assert main(["run", os.path.join(ROOT, "conf", "demo.yaml"), "sampling.strategy=nearest"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("lakecurate: error: sampling.strategy='nearest' is not one of")
+
+
+def test_a_read_only_lake_is_one_line(spark, tmp_path):
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"this test needs to mount a read-only tmpfs (root in the sandbox): {done.stderr.strip()}")
+    try:
+        npy = save_npy(tmp_path, X)
+        with pytest.raises(TableError, match=r"read-only file system") as info:
+            run(plan({"format": "npy", "path": npy}, str(mount / "lake")), spark=spark)
+        assert "\n" not in str(info.value)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
