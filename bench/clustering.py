@@ -152,7 +152,7 @@ def w_variants(p):
         return ts
 
     def list_decode_pass(df):
-        get, free = ship_to_tasks(spark, c)
+        get, free = ship_to_tasks(c)
 
         def partial(batches):
             configure_faiss(0)

@@ -8,5 +8,5 @@ PY="${PY:-python3}"
 # (asked for by sentence-transformers) would pull a multi-GB CUDA build.
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q "torch==2.13.0"
-.venv/bin/pip install -q -e ".[embed,dev]"
-.venv/bin/python -c "import lakecurate, faiss, pyspark, deltalake, torch; print('lakecurate', lakecurate.__version__, 'ready')"
+.venv/bin/pip install -q -e ".[spark,embed,dev]"
+.venv/bin/python -c "import lakecurate, faiss, pyspark, grpc, deltalake, torch; print('lakecurate', lakecurate.__version__, 'ready')"

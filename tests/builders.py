@@ -45,3 +45,12 @@ def embeddings_table(x: np.ndarray, ids=None) -> pa.Table:
 
     ids = np.arange(len(x), dtype=np.int64) if ids is None else ids
     return pa.table({"id": pa.array(ids), "embedding": matrix_to_list_array(np.asarray(x, np.float32))})
+
+
+WORDS = "river stone cloud market engine violet harbor signal garden copper winter lantern orbit meadow circuit".split()
+
+
+def make_texts(n: int, seed: int) -> list[str]:
+    """``n`` short texts of random words (the embed stage's test source)."""
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 14)))) for _ in range(n)]

@@ -32,13 +32,14 @@ from lakecurate.validation import (
     check_eps,
     check_hierarchy,
     check_int,
+    check_settings,
     check_name,
     check_number,
 )
 
 INPUT_FORMATS = ("delta", "parquet", "npy", "synthetic")
 BACKENDS = ("auto", "native", "embedded")
-BLOCK_CACHES = ("local_files", "spark")
+BLOCK_CACHES = ("auto", "local_files", "spark", "lake")
 SOURCE_FORMATS = ("delta", "parquet", "files")
 FILE_IDS = ("path", "hash")
 #: the columns Spark's binaryFile source gives a file (``content`` is the payload)
@@ -242,12 +243,20 @@ class SparkConfig:
     arrow_batch_rows: int = 20_000
     #: partitions of the cached embeddings; 0 = 2 x default parallelism
     partitions: int = 0
-    #: how k-means passes read the cached embeddings: ``local_files`` (each executor memory-maps
-    #: block files it wrote next to its cached partitions: no JVM -> Python stream per pass;
-    #: needs N x d x 4 bytes of executor local disk) or ``spark`` (stream them from Spark's cache)
-    block_cache: str = "local_files"
+    #: Spark Connect: ``sc://host:port/;token=...`` or ``local[n]`` (a Connect server started
+    #: here); None: ``$SPARK_REMOTE`` if set, else a classic session on ``master``
+    remote: Optional[str] = None
+    #: where the embeddings live between k-means passes (:mod:`lakecurate.spark.cache`):
+    #: ``local_files`` (Spark's cache + block files each executor memory-maps: no JVM -> Python
+    #: stream per pass; needs N x d x 4 bytes of executor local disk), ``spark`` (stream them from
+    #: Spark's cache), ``lake`` (staged once as Parquet in the lake, re-read every pass: no cache
+    #: at all), ``auto`` = ``local_files`` when the session can cache, else ``lake``
+    block_cache: str = "auto"
 
     def validate(self, where: str) -> None:
+        check_settings(self.conf, f"{where}.conf")
+        if self.remote is not None and (not isinstance(self.remote, str) or not self.remote.strip()):
+            raise ConfigError(f"{where}.remote={self.remote!r} must be a Spark Connect URL (sc://host:port) or local[n]")
         check_int(self.arrow_batch_rows, f"{where}.arrow_batch_rows", minimum=1)
         check_choice(self.block_cache, BLOCK_CACHES, f"{where}.block_cache")
         check_int(self.partitions, f"{where}.partitions", minimum=0)
@@ -452,6 +461,10 @@ def to_dict(obj) -> dict:
     return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
 
 
+#: mappings whose keys are names of their own (Spark settings, storage options), kept whole
+FREE_FORM = {("spark", "conf")}
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``dotted.key=value`` overrides; the value is parsed as YAML (numbers, lists, null)."""
     for item in overrides:
@@ -464,6 +477,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"override {key}: cannot parse value {raw!r}: {exc}") from exc
         node = data
         parts = key.strip().split(".")
+        for n in range(1, len(parts)):  # spark.conf.spark.executor.memory: the setting's name keeps its dots
+            if tuple(parts[:n]) in FREE_FORM:
+                parts = parts[:n] + [".".join(parts[n:])]
+                break
         for part in parts[:-1]:
             if node.get(part) is None:
                 node[part] = {}

@@ -116,11 +116,9 @@ class Lake:
         self.database = config.database
         #: where inputs that must be rewritten are staged (``lake.staging``; default ``<root>/_staging``)
         self.staging = _abs(config.staging) if config.staging else self._join(self.root, "_staging")
-        if config.backend == "auto":
-            self.backend = "native" if spark is not None and has_native_delta(spark) else "embedded"
-        else:
-            self.backend = config.backend
-        if self.backend == "native" and (spark is None or not has_native_delta(spark)):
+        native = spark is not None and config.backend != "embedded" and has_native_delta(spark)
+        self.backend = ("native" if native else "embedded") if config.backend == "auto" else config.backend
+        if self.backend == "native" and not native:
             raise TableError("lake.backend='native' but this Spark session has no Delta Lake (io.delta jars missing)")
         log.info("lake at %s (%s Delta)", self.root, self.backend)
 
@@ -303,7 +301,7 @@ class Lake:
         self._remove_stale_files(name)  # also when a killed first write left files but no table
         committed = False
         try:
-            df.drop(RUN_ID).write.mode("errorifexists").parquet(_uri(files_dir))
+            df.drop(RUN_ID).write.mode("error").parquet(_uri(files_dir))
             adds = []
             for info in fs.get_file_info(pafs.FileSelector(files_dir, recursive=True)):
                 if not info.is_file or not info.base_name.endswith(".parquet") or info.base_name.startswith((".", "_")):
@@ -467,6 +465,10 @@ class Lake:
             found.append({"place": "staged input (unfinished)", "path": info.path, "files": len(files), "bytes": sum(f.size or 0 for f in files)})
             if apply:
                 fs.delete_dir(info.path)
+        for path, n_files, size in self.stale_scratch(older_than_seconds):
+            found.append({"place": "scratch of a run that did not finish", "path": path, "files": n_files, "bytes": size})
+            if apply:
+                fs.delete_dir(path)
         if self.backend == "native":
             log.info("lake.backend is native: Spark's Delta writer leaves no unreferenced files of lakecurate's; "
                      "use Delta's own VACUUM for files of old versions")
@@ -595,6 +597,70 @@ class Lake:
         except OSError as exc:
             log.warning("could not look for half-staged inputs in %s: %s", self.staging, exc)
 
+    # ------------------------------------------------------------------ scratch
+
+    def scratch(self, what: str) -> Scratch:
+        """A new scratch folder for ``what`` (e.g. ``blocks``, ``payloads``); old ones a killed
+        run left are removed first."""
+        self._remove_stale_scratch(SCRATCH_AGE_SECONDS)
+        slug = "".join(c if c.isalnum() else "-" for c in what)
+        return Scratch(self._join(self.staging, "scratch", f"{new_token()}-{slug}"))
+
+    def stage_frame(self, df, what: str):
+        """``df`` written once as Parquet into a scratch folder and read back: a DataFrame that
+        can be read many times without Spark's cache (sessions that cannot cache, e.g.
+        serverless). Returns ``(frame, scratch)``; ``scratch.remove()`` when done."""
+        scratch = self.scratch(what)
+        try:
+            df.write.mode("error").parquet(_uri(f"{scratch.path}/data"))
+        except BaseException as exc:
+            scratch.remove()
+            if isinstance(exc, OSError):
+                raise disk_error(exc, f"staging {what} under {scratch.path!r}") from exc
+            converted = as_lakecurate_error(exc, f"staging {what} under {scratch.path!r}") if isinstance(exc, Exception) else None
+            if converted is not None:
+                raise converted from exc
+            raise
+        return self.spark.read.parquet(_uri(f"{scratch.path}/data")), scratch
+
+    def write_scratch_parquet(self, scratch: Scratch, relpath: str, table: pa.Table) -> None:
+        """A driver-side Arrow table as one Parquet file in a scratch folder."""
+        fs, path = _fs(f"{scratch.path}/{relpath}")
+        try:
+            fs.create_dir(posixpath.dirname(path), recursive=True)
+            pq.write_table(table, path, filesystem=fs)
+        except OSError as exc:
+            raise disk_error(exc, f"writing {path!r}") from exc
+
+    @staticmethod
+    def spark_path(path: str) -> str:
+        """``path`` as Spark's readers and writers want it (``file://`` for local paths)."""
+        return _uri(path)
+
+    def stale_scratch(self, older_than_seconds: float) -> list[tuple[str, int, int]]:
+        """(path, files, bytes) of scratch folders idle for at least ``older_than_seconds``."""
+        fs, folder = _fs(self._join(self.staging, "scratch"))
+        cutoff = time.time() - older_than_seconds
+        out = []
+        for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+            if info.type != pafs.FileType.Directory:
+                continue
+            files = [f for f in fs.get_file_info(pafs.FileSelector(info.path, recursive=True)) if f.is_file]
+            newest = max([f.mtime.timestamp() for f in files if f.mtime is not None]
+                         + [info.mtime.timestamp() if info.mtime is not None else 0.0])
+            if newest <= cutoff:
+                out.append((info.path, len(files), sum(f.size or 0 for f in files)))
+        return out
+
+    def _remove_stale_scratch(self, older_than_seconds: float) -> None:
+        try:
+            fs, _ = _fs(self.staging)
+            for path, _, _ in self.stale_scratch(older_than_seconds):
+                fs.delete_dir(path)
+                log.info("removed a scratch folder a killed run left: %s", path)
+        except OSError as exc:
+            log.warning("could not look for old scratch folders in %s: %s", self.staging, exc)
+
     # ------------------------------------------------------------------ files of the lake's own
 
     def _join(self, *parts: str) -> str:
@@ -602,16 +668,7 @@ class Lake:
 
     def put_file(self, relpath: str, data: bytes) -> None:
         """Write ``<root>/<relpath>`` atomically (a temporary name, then a rename)."""
-        fs, path = _fs(self._join(self.root, relpath))
-        tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            fs.create_dir(posixpath.dirname(path), recursive=True)
-            with fs.open_output_stream(tmp) as out:
-                out.write(data)
-            fs.move(tmp, path)
-        except OSError as exc:
-            _quiet(fs.delete_file, tmp)
-            raise disk_error(exc, f"writing {path!r}") from exc
+        put_bytes(self._join(self.root, relpath), data)
 
     def get_file(self, relpath: str) -> Optional[bytes]:
         """The bytes of ``<root>/<relpath>``, or None when it does not exist."""
@@ -626,6 +683,63 @@ class Lake:
         fs, path = _fs(self._join(self.root, relpath))
         if fs.get_file_info(path).type != pafs.FileType.NotFound:
             fs.delete_dir(path)
+
+
+# ---------------------------------------------------------------------- scratch: a run's temporary files
+
+#: scratch folders (staged block frames, large task payloads) a killed run left are removed by
+#: the next run once this old; ``lakecurate vacuum`` takes its own ``--older-than-hours``
+SCRATCH_AGE_SECONDS = 24 * 3600.0
+#: a live run touches this file in its scratch folder on every pass, so age means idle time
+HEARTBEAT = "_alive"
+
+
+def put_bytes(uri: str, data: bytes) -> None:
+    """Write a file (local path or URI) atomically: a temporary name, then a rename."""
+    fs, path = _fs(uri)
+    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        fs.create_dir(posixpath.dirname(path), recursive=True)
+        with fs.open_output_stream(tmp) as out:
+            out.write(data)
+        fs.move(tmp, path)
+    except OSError as exc:
+        _quiet(fs.delete_file, tmp)
+        raise disk_error(exc, f"writing {path!r}") from exc
+
+
+def get_bytes(uri: str) -> bytes:
+    fs, path = _fs(uri)
+    with fs.open_input_file(path) as f:
+        return f.read()
+
+
+def remove_path(uri: str) -> None:
+    """Delete a file or a folder (and everything under it), if it exists."""
+    fs, path = _fs(uri)
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif kind == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+class Scratch:
+    """One folder of a run's temporary files under ``<staging>/scratch/`` (removed when done)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.touch()
+
+    def touch(self) -> None:
+        """Say the run using this folder is alive (its age is counted from here)."""
+        put_bytes(f"{self.path}/{HEARTBEAT}", str(time.time()).encode())
+
+    def remove(self) -> None:
+        try:
+            remove_path(self.path)
+        except OSError as exc:
+            log.warning("could not remove scratch folder %s (lakecurate vacuum will): %s", self.path, exc)
 
 
 # ---------------------------------------------------------------------- helpers

@@ -50,7 +50,7 @@ def run(plan: Union[RunPlan, RunConfig], spark=None) -> RunResult:
         plan = plan_run(plan)
     config = plan.config
     t0 = time.perf_counter()
-    spark = spark or get_spark(config.spark.master, config.spark.app_name, _spark_conf(config))
+    spark = spark or get_spark(config.spark.master, config.spark.app_name, _spark_conf(config), remote=config.spark.remote)
     lake = Lake(spark, config.lake)
     reads_input = not any(s.provides_input for s in plan.stages)
     with one_line_errors("reading the run's inputs"):
@@ -113,5 +113,5 @@ def read_fingerprints(lake: Lake, plan: RunPlan, reads_input: bool) -> dict:
 
 def _spark_conf(config: RunConfig) -> dict:
     conf = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(config.spark.arrow_batch_rows)}
-    conf.update(config.spark.conf)
+    conf.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in config.spark.conf.items()})
     return conf

@@ -83,6 +83,22 @@ def check_name(value: Any, key: str) -> str:
     return value
 
 
+def check_settings(value: Any, key: str) -> dict:
+    """A flat mapping of named settings (``spark.conf``, storage options): string keys, scalar values."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key} must be a mapping of settings; got {type(value).__name__}")
+    for name, v in value.items():
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{key} has a key {name!r} that is not a name")
+        if isinstance(v, dict):
+            inner = next(iter(v), "...")
+            raise ConfigError(f"{key}.{name} is a nested mapping: write the setting's whole name as one key, "
+                              f"e.g. {key}.{name}.{inner}=... on the command line or '{name}.{inner}: ...' under {key} in YAML")
+        if isinstance(v, (list, tuple)) or v is None:
+            raise ConfigError(f"{key}.{name}={v!r} must be a string, number or boolean")
+    return value
+
+
 # ---------------------------------------------------------------- the hierarchy's parameters
 
 

@@ -8,10 +8,13 @@ import os
 import numpy as np
 import pytest
 
+from lakecurate.config import LakeConfig
 from lakecurate.core.assign import NumpyAssigner
 from lakecurate.core.hierarchy import LevelParams, fit_hierarchy
 from lakecurate.core.synthetic import long_tailed_pool
 from lakecurate.core.two_step import two_step_centroids
+from lakecurate.errors import ConfigError
+from lakecurate.lake import Lake
 from lakecurate.spark.assigner import AssignTuning, SparkAssigner
 from lakecurate.spark.block_files import block_folder, open_block_files, write_block_files
 from lakecurate.spark.blocks import EmbeddingBlocks
@@ -64,13 +67,16 @@ def _assert_same_tree(ref, got):
         assert a.objective == b.objective
 
 
-@pytest.mark.parametrize("cache", ["local_files", "spark"])
-def test_both_block_caches_give_the_in_process_hierarchy(spark, pool_df, cache):
+@pytest.mark.parametrize("cache", ["local_files", "spark", "lake"])
+def test_every_block_cache_gives_the_in_process_hierarchy(spark, pool_df, cache, tmp_path):
     x, df = pool_df
     ref = fit_hierarchy(NumpyAssigner(x), PARAMS, 11)
-    blocks = EmbeddingBlocks.from_dataframe(spark, df, id_column="id", embedding_column="embedding", partitions=3, cache=cache)
+    lake = Lake(spark, LakeConfig(root=str(tmp_path / "lake")))
+    blocks = EmbeddingBlocks.from_dataframe(spark, df, id_column="id", embedding_column="embedding", partitions=3, cache=cache, lake=lake)
     try:
-        assert (blocks.cache_id is not None) == (cache == "local_files")
+        assert blocks.cache == cache and (blocks.cache_id is not None) == (cache == "local_files")
+        scratch = glob.glob(str(tmp_path / "lake" / "_staging" / "scratch" / "*-blocks"))
+        assert len(scratch) == (cache == "lake")
         if cache == "local_files":  # local master: the executor's work dir is this machine's
             assert len(glob.glob(os.path.join(block_folder(blocks.cache_id), "*-vectors.npy"))) >= 3
         got = fit_hierarchy(SparkAssigner(blocks), PARAMS, 11)
@@ -78,6 +84,31 @@ def test_both_block_caches_give_the_in_process_hierarchy(spark, pool_df, cache):
     finally:
         blocks.release()
     _assert_same_tree(ref, got)
+    assert glob.glob(str(tmp_path / "lake" / "_staging" / "scratch" / "*")) == []  # released: nothing left behind
+
+
+def test_a_payload_too_large_for_a_closure_travels_through_the_lake(spark, pool_df, tmp_path, monkeypatch):
+    from lakecurate.spark import tasks
+
+    x, df = pool_df
+    ref = fit_hierarchy(NumpyAssigner(x), PARAMS, 11)
+    lake = Lake(spark, LakeConfig(root=str(tmp_path / "lake")))
+    monkeypatch.setattr(tasks, "CLOSURE_MAX_BYTES", 1024)  # every centroid payload is "large"
+    seen = []
+    real_put = tasks.PayloadFiles.put
+    monkeypatch.setattr(tasks.PayloadFiles, "put", lambda self, data: seen.append(len(data)) or real_put(self, data))
+    blocks = EmbeddingBlocks.from_dataframe(spark, df, id_column="id", embedding_column="embedding", partitions=3, lake=lake)
+    try:
+        got = fit_hierarchy(SparkAssigner(blocks), PARAMS, 11)
+        assert seen and min(seen) > 1024
+        payloads = glob.glob(str(tmp_path / "lake" / "_staging" / "scratch" / "*-payloads" / "*.pkl"))
+        assert payloads == []  # each pass's payload is removed when the pass is done
+    finally:
+        blocks.release()
+    _assert_same_tree(ref, got)
+    assert glob.glob(str(tmp_path / "lake" / "_staging" / "scratch" / "*")) == []
+    with pytest.raises(ConfigError, match="travels in a task's closure, and no lake folder"):
+        tasks.ship_to_tasks(np.zeros(4096, np.float32))
 
 
 def test_missing_block_files_rerun_those_partitions_on_streamed_blocks(spark, pool_df):

@@ -19,18 +19,12 @@ from lakecurate.errors import ConfigError
 from lakecurate.pipeline import run
 from lakecurate.plan import load_plan
 
+from builders import make_texts
+
 pytestmark = pytest.mark.spark
 
 torch = pytest.importorskip("torch")
 Image = pytest.importorskip("PIL.Image")
-
-WORDS = "river stone cloud market engine violet harbor signal garden copper winter lantern orbit meadow circuit".split()
-
-
-def make_texts(n: int, seed: int) -> list[str]:
-    rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 14)))) for _ in range(n)]
-
 
 def write_texts(path, ids, texts, source=None) -> str:
     cols = {"id": pa.array(ids, pa.int64()), "text": pa.array(texts, pa.string())}

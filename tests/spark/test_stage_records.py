@@ -8,7 +8,9 @@ from deltalake import DeltaTable
 
 import lakecurate.plan
 import lakecurate.stages
+from lakecurate.config import LakeConfig
 from lakecurate.errors import ConfigError
+from lakecurate.lake import Lake
 from lakecurate.pipeline import run
 from lakecurate.plan import load_plan
 from lakecurate.spark.blocks import EmbeddingBlocks
@@ -73,11 +75,13 @@ def test_a_new_stage_runs_from_its_record_alone(spark, tmp_path, with_norms_stag
         load_plan(data={**data, "stages": ["cluster", "norms"]})
 
 
-def test_collect_results_come_back_in_partition_order_from_files_or_streams(spark):
+def test_collect_results_come_back_in_partition_order_from_files_or_streams(spark, tmp_path):
     x = np.arange(40, dtype=np.float32).reshape(20, 2)
     df = spark.createDataFrame(embeddings_table(x).to_pandas())
-    for cache in ("local_files", "spark"):
-        blocks = EmbeddingBlocks.from_dataframe(spark, df, id_column="id", embedding_column="embedding", partitions=4, cache=cache)
+    lake = Lake(spark, LakeConfig(root=str(tmp_path / "lake")))
+    for cache in ("local_files", "spark", "lake"):
+        blocks = EmbeddingBlocks.from_dataframe(spark, df, id_column="id", embedding_column="embedding", partitions=4, cache=cache,
+                                                lake=lake)
         try:
             def keys(batches, offset):
                 for b in batches:

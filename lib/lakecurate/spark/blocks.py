@@ -15,12 +15,14 @@ as raw bytes, so a pass turns them into numpy with ``np.frombuffer`` instead of 
   the result never depends on where tasks ran.
 
 The mapped function is ``fn(blocks, payload) -> iterator of pyarrow.RecordBatch``: ``blocks``
-yields :class:`Block` views, ``payload`` is a small driver-side object (e.g. the centroids)
-shipped to every task. Both calls give the task faiss threads equal to its cores (and its GPU).
+yields :class:`Block` views, ``payload`` is a driver-side object (e.g. the centroids)
+shipped to every task in the closure, or through a file in the lake when it is large
+(:func:`lakecurate.spark.tasks.ship_to_tasks`). Both calls give the task faiss threads equal to its cores (and its GPU).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import uuid
@@ -34,7 +36,11 @@ import pyarrow as pa
 from lakecurate.errors import ConfigError, InputDataError, LakecurateError
 from lakecurate.spark.arrow import list_column_to_matrix, row_keys
 from lakecurate.spark.block_files import delete_block_files, open_block_files, write_block_files
-from lakecurate.spark.tasks import configure_faiss, ship_to_tasks
+from lakecurate.config import BLOCK_CACHES
+from lakecurate.spark.cache import Kept, keep, resolve
+from lakecurate.spark.session import default_parallelism
+from lakecurate.spark import tasks
+from lakecurate.spark.tasks import PayloadFiles, configure_faiss, ship_to_tasks
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +48,9 @@ BLOCK_DDL = (
     "part INT, seq INT, n INT, ids_arrow BINARY, keys BINARY, vectors BINARY, "
     "n_null_id LONG, n_null_embedding LONG, n_bad_dim LONG, n_nonfinite LONG, examples STRING"
 )
-#: how passes read the vectors: memory-mapped block files on the executors, or Spark's cache
-CACHES = ("local_files", "spark")
+#: how passes read the vectors (:mod:`lakecurate.spark.cache`): memory-mapped block files on the
+#: executors, Spark's cache, or Parquet staged in the lake (no cache at all); ``auto`` picks
+CACHES = BLOCK_CACHES
 _MAX_EXAMPLES = 3
 
 BlockFn = Callable[[Iterator["Block"], Any], Iterator[pa.RecordBatch]]
@@ -213,11 +220,14 @@ class EmbeddingBlocks:
     ``faiss_threads`` and ``read_block_files`` may be changed between passes (the benchmark does).
     """
 
-    def __init__(self, spark, frame, n: int, d: int, id_type, *, report: Optional[InputReport] = None,
-                 cache_id: Optional[str] = None, faiss_threads: int = 0):
+    def __init__(self, spark, kept: Kept, n: int, d: int, id_type, *, partitions: int, report: Optional[InputReport] = None,
+                 cache_id: Optional[str] = None, faiss_threads: int = 0, lake=None):
         self.spark = spark
-        #: the cached DataFrame of blocks (BLOCK_DDL)
-        self.frame = frame
+        self._kept = kept
+        #: the blocks (BLOCK_DDL): cached, or staged in the lake
+        self.frame = kept.frame
+        #: where the blocks live between passes: "local_files", "spark" or "lake"
+        self.cache = "local_files" if cache_id is not None else kept.how
         self.n = n
         self.d = d
         self.id_type = id_type
@@ -228,7 +238,9 @@ class EmbeddingBlocks:
         self.faiss_threads = faiss_threads
         self.passes = 0
         self.fallback_partitions = 0
-        self._partitions: Optional[int] = None
+        self._partitions = partitions
+        self._lake = lake
+        self._payload_scratch = None  # a lake folder for payloads too large for a closure
         self._shipped: list[Callable[[], None]] = []  # frees the payloads of map() DataFrames
 
     # ------------------------------------------------------------------ construction
@@ -244,19 +256,21 @@ class EmbeddingBlocks:
         partitions: int = 0,
         transform: Optional[Callable[[np.ndarray], np.ndarray]] = None,
         where: str = "input",
-        cache: str = "local_files",
+        cache: str = "auto",
+        lake=None,
     ) -> "EmbeddingBlocks":
         """Validate and cache ``df``'s (id, embedding) rows as blocks; InputDataError on bad input.
 
         ``transform`` is applied once to every block's valid vectors as it is built (e.g.
         ``normalize_rows`` for cosine k-means, ``unit_rows`` for de-duplication); it must work row
-        by row, so the result does not depend on the blocking. ``cache="local_files"`` also
-        writes the block files; ``"spark"`` keeps the blocks in Spark's cache only.
+        by row, so the result does not depend on the blocking. ``cache`` is one of
+        :data:`CACHES`; ``lake`` (a :class:`~lakecurate.lake.Lake`) is where blocks are staged
+        in ``lake`` mode and where payloads too large for a closure travel.
         """
         if cache not in CACHES:
             raise ConfigError(f"cache={cache!r} is not one of {list(CACHES)}")
-        cache_id = uuid.uuid4().hex if cache == "local_files" else None
-        from pyspark import StorageLevel
+        mode = resolve(spark, cache)
+        cache_id = uuid.uuid4().hex if mode == "local_files" else None
         from pyspark.sql import functions as F
         from pyspark.sql import types as T
 
@@ -275,12 +289,13 @@ class EmbeddingBlocks:
         dim = int(first["d"])
         if dim <= 0:
             raise InputDataError(f"{where}: the first embedding has {dim} values")
-        src = df.select(id_column, embedding_column)
-        parts = partitions or 2 * spark.sparkContext.defaultParallelism
-        if src.rdd.getNumPartitions() != parts:
-            src = src.repartition(parts)
-        frame = src.mapInArrow(_make_blocks_fn(id_column, embedding_column, dim, transform, cache_id), BLOCK_DDL).persist(StorageLevel.MEMORY_AND_DISK)
-        made = cls(spark, frame, 0, dim, id_type, cache_id=cache_id)
+        parts = partitions or 2 * default_parallelism(spark)
+        src = df.select(id_column, embedding_column).repartition(parts)
+        built = src.mapInArrow(_make_blocks_fn(id_column, embedding_column, dim, transform, cache_id), BLOCK_DDL)
+        log.info("%s: reading, checking and caching the embeddings (%s) over %d partitions", where, mode, parts)
+        kept = keep(built, spark=spark, lake=lake, mode="lake" if mode == "lake" else "spark", what="embedding blocks")
+        made = cls(spark, kept, 0, dim, id_type, partitions=parts, cache_id=cache_id, lake=lake)
+        frame = kept.frame
         meta = frame.select("n", "n_null_id", "n_null_embedding", "n_bad_dim", "n_nonfinite", "examples").collect()
         report = InputReport(
             n_rows=sum(r["n"] for r in meta),
@@ -305,31 +320,48 @@ class EmbeddingBlocks:
         made.n = report.n_rows
         made.report = report
         log.info(
-            "%s: cached %d rows x %d dims in %d blocks over %d partitions%s", where, report.n_rows, dim, len(meta), parts,
-            " (+ block files on the executors)" if cache_id else "",
+            "%s: cached %d rows x %d dims in %d blocks over %d partitions (%s)", where, report.n_rows, dim, len(meta), parts,
+            {"local_files": "Spark's cache + block files on the executors", "spark": "Spark's cache", "lake": "staged in the lake"}[made.cache],
         )
         return made
 
     @classmethod
-    def from_numpy(cls, spark, x: np.ndarray, *, block_rows: int = 20_000, partitions: int = 0) -> "EmbeddingBlocks":
-        """Blocks of a driver-side matrix (levels 2..T above ``driver_max_rows``); row keys 0..n-1."""
-        from pyspark import StorageLevel
+    def from_numpy(cls, spark, x: np.ndarray, *, block_rows: int = 20_000, partitions: int = 0, cache: str = "auto",
+                   lake=None) -> "EmbeddingBlocks":
+        """Blocks of a driver-side matrix (levels 2..T above ``driver_max_rows``); row keys 0..n-1.
+
+        A matrix too large to send in a query plan (Spark Connect's messages are capped) is
+        written as Parquet into the lake by this process and read from there."""
         from pyspark.sql import types as T
 
         x = np.ascontiguousarray(x, dtype=np.float32)
+        parts = partitions or 2 * default_parallelism(spark)
+        n_blocks = max(1, -(-x.shape[0] // block_rows))
+        parts = min(parts, n_blocks)
         rows = []
         for seq, start in enumerate(range(0, x.shape[0], block_rows)):
             xb = x[start : start + block_rows]
             ids = pa.array(np.arange(start, start + xb.shape[0], dtype=np.int64))
-            rows.append((0, seq, xb.shape[0], array_to_ipc(ids), np.asarray(ids).tobytes(), xb.tobytes(), 0, 0, 0, 0, "[]"))
-        parts = partitions or 2 * spark.sparkContext.defaultParallelism
-        frame = spark.createDataFrame(rows, BLOCK_DDL).repartition(min(parts, len(rows))).persist(StorageLevel.MEMORY_AND_DISK)
-        return cls(spark, frame, x.shape[0], x.shape[1], T.LongType())
+            rows.append((seq % parts, seq, xb.shape[0], array_to_ipc(ids), np.asarray(ids).tobytes(), xb.tobytes(), 0, 0, 0, 0, "[]"))
+        mode = resolve(spark, cache)
+        if lake is not None and (mode == "lake" or x.nbytes > tasks.CLOSURE_MAX_BYTES):
+            scratch = lake.scratch("matrix")
+            columns = list(zip(*rows))
+            names = [c.strip().split()[0] for c in BLOCK_DDL.split(",")]
+            types = [pa.int32(), pa.int32(), pa.int32(), pa.binary(), pa.binary(), pa.binary(), pa.int64(), pa.int64(), pa.int64(),
+                     pa.int64(), pa.string()]
+            for part in range(parts):
+                mine = [i for i in range(len(rows)) if rows[i][0] == part]
+                table = pa.table([pa.array([columns[c][i] for i in mine], t) for c, t in enumerate(types)], names=names)
+                lake.write_scratch_parquet(scratch, f"data/part-{part:05d}.parquet", table)
+            kept = Kept(spark.read.parquet(lake.spark_path(f"{scratch.path}/data")), "lake", scratch=scratch)
+        else:
+            kept = keep(spark.createDataFrame(rows, BLOCK_DDL).repartition(parts, "part").sortWithinPartitions("part", "seq"), spark=spark, lake=lake,
+                        mode="lake" if mode == "lake" else "spark", what="matrix blocks")
+        return cls(spark, kept, x.shape[0], x.shape[1], T.LongType(), partitions=parts, lake=lake)
 
     @property
     def num_partitions(self) -> int:
-        if self._partitions is None:
-            self._partitions = self.frame.rdd.getNumPartitions()
         return self._partitions
 
     def release(self) -> None:
@@ -354,7 +386,10 @@ class EmbeddingBlocks:
         for free in self._shipped:
             free()
         self._shipped.clear()
-        self.frame.unpersist()
+        if self._payload_scratch is not None:
+            self._payload_scratch.remove()
+            self._payload_scratch = None
+        self._kept.release()
 
     # ------------------------------------------------------------------ mapping a function over the blocks
 
@@ -377,8 +412,19 @@ class EmbeddingBlocks:
         finally:
             free()
 
+    def ship(self, payload: Any):
+        """``(get, free)`` for ``payload`` (:func:`~lakecurate.spark.tasks.ship_to_tasks`), with this
+        input's lake folder for payloads too large for a closure."""
+        files = None
+        if self._lake is not None:
+            if self._payload_scratch is None and payload is not None and _pickled_size_over(payload, tasks.CLOSURE_MAX_BYTES):
+                self._payload_scratch = self._lake.scratch("payloads")
+            if self._payload_scratch is not None:
+                files = PayloadFiles(self._payload_scratch.path)
+        return ship_to_tasks(payload, files)
+
     def _map(self, fn: BlockFn, schema, payload: Any):
-        get, free = ship_to_tasks(self.spark, payload)
+        get, free = self.ship(payload)
         threads = self.faiss_threads
 
         def run(batches):
@@ -397,8 +443,9 @@ class EmbeddingBlocks:
         """
         from pyspark.sql import functions as F
 
-        get, free = ship_to_tasks(self.spark, payload)
+        get, free = self.ship(payload)
         self.passes += 1
+        self._kept.touch()
         try:
             if not self.read_block_files:
                 rows = self._collect_streamed(fn, schema, get, self.frame)
@@ -416,13 +463,11 @@ class EmbeddingBlocks:
     def _collect_streamed(self, fn: BlockFn, schema: str, get, frame) -> list:
         threads = self.faiss_threads
 
-        def run(batches):
-            from pyspark import TaskContext
-
+        def run(batches):  # fn once per partition the blocks were built in, whichever task reads them
             configure_faiss(threads)
-            part = pa.array([TaskContext.get().partitionId()], pa.int32())
-            for rb in fn(blocks_of(batches), get()):
-                yield _with_part(rb, part)
+            for part, group in itertools.groupby(blocks_of(batches), key=lambda b: b.part):
+                for rb in fn(group, get()):
+                    yield _with_part(rb, pa.array([part], pa.int32()))
 
         return list(rows_of(frame.mapInArrow(run, schema + ", _part INT, _missing BOOLEAN").toArrow().to_batches()))
 
@@ -452,3 +497,9 @@ class EmbeddingBlocks:
         rows = list(rows_of(result.to_batches()))
         missing = sorted({r["_part"] for r in rows if r["_missing"]})
         return [r for r in rows if not r["_missing"]], missing
+
+
+def _pickled_size_over(payload: Any, limit: int) -> bool:
+    import pickle
+
+    return len(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)) > limit

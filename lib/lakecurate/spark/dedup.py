@@ -33,7 +33,7 @@ from lakecurate.core.dedup import (
 from lakecurate.core.dedup_routing import ROLE_MEMBER, ROLE_PROBE, route_rows
 from lakecurate.spark.arrow import list_column_to_matrix, matrix_to_list_array
 from lakecurate.spark.blocks import EmbeddingBlocks
-from lakecurate.spark.tasks import configure_faiss, ship_to_tasks
+from lakecurate.spark.tasks import configure_faiss
 
 #: kinds of a task's output row
 KIND_REMOVED = 0  # a member removed inside its cluster, with its local representative
@@ -257,14 +257,14 @@ def _merge_cross_pairs(results):
     return (old, new, node_ids.take(pa.array(first)), node_cluster[first]), n_pairs
 
 
-def _apply_merge(spark, results, merge, schema, id_type_arrow, shipped: list):
+def _apply_merge(blocks, results, merge, schema, id_type_arrow, shipped: list):
     """Removed rows after the merge: local removals remapped, plus local representatives now removed.
 
     Rows whose representative moved get a null similarity here; it is recomputed afterwards.
     """
     old, new, node_ids, node_cluster = merge
     new_pos = np.searchsorted(old, new)  # every new representative is itself a node
-    get, free = ship_to_tasks(spark, (old, new, node_ids.take(pa.array(new_pos)).to_pylist()))
+    get, free = blocks.ship((old, new, node_ids.take(pa.array(new_pos)).to_pylist()))
     shipped.append(free)
     names = schema.fieldNames()
 
@@ -298,7 +298,7 @@ def _apply_merge(spark, results, merge, schema, id_type_arrow, shipped: list):
             "similarity": pa.nulls(became.size, pa.float64()),
         }
     )
-    extra_df = spark.createDataFrame(extra, schema=schema) if became.size else None
+    extra_df = blocks.spark.createDataFrame(extra, schema=schema) if became.size else None
     out = removed_local if extra_df is None else removed_local.unionByName(extra_df)
     return out, int(became.size)
 
@@ -341,5 +341,5 @@ def resolve_removed(blocks: EmbeddingBlocks, results, shipped: list) -> tuple[ob
     merge, n_cross = _merge_cross_pairs(results)
     if merge is None:
         return removed_within_clusters(results).select(*schema.fieldNames()), n_cross, 0
-    removed, n_became = _apply_merge(blocks.spark, results, merge, schema, _spark_to_arrow_type(blocks.id_type), shipped)
+    removed, n_became = _apply_merge(blocks, results, merge, schema, _spark_to_arrow_type(blocks.id_type), shipped)
     return _fill_similarities(blocks, removed), n_cross, n_became

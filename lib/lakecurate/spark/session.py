@@ -1,10 +1,18 @@
-"""Building (or reusing) the SparkSession with the settings lakecurate relies on."""
+"""Building (or reusing) the SparkSession with the settings lakecurate relies on.
+
+Both kinds of session work: a classic one (``local[*]``, ``spark-submit`` on YARN/Kubernetes,
+a Databricks job cluster) and a Spark Connect one (``SPARK_REMOTE`` or ``spark.remote``:
+Databricks serverless and shared clusters, Databricks Connect, a Spark 4 Connect server). The
+code after this module uses only the DataFrame API, so it never needs to know which it got;
+what differs (can the session cache? does it have Delta?) is probed here, once.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import warnings
 from typing import Any, Optional
 
 log = logging.getLogger(__name__)
@@ -33,16 +41,34 @@ LOCAL_DEFAULTS: dict[str, str] = {
 LOCAL_LOG4J = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2-local.properties")
 
 
-def get_spark(master: Optional[str] = "local[*]", app_name: str = "lakecurate", conf: Optional[dict[str, Any]] = None):
+def is_connect(spark) -> bool:
+    """True for a Spark Connect session (no JVM, no SparkContext on this side)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def get_spark(master: Optional[str] = "local[*]", app_name: str = "lakecurate", conf: Optional[dict[str, Any]] = None,
+              remote: Optional[str] = None):
     """The active SparkSession, or a new one with lakecurate's settings.
 
-    Under ``spark-submit`` (master None) the cluster's own settings win except the required ones.
-    Workers must run this very interpreter in local mode, or they import another Python.
+    ``remote`` (else ``$SPARK_REMOTE``) makes a Spark Connect session: ``sc://host:port/;token=...``
+    for a server, ``local[n]`` for a Connect server started here (tests, laptops). Otherwise a
+    classic session on ``master``; under ``spark-submit`` (master None) the cluster's own settings
+    win except the required ones. Workers must run this very interpreter in local mode, or they
+    import another Python.
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        from lakecurate.errors import MissingDependencyError
 
+        raise MissingDependencyError(
+            "lakecurate's Spark jobs need pyspark: pip install 'lakecurate[spark]' (or run them where Spark is installed, "
+            "e.g. with spark-submit or on a Databricks cluster)"
+        ) from None
+
+    remote = remote or os.environ.get("SPARK_REMOTE") or None
     active = SparkSession.getActiveSession()
     if active is not None:
         for key, value in {**REQUIRED_CONF, **{k: str(v) for k, v in (conf or {}).items()}}.items():
@@ -54,32 +80,70 @@ def get_spark(master: Optional[str] = "local[*]", app_name: str = "lakecurate", 
 
     builder = SparkSession.builder.appName(app_name)
     settings: dict[str, str] = {}
-    if master:
+    local = remote.startswith("local") if remote else bool(master and master.startswith("local"))
+    if remote:
+        _require_connect_client(remote)
+        builder = builder.remote(remote)
+    elif master:
         builder = builder.master(master)
-        if master.startswith("local"):
-            settings.update(LOCAL_DEFAULTS)
-            if os.environ.get("LAKECURATE_SPARK_LOG", "quiet") != "full" and "spark.driver.extraJavaOptions" not in (conf or {}):
-                settings["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{LOCAL_LOG4J}"
+    if local:
+        settings.update(LOCAL_DEFAULTS)
+        if os.environ.get("LAKECURATE_SPARK_LOG", "quiet") != "full" and "spark.driver.extraJavaOptions" not in (conf or {}):
+            settings["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{LOCAL_LOG4J}"
     settings.update(REQUIRED_CONF)
     settings.update({k: str(v) for k, v in (conf or {}).items()})
     for key, value in settings.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
-    log.info("Spark %s session %s (master=%s)", spark.version, app_name, spark.sparkContext.master)
+    with warnings.catch_warnings():
+        if remote and local:  # pyspark starts the local server with these; its client then also
+            # tries each as a runtime setting and warns for the static ones (driver memory, ...)
+            warnings.filterwarnings("ignore", message="Failed to set", category=UserWarning)
+        spark = builder.getOrCreate()
+    if is_connect(spark):
+        log.info("Spark %s Connect session %s (remote=%s)", spark.version, app_name, _redact(remote or "default"))
+    else:
+        spark.sparkContext.setLogLevel("WARN")  # classic only: Connect sessions log on the server
+        log.info("Spark %s session %s (master=%s)", spark.version, app_name, spark.conf.get("spark.master", master))
     return spark
 
 
+def _require_connect_client(remote: str) -> None:
+    try:
+        import grpc  # noqa: F401  (pyspark[connect] brings grpcio, grpcio-status, zstandard)
+    except ImportError:
+        from lakecurate.errors import ConfigError
+
+        raise ConfigError(f"spark.remote={_redact(remote)!r} needs the Spark Connect client: pip install 'lakecurate[spark]' "
+                          "(or pyspark[connect]); on Databricks, databricks-connect") from None
+
+
+def _redact(remote: str) -> str:
+    """A Connect URL without its token (``sc://host/;token=...``), for logs and errors."""
+    return ";".join(p for p in remote.split(";") if not p.lower().startswith("token="))
+
+
+_NO_DELTA = ("DATA_SOURCE_NOT_FOUND", "Failed to find the data source: delta", "ClassNotFoundException")
+
+
 def has_native_delta(spark) -> bool:
-    """True when the session can read and write ``format("delta")`` natively (Databricks, EMR, --packages)."""
+    """True when the session reads and writes ``format("delta")`` natively (Databricks, EMR,
+    ``--packages io.delta:...``). Probed through the DataFrame API (works under Spark Connect):
+    a missing path is an error from Delta itself; a missing data source is a different error."""
     try:
-        jvm = spark.sparkContext._jvm  # classic Spark; Spark Connect (e.g. serverless) has no JVM handle
-    except Exception:
-        return True
-    try:
-        jvm.java.lang.Thread.currentThread().getContextClassLoader().loadClass(
-            "org.apache.spark.sql.delta.sources.DeltaDataSource"
-        )
-        return True
-    except Exception:
-        return False
+        spark.read.format("delta").load("file:///nonexistent-lakecurate-delta-probe").schema
+    except Exception as exc:
+        return not any(marker in str(exc) for marker in _NO_DELTA)
+    return True
+
+
+def default_parallelism(spark) -> int:
+    """The session's default parallelism (cores of the cluster, as Spark counts them), without a
+    SparkContext: ``spark.default.parallelism`` when it is set, else the partitions Spark gives a
+    ``range`` (one tiny job)."""
+    value = spark.conf.get("spark.default.parallelism", None)
+    if value:
+        return max(1, int(value))
+    from pyspark.sql import functions as F
+
+    row = spark.range(0, 4096).select(F.spark_partition_id().alias("p")).agg(F.max("p").alias("p")).first()
+    return max(1, int(row["p"]) + 1)

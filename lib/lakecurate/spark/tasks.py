@@ -8,7 +8,12 @@ code runs on a laptop, a CPU cluster and a GPU cluster.
 
 from __future__ import annotations
 
+import logging
+import pickle
+import uuid
 from typing import Any, Callable, Optional
+
+log = logging.getLogger(__name__)
 
 
 def task_cpus() -> Optional[int]:
@@ -48,11 +53,75 @@ def configure_faiss(threads: int = 0) -> None:
             use_gpu_device(gpu)
 
 
-def ship_to_tasks(spark, payload: Any) -> tuple[Callable[[], Any], Callable[[], None]]:
+#: payloads up to this size travel inside the task's closure (the pickled UDF: classic PySpark
+#: broadcasts a large one by itself; Spark Connect sends it in the plan, whose gRPC message is
+#: capped at 128 MiB by default); larger ones are written once to the lake and read by each task
+CLOSURE_MAX_BYTES = 64 << 20
+
+
+def ship_to_tasks(payload: Any, files: Optional["PayloadFiles"] = None) -> tuple[Callable[[], Any], Callable[[], None]]:
     """Make a driver-side ``payload`` (centroids, small lookup arrays) readable in every task.
 
     Returns ``(get, free)``: ``get()`` inside a task returns the payload, ``free()`` on the driver
-    releases it once no job needs it. Every payload lakecurate sends to executors goes through here.
+    releases it once no job needs it. A payload of up to :data:`CLOSURE_MAX_BYTES` pickled
+    travels in the closure; a larger one is written to ``files`` (a folder in the lake every
+    executor can read) and read once per Python worker. No SparkContext is involved, so this
+    works the same on classic and Spark Connect sessions. Every payload lakecurate sends to
+    executors goes through here.
     """
-    bc = spark.sparkContext.broadcast(payload)
-    return (lambda: bc.value), bc.unpersist
+    if payload is None:
+        return (lambda: None), _nothing
+    data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+    if len(data) <= CLOSURE_MAX_BYTES:
+        del data
+        return (lambda: payload), _nothing
+    if files is None:
+        from lakecurate.errors import ConfigError
+
+        raise ConfigError(
+            f"a {len(data) / 2**20:.0f} MiB payload (e.g. k x d centroids) is over the {CLOSURE_MAX_BYTES >> 20} MiB that "
+            "travels in a task's closure, and no lake folder was given to ship it through"
+        )
+    uri = files.put(data)
+    log.info("payload of %.0f MiB shipped to tasks through %s", len(data) / 2**20, uri)
+    return (lambda: files.get(uri)), (lambda: files.remove(uri))
+
+
+def _nothing() -> None:
+    return None
+
+
+class PayloadFiles:
+    """A folder every executor can read (under the lake's staging area) for payloads too large
+    for a closure. Picklable: tasks receive it in their closure and read through pyarrow's
+    filesystems (local paths and s3/gs/abfs URIs)."""
+
+    def __init__(self, folder: str):
+        self.folder = folder.rstrip("/")
+
+    def put(self, data: bytes) -> str:
+        from lakecurate.lake import put_bytes
+
+        uri = f"{self.folder}/{uuid.uuid4().hex}.pkl"
+        put_bytes(uri, data)
+        return uri
+
+    def get(self, uri: str) -> Any:
+        cached = _PAYLOADS.get(uri)
+        if cached is None:
+            from lakecurate.lake import get_bytes
+
+            _PAYLOADS.clear()  # one large payload per worker at a time: the previous pass's is done
+            cached = _PAYLOADS[uri] = pickle.loads(get_bytes(uri))
+        return cached
+
+    def remove(self, uri: str) -> None:
+        from lakecurate.lake import remove_path
+
+        try:
+            remove_path(uri)
+        except OSError as exc:
+            log.warning("could not remove payload file %s: %s", uri, exc)
+
+
+_PAYLOADS: dict[str, Any] = {}

@@ -113,7 +113,7 @@ def run_cluster(ctx: StageContext, metrics: dict) -> None:
             if x.shape[0] <= ccfg.driver_max_rows:
                 return NumpyAssigner(x)
             log.info("%d inputs > clustering.driver_max_rows=%d: this level runs on the executors", x.shape[0], ccfg.driver_max_rows)
-            upper.append(EmbeddingBlocks.from_numpy(ctx.spark, x, partitions=cfg.spark.partitions))
+            upper.append(EmbeddingBlocks.from_numpy(ctx.spark, x, partitions=cfg.spark.partitions, cache=cfg.spark.block_cache, lake=ctx.lake))
             return SparkAssigner(upper[-1])
 
         def saved(level: Level) -> None:
@@ -136,7 +136,7 @@ def run_cluster(ctx: StageContext, metrics: dict) -> None:
         ctx.lake.write_arrow(clusters_table(levels), CLUSTERS, ctx.run_id)
         ctx.lake.write_run(rows, ASSIGNMENTS, ctx.run_id)
         metrics.update(write_seconds=round(time.perf_counter() - t1, 3), spark_passes=blocks.passes,
-                       block_cache=cfg.spark.block_cache, block_file_fallback_partitions=blocks.fallback_partitions)
+                       block_cache=blocks.cache, block_file_fallback_partitions=blocks.fallback_partitions)
         checkpoints.clear()
     finally:
         for b in upper:

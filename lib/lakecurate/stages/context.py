@@ -100,5 +100,5 @@ class StageContext:
         return EmbeddingBlocks.from_dataframe(
             self.spark, self.input_frame(stage), id_column=cfg.input.id_column, embedding_column=cfg.input.embedding_column,
             partitions=cfg.spark.partitions, transform=transform, where=f"{stage} input {cfg.input.location}",
-            cache=cfg.spark.block_cache,
+            cache=cfg.spark.block_cache, lake=self.lake,
         )

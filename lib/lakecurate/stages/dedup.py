@@ -28,6 +28,7 @@ from lakecurate.core.dedup_routing import chunks_per_cluster, n_tasks
 from lakecurate.errors import InputDataError
 from lakecurate.faults import fault_point
 from lakecurate.spark.assigner import SparkAssigner
+from lakecurate.spark.cache import keep
 from lakecurate.spark.dedup import pairwise_results, removed_within_clusters, resolve_removed
 from lakecurate.stages.context import Stage, StageContext
 from lakecurate.tables import DUPLICATES
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 
 def run_dedup(ctx: StageContext, metrics: dict) -> None:
     """The dedup stage (see module docstring); writes ``duplicates`` for ``ctx.run_id``."""
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     cfg = ctx.config
@@ -45,7 +45,7 @@ def run_dedup(ctx: StageContext, metrics: dict) -> None:
     id_col = cfg.input.id_column
     t0 = time.perf_counter()
     blocks = ctx.input_blocks("dedup", transform=unit_rows)
-    results = None
+    kept = None
     shipped: list = []
     try:
         n = blocks.n
@@ -71,7 +71,8 @@ def run_dedup(ctx: StageContext, metrics: dict) -> None:
         fault_point("dedup:pairwise")
         t2 = time.perf_counter()
         results = pairwise_results(blocks, fit.centroids, q, n_neighbors=r, eps=dcfg.eps, block_size=dcfg.block_size)
-        results = results.persist(StorageLevel.MEMORY_AND_DISK)
+        kept = keep(results, spark=ctx.spark, lake=ctx.lake, mode=cfg.spark.block_cache, what="pairwise results")
+        results = kept.frame
         n_local = removed_within_clusters(results).count()
         metrics["pairwise_seconds"] = round(time.perf_counter() - t2, 3)
 
@@ -94,8 +95,8 @@ def run_dedup(ctx: StageContext, metrics: dict) -> None:
             n, k, int(sizes.max()), dcfg.eps, r, n - n_removed, n_removed, metrics["seconds"],
         )
     finally:
-        if results is not None:
-            results.unpersist()
+        if kept is not None:
+            kept.release()
         for free in shipped:
             free()
         blocks.release()

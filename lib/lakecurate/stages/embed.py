@@ -10,8 +10,8 @@ Plan, all on the driver and before any encoding job:
 3. anti-join the source ids against the ids the table already holds for this model (and, unless
    ``retry_rejects``, the ids this model already rejected): only new ids are embedded.
 
-Then one encoding pass on the executors (:mod:`lakecurate.spark.encode`); the result is cached,
-counted, and committed as one append to each table under the run's ``run_id``. Counts add up:
+Then one encoding pass on the executors (:mod:`lakecurate.spark.encode`); the result is kept
+(:func:`lakecurate.spark.cache.keep`: cached, or staged in the lake), counted, and committed as one append to each table under the run's ``run_id``. Counts add up:
 inputs = embedded + rejected + already embedded + previously rejected. The stage hands the
 model's rows of ``embeddings`` (every id ever embedded with it) on as the run's input.
 """
@@ -27,13 +27,18 @@ from lakecurate.embed.batches import REASON
 from lakecurate.embed.encoders import Encoder, get_cached_encoder, model_label
 from lakecurate.errors import ConfigError, LakecurateError
 from lakecurate.inputs import OVERSIZED, read_embed_source
+from lakecurate.spark.cache import keep
 from lakecurate.spark.encode import DIM, MODEL, embeddings_rows, encode_rows, encoded_schema, reject_rows
+from lakecurate.spark.session import default_parallelism
 from lakecurate.stages.context import Stage, StageContext
 from lakecurate.tables import DESCRIPTIONS, EMBEDDINGS, REJECTS
 
 log = logging.getLogger(__name__)
 
 _BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
+#: encoding tasks get at most about this many rows (more partitions than cores on a big source,
+#: so a lost task costs minutes, not hours), unless ``embed.partitions`` says otherwise
+ROWS_PER_PARTITION = 100_000
 
 
 def _load_on_driver(spec) -> Encoder:
@@ -81,7 +86,6 @@ def _not_yet_rejected(ctx: StageContext, rejects, model: str, table_exists: bool
 
 
 def run_embed(ctx: StageContext, metrics: dict) -> None:
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     ecfg = ctx.config.embed
@@ -103,10 +107,11 @@ def run_embed(ctx: StageContext, metrics: dict) -> None:
     emb_exists = _check_existing(ctx, ecfg.table, embeddings_rows(planned, id_col, name, dim, passthrough), name, dim)
     rej_exists = _check_existing(ctx, ecfg.rejects_table, reject_rows(planned, id_col, name, passthrough), name, None)
 
-    n_partitions = ecfg.partitions or max(ctx.spark.sparkContext.defaultParallelism, source.rdd.getNumPartitions())
     todo = source
     already = 0
+    log.info("embed: counting the source rows and those already embedded")
     n_inputs = source.count()
+    n_partitions = ecfg.partitions or max(default_parallelism(ctx.spark), -(-n_inputs // ROWS_PER_PARTITION))
     if emb_exists:
         done_ids = ctx.lake.read(ecfg.table).where(F.col(MODEL) == name).select(id_col)
         already = source.select(id_col).join(done_ids, id_col, "left_semi").count()
@@ -120,12 +125,15 @@ def run_embed(ctx: StageContext, metrics: dict) -> None:
     encoded = encode_rows(
         todo, spec, dim, id_column=id_col, payload_column=ecfg.payload_column(spec), passthrough=passthrough,
         oversized_column=OVERSIZED if OVERSIZED in source.columns else None, threads_per_task=ecfg.threads_per_task,
-    ).persist(StorageLevel.MEMORY_AND_DISK)
+    )
 
     old_batch = ctx.spark.conf.get(_BATCH_CONF, None)
     ctx.spark.conf.set(_BATCH_CONF, str(ecfg.batch_rows))
+    kept = None
     try:
         t_encode = time.perf_counter()
+        kept = keep(encoded, spark=ctx.spark, lake=ctx.lake, mode=ctx.config.spark.block_cache, what="encoded rows")
+        encoded = kept.frame
         counts = {bool(r["ok"]): int(r["count"]) for r in encoded.groupBy(F.col(REASON).isNull().alias("ok")).count().collect()}
         encode_seconds = time.perf_counter() - t_encode
         n_embedded, n_rejected = counts.get(True, 0), counts.get(False, 0)
@@ -161,7 +169,8 @@ def run_embed(ctx: StageContext, metrics: dict) -> None:
             n_embedded, name, dim, encode_seconds, metrics["rows_per_second"] or 0, n_rejected, already, previously_rejected,
         )
     finally:
-        encoded.unpersist()
+        if kept is not None:
+            kept.release()
         if old_batch is None:
             ctx.spark.conf.unset(_BATCH_CONF)
         else:

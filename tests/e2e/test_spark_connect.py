@@ -1,0 +1,124 @@
+"""Spark Connect: the same runs on a Connect session give the same tables as on a classic one.
+
+One child process starts a local Spark Connect server (``spark.remote=local[2]``, as
+``SPARK_REMOTE=local[2]`` would) and runs, on that session:
+
+* de-duplication, clustering, sampling and the report of a redundant pool, with the default
+  ``spark.block_cache=auto`` (a local Connect server can cache);
+* the same run with ``spark.block_cache=lake``: no ``cache()`` at all, as on serverless;
+* the embed stage on a text table (with rows it must reject).
+
+This process runs the same configurations on the classic ``spark`` fixture and compares every
+table digest (ids, paths, centroids, distances, duplicates, embeddings: exact bits).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable
+
+from lakecurate.pipeline import run
+from lakecurate.plan import load_plan
+
+from builders import make_texts
+from digests import _sha, run_digests
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.spark, pytest.mark.connect]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def curate_config(lake_root: str, block_cache: str) -> dict:
+    return {
+        "name": "connect", "stages": ["dedup", "cluster", "sample"], "lake": {"root": lake_root},
+        "input": {"format": "synthetic",
+                  "synthetic": {"n": 4000, "dim": 16, "n_concepts": 30, "n_items": 1500, "copy_noise": 0.05, "seed": 0}},
+        "dedup": {"eps": 0.01, "n_neighbor_clusters": 1},
+        "clustering": {"n_clusters": [30, 6], "n_iter": 5, "resample_size": [1, 3], "n_resampling_steps": 2, "metric": "cosine"},
+        "sampling": {"target_size": 600}, "report": {"label_column": "item"},
+        "spark": {"partitions": 4, "block_cache": block_cache},
+    }
+
+
+def embed_config(lake_root: str, source: str) -> dict:
+    return {
+        "name": "connect-embed", "run_id": "embed", "lake": {"root": lake_root},
+        "embed": {"source": {"format": "parquet", "path": source}, "batch_rows": 64},
+        "spark": {"block_cache": "lake"},
+    }
+
+
+def embeddings_digest(lake_root: str) -> dict:
+    emb = DeltaTable(os.path.join(lake_root, "embeddings")).to_pandas().sort_values("id")
+    rej = DeltaTable(os.path.join(lake_root, "rejects")).to_pandas()
+    return {"rows": len(emb), "ids": _sha(emb["id"].to_numpy(np.int64)),
+            "vectors": _sha(np.stack(emb["embedding"].to_numpy()).astype(np.float32)),
+            "rejects": sorted(str(r) for r in rej["reason"])}
+
+
+CHILD = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from test_spark_connect import curate_config, embed_config, embeddings_digest
+from digests import run_digests
+from lakecurate.pipeline import run
+from lakecurate.plan import load_plan
+from lakecurate.spark.session import get_spark, is_connect
+
+spark = get_spark(None, "connect-test", {"spark.sql.shuffle.partitions": "4"}, remote="local[2]")
+assert is_connect(spark), type(spark)
+out = {}
+for cache in ("auto", "lake"):
+    root = f"{sys.argv[2]}/curate-{cache}"
+    res = run(load_plan(data=curate_config(root, cache)), spark=spark)
+    out[cache] = {"digests": run_digests(root, res.run_id), "report": res.report, "block_cache": res.stages["cluster"]["block_cache"]}
+res = run(load_plan(data=embed_config(f"{sys.argv[2]}/embed", sys.argv[3]), alone="embed"), spark=spark)
+out["embed"] = {"digest": embeddings_digest(f"{sys.argv[2]}/embed"), "metrics": {k: res.stages["embed"][k] for k in ("embedded", "rejected")}}
+print("RESULT " + json.dumps(out, default=str))
+"""
+
+
+@pytest.fixture(scope="module")
+def text_source(tmp_path_factory):
+    path = tmp_path_factory.mktemp("connect-src")
+    texts = make_texts(120, seed=4) + [None, "  "]
+    pq.write_table(pa.table({"id": pa.array(range(len(texts)), pa.int64()), "text": pa.array(texts, pa.string())}), path / "part-0.parquet")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def connect_results(tmp_path_factory, text_source):
+    out = tmp_path_factory.mktemp("connect")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "lib"), os.path.join(ROOT, "tests")])}
+    env.pop("SPARK_REMOTE", None)
+    proc = subprocess.run([sys.executable, "-c", CHILD, os.path.join(ROOT, "tests", "e2e"), str(out), text_source],
+                          capture_output=True, text=True, env=env, timeout=600)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and line, proc.stderr[-4000:]
+    return json.loads(line[0][len("RESULT "):])
+
+
+def test_curation_on_spark_connect_equals_classic_with_and_without_a_cache(spark, tmp_path, connect_results):
+    root = str(tmp_path / "classic")
+    res = run(load_plan(data=curate_config(root, "auto")), spark=spark)
+    classic = run_digests(root, res.run_id)
+    assert set(classic) == {"level_1", "level_2", "assignments", "curated", "duplicates"}
+    assert connect_results["auto"]["digests"] == classic
+    assert connect_results["lake"]["digests"] == classic  # staged in the lake, re-read every pass
+    assert connect_results["auto"]["block_cache"] == "local_files" and connect_results["lake"]["block_cache"] == "lake"
+    assert json.dumps(connect_results["auto"]["report"], sort_keys=True, default=str) == json.dumps(res.report, sort_keys=True, default=str)
+
+
+def test_embedding_on_spark_connect_equals_classic(spark, tmp_path, text_source, connect_results):
+    root = str(tmp_path / "classic-embed")
+    res = run(load_plan(data=embed_config(root, text_source), alone="embed"), spark=spark)
+    assert {k: res.stages["embed"][k] for k in ("embedded", "rejected")} == connect_results["embed"]["metrics"] == {"embedded": 120, "rejected": 2}
+    assert embeddings_digest(root) == connect_results["embed"]["digest"]
