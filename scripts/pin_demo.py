@@ -5,7 +5,7 @@
 
 Runs each config through the real CLI into a fresh lake and compares the digests of its tables
 (tests/digests.py: every cluster size and centroid bit, every assignment, every curated id) with
-the pinned ones. Exit code 1 when any differs. The CI suite checks the small demo (tests/e2e/test_cli.py).
+the pinned ones. Exit code 1 when any differs. The CI suite checks the small demo (tests/e2e/test_wheel.py, through spark-submit from the built wheel).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from lakecurate.errors import ConfigError, InputDataError, LakecurateError, Miss
 from lakecurate.core.dedup import deduplicate
 from lakecurate.estimator import HierarchicalKMeans, balanced_sample
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "HierarchicalKMeans",

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"lakecurate {__version__}")
     for name, help_text in commands:
         cmd = sub.add_parser(name, help=help_text)
-        cmd.add_argument("config", help="YAML job config (see conf/)")
+        cmd.add_argument("config", help="YAML job config: a path, a URI (s3://...), or a bundled config's name (demo, curate, ...)")
         cmd.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. sampling.target_size=5000")
     vac = sub.add_parser("vacuum", help="list (or, with --apply, delete) files in the lake that no committed table version references")
     vac.add_argument("config", nargs="?", help="a job config whose lake.root to clean (or give --lake)")
@@ -50,7 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     vac.add_argument("--apply", action="store_true", help="delete them (default: only list them)")
     vac.add_argument("--older-than-hours", type=float, default=1.0,
                      help="leave younger files alone: a write still in flight has unreferenced files too (default 1)")
+    where = sub.add_parser("where", help="print where the installed package keeps its spark-submit job files or bundled configs")
+    where.add_argument("what", choices=["jobs", "conf", "curate", "dedup", "embed"],
+                       help="jobs or conf: the folder; curate, dedup, embed: that job's spark-submit file")
     return p
+
+
+def _where(what: str) -> str:
+    from pathlib import Path
+
+    from lakecurate.config import BUNDLED_CONFIGS
+
+    jobs = Path(__file__).resolve().parent / "jobs"
+    return str({"jobs": jobs, "conf": BUNDLED_CONFIGS}.get(what, jobs / f"{what}.py"))
 
 
 def _vacuum(args) -> None:
@@ -91,6 +103,8 @@ def _print_summary(result, plan) -> None:
     print(f"run {result.run_id} finished in {result.seconds:.1f}s ({result.backend} Delta, lake {result.lake_root})")
     if result.skipped:
         print(f"  skipped (already committed): {', '.join(result.skipped)}")
+    for stage, source in result.reused.items():
+        print(f"  {stage}: reused the tables run {source} committed with the same input and settings")
     for stage in plan.stages:
         if stage.name in result.stages:
             for line in stage.summary(result.stages[stage.name]):
@@ -99,8 +113,11 @@ def _print_summary(result, plan) -> None:
     print("  tables (Delta):")
     for name, path in result.tables.items():
         print(f"    {name:<12} {path}")
+    for name, (path, part) in result.inputs.items():
+        print(f"  input: {name} {path} (rows with run_id = '{part}': where they came from)")
     if "clusters" in result.tables:
-        print(f"  e.g. spark.sql(\"SELECT level, count(*), sum(size) FROM clusters WHERE run_id = '{result.run_id}' GROUP BY level\")")
+        tree = result.reused.get("cluster", result.run_id)
+        print(f"  e.g. spark.sql(\"SELECT level, count(*), sum(size) FROM clusters WHERE run_id = '{tree}' GROUP BY level\")")
     else:
         print(f"  e.g. spark.sql(\"SELECT stage, status, seconds FROM runs WHERE run_id = '{result.run_id}'\")")
     last = next(iter(t for t in reversed(plan.tables()) if t in result.tables), "runs")
@@ -118,6 +135,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         if args.command == "vacuum":
             _vacuum(args)
+            return 0
+        if args.command == "where":
+            print(_where(args.what))
             return 0
         overrides = list(args.overrides)
         if os.environ.get("PYSPARK_GATEWAY_PORT"):
