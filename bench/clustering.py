@@ -188,6 +188,19 @@ def w_variants(p):
         cached.count()
         out["cache: DataFrame of list<float> rows (decode every pass)"] = time_pass(lambda: list_decode_pass(cached))
         cached.unpersist()
+        import tempfile
+
+        from lakecurate.config import LakeConfig
+        from lakecurate.lake import Lake
+        from lakecurate.spark.assigner import SparkAssigner
+        from lakecurate.spark.blocks import EmbeddingBlocks
+
+        with tempfile.TemporaryDirectory(prefix="bench-lake-") as tmp:  # serverless: no cache() at all
+            staged = EmbeddingBlocks.from_dataframe(spark, src, id_column="id", embedding_column="embedding", partitions=parts,
+                                                    where="bench", cache="lake", lake=Lake(spark, LakeConfig(root=tmp)))
+            on_lake = SparkAssigner(staged)
+            out["cache: none, blocks staged once in the lake, re-read every pass (spark.block_cache=lake)"] = time_pass(lambda: on_lake.assign(c))
+            staged.release()
     partitions = sa.blocks.num_partitions
     sa.blocks.release()
     return {"seconds": out, "k": k, "n": sa.n, "partitions": partitions}

@@ -52,10 +52,9 @@ def run_digests(lake_root: str, run_id: str, id_column: str = "id") -> dict:
     assignments = _rows(lake_root, "assignments", run_id)
     if assignments is not None and len(assignments):
         a = assignments.sort_values(id_column)
-        path_cols = sorted((c for c in a.columns if c.startswith("cluster_")), key=lambda c: int(c.split("_")[1]))
         out["assignments"] = {
             "rows": int(len(a)),
-            "paths": _sha(a[path_cols].to_numpy(np.int64)),
+            "paths": _sha(np.stack(a["path"].to_numpy()).astype(np.int64)),  # (n, T): as when each level had a column
             "distance": _sha(a["distance"].to_numpy(np.float32)),
         }
     curated = _rows(lake_root, "curated", run_id)

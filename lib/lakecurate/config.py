@@ -15,6 +15,7 @@ Sequences are tuples, so no part of a loaded config can change.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from lakecurate.validation import (
     check_hierarchy,
     check_int,
     check_settings,
+    check_storage_options,
     check_name,
     check_number,
 )
@@ -113,6 +115,9 @@ class InputConfig:
             raise ConfigError(f"{where}.path={self.path!r} must be a .npy file for format='npy'")
         if self.table is not None and self.format not in ("delta", "parquet"):
             raise ConfigError(f"{where}.table={self.table!r} only applies to format delta or parquet")
+        if self.table is not None and self.path is not None:
+            raise ConfigError(f"{where}.path={self.path!r} and {where}.table={self.table!r} are both set: give one "
+                              f"(on the command line, {where}.path=null with {where}.table=...)")
 
     def require_location(self, where: str) -> None:
         """A run that reads this input needs a path or a table (the generated pool needs neither)."""
@@ -130,10 +135,15 @@ class LakeConfig:
     #: where the lake stages inputs that must be rewritten before Spark can read them (a .npy file
     #: becomes Parquet); a folder or URI; default ``<root>/_staging``. Never the machine's /tmp.
     staging: Optional[str] = None
+    #: credentials and endpoints for an object-store root, as delta-rs names them (AWS_REGION,
+    #: AWS_ENDPOINT_URL, AZURE_STORAGE_ACCOUNT_NAME, ...), passed to delta-rs and pyarrow; Spark
+    #: reads and writes with its own settings (spark.hadoop.fs.s3a.*). Never written to ``runs``.
+    storage_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
         if not self.root:
             raise ConfigError(f"{where}.root must be a non-empty path")
+        check_storage_options(self.storage_options, str(self.root), f"{where}.storage_options")
         check_choice(self.backend, BACKENDS, f"{where}.backend")
         if self.staging is not None and not self.staging:
             raise ConfigError(f"{where}.staging must be a non-empty path or null (= {where}.root/_staging)")
@@ -290,6 +300,8 @@ class EmbedSourceConfig:
         check_choice(self.format, SOURCE_FORMATS, f"{where}.format")
         if self.path is None and self.table is None:
             raise ConfigError(f"{where}: set {where}.path (or {where}.table) to the data to embed")
+        if self.path is not None and self.table is not None:
+            raise ConfigError(f"{where}.path={self.path!r} and {where}.table={self.table!r} are both set: give one")
         if self.format == "files":
             if self.table is not None:
                 raise ConfigError(f"{where}.table={self.table!r} does not apply to format='files'; give {where}.path")
@@ -461,8 +473,15 @@ def to_dict(obj) -> dict:
     return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
 
 
+def redacted(config: "RunConfig") -> dict:
+    """:func:`to_dict` for the record (``runs.config``, logs): storage option values hidden."""
+    d = to_dict(config)
+    d["lake"]["storage_options"] = {k: "***" for k in d["lake"].get("storage_options") or {}}
+    return d
+
+
 #: mappings whose keys are names of their own (Spark settings, storage options), kept whole
-FREE_FORM = {("spark", "conf")}
+FREE_FORM = {("spark", "conf"), ("lake", "storage_options")}
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -491,16 +510,48 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+#: the job configs that ship inside the package (``conf/`` in the repository)
+BUNDLED_CONFIGS = Path(__file__).resolve().parent / "conf"
+
+
+def bundled_config(name: str) -> Optional[Path]:
+    """A config shipped with lakecurate by bare name (``demo`` or ``demo.yaml``), else None."""
+    if "/" in name or os.sep in name:
+        return None
+    for candidate in (BUNDLED_CONFIGS / name, BUNDLED_CONFIGS / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def load_yaml(path: Union[str, Path]) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
+    """A job config from a local file, a URI (``s3://``, ``gs://``, ``abfss://``: read with
+    pyarrow's filesystems, e.g. on an EMR or Dataproc driver), or a bundled config's name."""
+    text_of = str(path)
+    if "://" in text_of and not text_of.startswith("file://"):
+        import pyarrow.fs as pafs
+
+        try:
+            fs, inner = pafs.FileSystem.from_uri(text_of)
+            with fs.open_input_stream(inner) as f:
+                text = f.read().decode()
+        except Exception as exc:
+            raise ConfigError(f"config file {text_of!r} cannot be read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    else:
+        p = Path(text_of[len("file://"):] if text_of.startswith("file://") else text_of)
+        if not p.is_file():
+            bundled = bundled_config(str(path))
+            if bundled is None:
+                known = sorted(f.stem for f in BUNDLED_CONFIGS.glob("*.yaml"))
+                raise ConfigError(f"config file {str(p)!r} does not exist (bundled configs, by name: {', '.join(known)})")
+            p = bundled
+        text = p.read_text()
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"config file {text_of!r} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+        raise ConfigError(f"config file {text_of!r} must hold a mapping at the top level")
     return data
 
 

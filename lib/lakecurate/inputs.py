@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
 
@@ -28,7 +29,7 @@ from lakecurate.config import EmbedConfig, InputConfig, SyntheticConfig
 from lakecurate.core.synthetic import long_tailed_pool, redundant_pool
 from lakecurate.embed.spec import EncoderSpec
 from lakecurate.errors import InputDataError, TableError
-from lakecurate.lake import Lake
+from lakecurate.lake import Lake, open_npy
 from lakecurate.spark.arrow import matrix_to_list_array
 from lakecurate.tables import POOL
 
@@ -73,9 +74,10 @@ def prepare_run_input(lake: Lake, cfg: InputConfig) -> None:
     lake.write_arrow(table, POOL, pool_id)
 
 
-def input_tables(cfg: InputConfig) -> tuple[str, ...]:
-    """The lake tables the input lives in (the generated pool's), for registration as views."""
-    return (POOL,) if cfg.format == "synthetic" else ()
+def input_tables(cfg: InputConfig) -> dict[str, str]:
+    """The lake tables the input lives in (the generated pool's) and the ``run_id`` partition
+    holding it (the generator's parameters: where the rows came from), for registration as views."""
+    return {POOL: synthetic_pool_id(cfg.pool)} if cfg.format == "synthetic" else {}
 
 
 def read_run_input(lake: Lake, cfg: InputConfig, snapshot: Optional[dict] = None):
@@ -90,6 +92,50 @@ def read_run_input(lake: Lake, cfg: InputConfig, snapshot: Optional[dict] = None
         digest = snapshot["sha256"] if snapshot else file_sha256(cfg.path, key="input.path")
         return lake.read_npy(cfg.path, id_column=cfg.id_column, embedding_column=cfg.embedding_column, content_sha256=digest, key="input.path")
     return lake.read_source(cfg.format, path=cfg.path, table=cfg.table, key="input", snapshot=snapshot)
+
+
+# ---------------------------------------------------------------- what can be known before any job
+
+#: a Parquet input with more files than this is not footer-counted before the run (rows unknown)
+COUNT_FOOTERS_MAX_FILES = 2000
+
+
+@dataclass(frozen=True)
+class InputFacts:
+    """What the run's input is, learnt from metadata only (no Spark job): its columns and, where
+    the metadata says, its row count. The stages' preflight checks read these."""
+
+    where: str
+    columns: dict  # name -> Spark type (simple string)
+    rows: Optional[int] = None  # None: not known without reading the data
+
+    def require_columns(self, names: dict, key_of: dict) -> None:
+        """InputDataError unless every ``name: kind`` is a column of that kind (``array`` / ``id``)."""
+        for name, kind in names.items():
+            got = self.columns.get(name)
+            if got is None:
+                raise InputDataError(f"{key_of[name]}={name!r} is not a column of the input {self.where}; it has {sorted(self.columns)}")
+            if kind == "array" and not got.startswith("array<"):
+                raise InputDataError(f"{key_of[name]}={name!r} in {self.where} is {got}; embeddings must be array<float> or array<double>")
+            if kind == "id" and got not in ("int", "bigint", "smallint", "string"):
+                raise InputDataError(f"{key_of[name]}={name!r} in {self.where} is {got}; ids must be integers or strings")
+
+
+def input_facts(lake: Lake, cfg: InputConfig, snapshot: Optional[dict] = None) -> InputFacts:
+    """The run input's :class:`InputFacts`: from the config (generated pool), the ``.npy`` header,
+    the Delta log (row counts in its add actions) or the Parquet footers; the columns from the
+    schema Spark resolves (no job)."""
+    if cfg.format == "synthetic":
+        pool = cfg.pool
+        columns = {"id": "bigint", "embedding": "array<float>", "concept": "int", **({"item": "int"} if pool.n_items else {})}
+        return InputFacts("(the generated pool)", columns, pool.n)
+    where = repr(cfg.path or cfg.table)
+    if cfg.format == "npy":
+        rows = int(open_npy(cfg.path, "input.path").shape[0])  # the staging's own checks, before any job
+        return InputFacts(where, {cfg.id_column: "bigint", cfg.embedding_column: "array<float>"}, rows)
+    df = lake.read_source(cfg.format, path=cfg.path, table=cfg.table, key="input", snapshot=snapshot)
+    columns = {f.name: f.dataType.simpleString() for f in df.schema.fields}
+    return InputFacts(where, columns, lake.row_count(cfg.format, cfg.path, snapshot, max_files=COUNT_FOOTERS_MAX_FILES) if cfg.path else None)
 
 
 # ---------------------------------------------------------------- fingerprints of what a run reads
@@ -132,6 +178,8 @@ def fingerprint_source(lake: Lake, format: str, *, path: Optional[str], table: O
         listing = lake.list_files(path, glob=glob, recursive=recursive)
     except FileNotFoundError as exc:
         raise TableError(f"{key}.path={path!r} does not exist") from exc
+    except OSError as exc:  # credentials, permissions, network
+        raise TableError(f"{key}.path={path!r} cannot be listed: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from exc
     if not listing:
         raise InputDataError(f"{key}.path={path!r} holds no {'files' if format == 'files' else 'Parquet files'}")
     digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()

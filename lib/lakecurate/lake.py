@@ -43,9 +43,14 @@ from lakecurate.faults import fault_point
 from lakecurate.spark.errors import as_lakecurate_error
 from lakecurate.spark.errors import describe as describe_spark_error
 from lakecurate.spark.session import has_native_delta
-from lakecurate.tables import DESCRIPTIONS
+from lakecurate.tables import DESCRIPTIONS, OUTDATED_COLUMNS
+from lakecurate.validation import PYARROW_STORAGE_OPTIONS, STORAGE_SCHEMES
 
 log = logging.getLogger(__name__)
+
+# delta-rs logs its own warnings (e.g. each credential provider it tried) straight to stderr; the
+# failure itself reaches lakecurate as an exception and becomes one line
+os.environ.setdefault("RUST_LOG", "error")
 
 RUN_ID = "run_id"
 #: where a table's data files live: ``_data/run_id=<id>/<token>/part-*.parquet`` (embedded backend)
@@ -83,18 +88,52 @@ def _is_uri(path: str) -> bool:
     return "://" in path
 
 
+def _dbfs(path: str) -> str:
+    """``dbfs:/Volumes/x`` -> ``/Volumes/x``, ``dbfs:/x`` -> ``/dbfs/x``: Databricks' FUSE mounts,
+    which Spark, pyarrow and delta-rs all read; refused where the mount does not exist (it would
+    otherwise become a local folder named ``dbfs:``)."""
+    if not path.startswith("dbfs:"):
+        return path
+    rest = path[len("dbfs:"):].lstrip("/")
+    local = "/" + rest if rest.startswith("Volumes/") else "/dbfs/" + rest
+    top = "/" + local.strip("/").split("/")[0]
+    if not os.path.isdir(top):
+        raise TableError(f"{path!r}: dbfs: paths are read through Databricks' {top} mount, which this machine does not have; "
+                         "on Databricks give /Volumes/... paths, elsewhere an s3://, abfss:// or gs:// URI")
+    return local
+
+
 def _abs(path: str) -> str:
+    path = _dbfs(path)
     return path if _is_uri(path) else os.path.abspath(path)
 
 
-def _fs(path: str) -> tuple[pafs.FileSystem, str]:
-    if _is_uri(path):
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), os.path.abspath(path)
+def filesystem(path: str, options: Optional[dict] = None) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem for ``path`` (with ``lake.storage_options`` for object stores) and the
+    path inside it."""
+    path = _dbfs(path)
+    if not _is_uri(path):
+        return pafs.LocalFileSystem(), os.path.abspath(path)
+    scheme, rest = path.split("://", 1)
+    kind = STORAGE_SCHEMES.get(scheme.lower())
+    if not options or kind not in PYARROW_STORAGE_OPTIONS:
+        return pafs.FileSystem.from_uri(f"s3://{rest}" if kind == "s3" else path)
+    lower = {k.lower(): v for k, v in options.items()}
+    kwargs = {arg: str(lower[k]) for k, arg in PYARROW_STORAGE_OPTIONS[kind].items() if k in lower}
+    if kind == "s3":
+        if str(lower.get("aws_allow_http", "")).lower() == "true":
+            kwargs["scheme"] = "http"
+        if "endpoint_override" in kwargs:
+            kwargs["endpoint_override"] = kwargs["endpoint_override"].split("://", 1)[-1]
+        return pafs.S3FileSystem(**kwargs), rest
+    container, _, inner = rest.partition("/")
+    account = container.split("@", 1)
+    return pafs.AzureFileSystem(**kwargs), (account[0] + "/" + inner if len(account) == 2 else rest)
 
 
 def _uri(path: str) -> str:
     """A URI Spark and delta-rs both accept (file:// for local paths)."""
+    path = _dbfs(path)
     return path if _is_uri(path) else "file://" + os.path.abspath(path)
 
 
@@ -112,6 +151,8 @@ class Lake:
     def __init__(self, spark, config: LakeConfig):
         """``spark`` may be None for file-level work on an embedded lake (``lakecurate vacuum``)."""
         self.spark = spark
+        #: ``lake.storage_options``: credentials and endpoints for delta-rs and pyarrow (Spark uses its own settings)
+        self.options = {str(k): str(v) for k, v in (config.storage_options or {}).items()}
         self.root = _abs(config.root)
         self.database = config.database
         #: where inputs that must be rewritten are staged (``lake.staging``; default ``<root>/_staging``)
@@ -120,7 +161,49 @@ class Lake:
         self.backend = ("native" if native else "embedded") if config.backend == "auto" else config.backend
         if self.backend == "native" and not native:
             raise TableError("lake.backend='native' but this Spark session has no Delta Lake (io.delta jars missing)")
+        self._check_reachable()
         log.info("lake at %s (%s Delta)", self.root, self.backend)
+
+    def _check_reachable(self) -> None:
+        """One line naming ``lake.root`` when it cannot be reached (no credentials, no permission,
+        no network, a missing bucket), before any Spark work."""
+        try:
+            fs, root = self._fs(self.root)
+            fs.get_file_info(root)
+        except OSError as exc:
+            hint = ""
+            if _is_uri(self.root):
+                hint = ("; give credentials in the environment (AWS_*, AZURE_STORAGE_*, GOOGLE_APPLICATION_CREDENTIALS), "
+                        "an instance role, or lake.storage_options")
+            raise TableError(f"lake.root={self.root!r} cannot be reached: {_first_line(exc)}{hint}") from exc
+
+    # ------------------------------------------------------------------ storage
+
+    def _fs(self, path: str) -> tuple[pafs.FileSystem, str]:
+        return filesystem(path, self.options)
+
+    def _delta(self, uri: str, version: Optional[int] = None):
+        """delta-rs's table at ``uri`` with the lake's storage options (the embedded backend only)."""
+        if self.backend == "native":  # native lakes go through Spark only: a call here is a bug
+            raise TableError(f"internal error: delta-rs asked for {uri!r} on a native-Delta lake")
+        from deltalake import DeltaTable
+
+        return DeltaTable(uri, version=version, storage_options=self.options or None)
+
+    def _is_delta(self, uri: str) -> bool:
+        if self.backend == "native":
+            return self._native_exists(uri)
+        from deltalake import DeltaTable
+
+        return DeltaTable.is_deltatable(uri, storage_options=self.options or None)
+
+    def _native_exists(self, uri: str) -> bool:
+        """Whether ``uri`` is a Delta table, asked through Spark (native lakes make no delta-rs call)."""
+        try:
+            self.spark.sql(f"DESCRIBE DETAIL delta.`{uri}`").first()
+            return True
+        except Exception:
+            return False
 
     # ------------------------------------------------------------------ naming
 
@@ -133,9 +216,7 @@ class Lake:
     # ------------------------------------------------------------------ reading
 
     def exists(self, name: str) -> bool:
-        from deltalake import DeltaTable
-
-        return DeltaTable.is_deltatable(_uri(self.path(name)))
+        return self._is_delta(_uri(self.path(name)))
 
     def read(self, name: str, run_id: Optional[str] = None):
         """A table of this lake as a DataFrame (optionally one run's rows)."""
@@ -148,15 +229,13 @@ class Lake:
 
     def read_delta_path(self, path: str, version: Optional[int] = None):
         """Any Delta table by path (at ``version``, default the latest), with this lake's backend."""
-        from deltalake import DeltaTable
-
         uri = _uri(path)
         if self.backend == "native":
             reader = self.spark.read.format("delta")
             return (reader.option("versionAsOf", version) if version is not None else reader).load(uri)
-        if not DeltaTable.is_deltatable(uri):
+        if not self._is_delta(uri):
             raise TableError(f"{path!r} is not a Delta table (no readable _delta_log)")
-        dt = DeltaTable(uri, version=version)
+        dt = self._delta(uri, version=version)
         files = dt.file_uris()
         spark_schema = _spark_schema(_table_arrow_schema(dt))
         if not files:
@@ -168,22 +247,44 @@ class Lake:
 
     def delta_snapshot(self, path: str) -> dict:
         """The identity of a Delta table's latest version: ``{"table_id", "version"}``."""
-        from deltalake import DeltaTable
-
         uri = _uri(path)
         if self.backend == "native":
             detail = self.spark.sql(f"DESCRIBE DETAIL delta.`{uri}`").first()
             version = self.spark.sql(f"DESCRIBE HISTORY delta.`{uri}` LIMIT 1").first()["version"]
             return {"table_id": detail["id"], "version": int(version)}
-        if not DeltaTable.is_deltatable(uri):
+        if not self._is_delta(uri):
             raise TableError(f"{path!r} is not a Delta table (no readable _delta_log)")
-        dt = DeltaTable(uri)
+        dt = self._delta(uri)
         return {"table_id": dt.metadata().id, "version": dt.version()}
+
+    def row_count(self, format: str, path: str, snapshot: Optional[dict] = None, *, max_files: int = 2000) -> Optional[int]:
+        """Rows of a Delta or Parquet input from metadata alone (the Delta log's per-file record
+        counts; the Parquet footers of at most ``max_files`` files), or None when unknown."""
+        try:
+            if format == "delta":
+                if self.backend == "native":
+                    return None  # no delta-rs on native lakes; counted by the stages' first job
+                version = snapshot.get("version") if snapshot else None
+                adds = pa.table(self._delta(_uri(path), version=version).get_add_actions(flatten=True))
+                counts = adds.column("num_records").to_pylist() if adds.num_rows else []
+                return None if any(c is None for c in counts) else int(sum(counts))
+            if format == "parquet":
+                fs, base = self._fs(path)
+                listing = snapshot.get("listing") if snapshot else None
+                if listing is None:
+                    listing = [rel for rel, _, _ in self.list_files(path)]
+                if len(listing) > max_files:
+                    return None
+                single = fs.get_file_info(base).type == pafs.FileType.File
+                return int(sum(pq.read_metadata(base if single else f"{base}/{rel}", filesystem=fs).num_rows for rel in listing))
+        except Exception as exc:  # metadata we cannot read is the stages' to report, with their messages
+            log.debug("no row count for %s from metadata: %s", path, exc)
+        return None
 
     def list_files(self, path: str, *, glob: Optional[str] = None, recursive: bool = True) -> list[tuple[str, int, int]]:
         """(path relative to ``path``, bytes, mtime in ns) of the data files under a folder, sorted;
         hidden files (``_``/``.`` prefixed, e.g. ``_SUCCESS``) are left out, as Spark's readers do."""
-        fs, base = _fs(path)
+        fs, base = self._fs(path)
         info = fs.get_file_info(base)
         if info.type == pafs.FileType.File:
             return [(posixpath.basename(base), info.size, info.mtime_ns or 0)]
@@ -197,11 +298,37 @@ class Lake:
             out.append((rel, f.size, f.mtime_ns or 0))
         return sorted(out)
 
-    def version(self, name: str) -> Optional[int]:
-        from deltalake import DeltaTable
-
+    def columns(self, name: str) -> Optional[list[str]]:
+        """The column names of table ``name`` (reading only its log), or None when it does not exist."""
+        if self.backend == "native":
+            try:
+                return list(self.read(name).columns)
+            except Exception:
+                return None
         uri = _uri(self.path(name))
-        return DeltaTable(uri).version() if DeltaTable.is_deltatable(uri) else None
+        return list(_table_arrow_schema(self._delta(uri)).names) if self._is_delta(uri) else None
+
+    def refuse_outdated(self, name: str) -> None:
+        """TableError, saying what to do, when table ``name`` was written by an older lakecurate
+        with columns this version no longer writes (:data:`lakecurate.tables.OUTDATED_COLUMNS`)."""
+        marker = OUTDATED_COLUMNS.get(name)
+        columns = self.columns(name) if marker else None
+        if columns and marker[0] in columns:
+            path = self.path(name)
+            raise TableError(
+                f"table {name!r} at {path!r} was written by lakecurate 0.1 ({marker[1]}); this version writes the cluster path "
+                f"as one array<int> column 'path' (element_at(path, t) is the level-t cluster), so runs of any depth share "
+                f"the table. Its rows stay readable as they are; to write new runs, move the folder aside "
+                f"(e.g. rename it to {name}_v0_1) or set lake.root to a new place"
+            )
+
+    def version(self, name: str) -> Optional[int]:
+        uri = _uri(self.path(name))
+        if not self._is_delta(uri):
+            return None
+        if self.backend == "native":
+            return int(self.spark.sql(f"DESCRIBE HISTORY delta.`{uri}` LIMIT 1").first()["version"])
+        return self._delta(uri).version()
 
     def register(self, name: str) -> None:
         """Make ``name`` queryable with spark.sql in this session (a temp view of the latest version)."""
@@ -213,7 +340,7 @@ class Lake:
 
     def register_all(self) -> list[str]:
         """Register every Delta table under the root as a temp view; returns their names."""
-        fs, root = _fs(self.root)
+        fs, root = self._fs(self.root)
         names = []
         if fs.get_file_info(root).type == pafs.FileType.NotFound:
             return names
@@ -246,10 +373,13 @@ class Lake:
             df = df.drop(RUN_ID)
         df = df.withColumn(RUN_ID, F.lit(run_id))
         t0 = time.perf_counter()
-        if self.backend == "native":
-            info = self._write_native(df, name, run_id, mode)
-        else:
-            info = self._write_embedded(df, name, run_id, mode, description)
+        from lakecurate.spark.progress import progress
+
+        with progress(self.spark, f"writing table {name} (run {run_id})"):
+            if self.backend == "native":
+                info = self._write_native(df, name, run_id, mode)
+            else:
+                info = self._write_embedded(df, name, run_id, mode, description)
         log.info("committed %s version %s (%s, run %s) in %.2fs", name, info.version, mode, run_id, time.perf_counter() - t0)
         self.register(name)
         return info
@@ -286,18 +416,17 @@ class Lake:
         write to the table (or ``lakecurate vacuum``) removes it once it is older than
         :data:`ORPHAN_AGE_SECONDS`.
         """
-        from deltalake import DeltaTable
         from deltalake.transaction import AddAction
 
         path = self.path(name)
-        fs, table_dir = _fs(path)
+        fs, table_dir = self._fs(path)
         token = new_token()
         files_rel = f"{DATA_DIR}/{RUN_ID}={_escape(run_id)}/{token}"
         files_dir = f"{table_dir}/{files_rel}"
         arrow_schema = _arrow_schema(df.schema)
         uri = _uri(path)
-        if DeltaTable.is_deltatable(uri):
-            _check_same_schema(_table_arrow_schema(DeltaTable(uri)), arrow_schema, name)
+        if self._is_delta(uri):
+            _check_same_schema(_table_arrow_schema(self._delta(uri)), arrow_schema, name)
         self._remove_stale_files(name)  # also when a killed first write left files but no table
         committed = False
         try:
@@ -345,26 +474,27 @@ class Lake:
         from the new snapshot (the last writer's rows win, whole). Creating the table races the
         same way: the loser commits to the table the winner created.
         """
-        from deltalake import CommitProperties, DeltaTable, Schema
+        from deltalake import CommitProperties, Schema
         from deltalake.exceptions import CommitFailedError
         from deltalake.transaction import create_table_with_add_actions
 
         no_retry = CommitProperties(max_commit_retries=0)
         for attempt in range(COMMIT_ATTEMPTS):
             try:
-                if not DeltaTable.is_deltatable(uri):
+                if not self._is_delta(uri):
                     fault_point("commit:ready", table=name, attempt=attempt)
                     try:
                         create_table_with_add_actions(
                             uri, Schema.from_arrow(schema), adds, mode="error", partition_by=[RUN_ID],
                             name=name, description=description or None, commit_properties=no_retry,
+                            storage_options=self.options or None,
                         )
-                        return DeltaTable(uri).version()
+                        return self._delta(uri).version()
                     except Exception:
-                        if not DeltaTable.is_deltatable(uri):
+                        if not self._is_delta(uri):
                             raise
                         log.info("table %s was created by a concurrent writer: committing to it instead", name)
-                dt = DeltaTable(uri)  # a fresh snapshot for every attempt
+                dt = self._delta(uri)  # a fresh snapshot for every attempt
                 _check_same_schema(_table_arrow_schema(dt), schema, name)
                 fault_point("commit:ready", table=name, attempt=attempt)
                 if mode == "replace_run":
@@ -372,7 +502,7 @@ class Lake:
                                                 partition_filters=[(RUN_ID, "=", run_id)], commit_properties=no_retry)
                 else:
                     dt.create_write_transaction(adds, mode="append", schema=schema, partition_by=[RUN_ID], commit_properties=no_retry)
-                return DeltaTable(uri).version()
+                return self._delta(uri).version()
             except CommitFailedError as exc:
                 wait = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
                 log.info("commit to %s conflicted with a concurrent commit (attempt %d of %d: %s); retrying on a fresh snapshot in %.2fs",
@@ -384,7 +514,7 @@ class Lake:
 
     def referenced_files(self, name: str) -> set[str]:
         """Every data file path (relative to the table) that any version in the table's log adds."""
-        fs, table_dir = _fs(self.path(name))
+        fs, table_dir = self._fs(self.path(name))
         log_dir = f"{table_dir}/_delta_log"
         paths: set[str] = set()
         for info in fs.get_file_info(pafs.FileSelector(log_dir, recursive=False, allow_not_found=True)):
@@ -407,7 +537,7 @@ class Lake:
         """Data files of the table that no version of its log references (a killed or failed
         write's leftovers), at least ``older_than_seconds`` old: a concurrent writer's files are
         unreferenced too until it commits, so young files are left alone."""
-        fs, table_dir = _fs(self.path(name))
+        fs, table_dir = self._fs(self.path(name))
         if fs.get_file_info(table_dir).type != pafs.FileType.Directory:
             return []
         known = self.referenced_files(name)
@@ -435,7 +565,7 @@ class Lake:
     def table_names(self, *, with_leftovers: bool = False) -> list[str]:
         """The Delta tables directly under the root; with ``with_leftovers`` also the folders where a
         killed first write left data files but no table yet."""
-        fs, root = _fs(self.root)
+        fs, root = self._fs(self.root)
         if fs.get_file_info(root).type == pafs.FileType.NotFound:
             return []
         names = []
@@ -454,12 +584,12 @@ class Lake:
         for name in self.table_names(with_leftovers=True):
             stale = self.unreferenced_files(name, older_than_seconds=older_than_seconds)
             if stale:
-                fs, table_dir = _fs(self.path(name))
+                fs, table_dir = self._fs(self.path(name))
                 size = sum(fs.get_file_info(f"{table_dir}/{rel}").size or 0 for rel in stale)
                 found.append({"place": f"table {name}", "path": self.path(name), "files": len(stale), "bytes": size})
                 if apply:
                     self.delete_table_files(name, stale)
-        fs, _ = _fs(self.staging)
+        fs, _ = self._fs(self.staging)
         for info in self._half_staged(older_than_seconds):
             files = [f for f in fs.get_file_info(pafs.FileSelector(info.path, recursive=True)) if f.is_file]
             found.append({"place": "staged input (unfinished)", "path": info.path, "files": len(files), "bytes": sum(f.size or 0 for f in files)})
@@ -476,7 +606,7 @@ class Lake:
 
     def delete_table_files(self, name: str, relpaths: list[str]) -> None:
         """Delete files of a table (relative paths), then the folders they leave empty."""
-        fs, table_dir = _fs(self.path(name))
+        fs, table_dir = self._fs(self.path(name))
         folders = set()
         for rel in relpaths:
             fs.delete_file(f"{table_dir}/{rel}")
@@ -505,8 +635,12 @@ class Lake:
                 return (reader.option("versionAsOf", version) if version is not None else reader).table(table)
             except Exception as exc:
                 raise TableError(f"{key}.table={table!r} cannot be read: {describe_spark_error(str(exc))}") from exc
-        fs, p = _fs(path)
-        if fs.get_file_info(p).type == pafs.FileType.NotFound:
+        fs, p = self._fs(path)
+        try:
+            kind = fs.get_file_info(p).type
+        except OSError as exc:  # credentials, permissions, network: one line naming the path
+            raise TableError(f"{key}.path={path!r} cannot be read: {_first_line(exc)}") from exc
+        if kind == pafs.FileType.NotFound:
             raise TableError(f"{key}.path={path!r} does not exist")
         try:
             if format == "delta":
@@ -542,20 +676,9 @@ class Lake:
     def read_npy(self, path: str, *, id_column: str, embedding_column: str, content_sha256: str, key: str = "input.path"):
         """A local .npy matrix as (id = row number, embedding), staged once as Parquet under
         :attr:`staging`, keyed by its content hash (two files never share a staged copy)."""
-        if not os.path.isfile(path):
-            raise TableError(f"{key}={path!r} does not exist")
-        try:
-            arr = np.load(path, mmap_mode="r")
-        except Exception as exc:
-            raise TableError(f"{key}={path!r} is not a readable .npy file: {exc}") from exc
-        if arr.ndim != 2:
-            raise InputDataError(f"{key}={path!r}: expected a 2-D array (rows, dim); got shape {arr.shape}")
-        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-            raise InputDataError(f"{key}={path!r}: embeddings must be real numbers; the array holds dtype {arr.dtype}")
-        if arr.shape[0] == 0 or arr.shape[1] == 0:
-            raise InputDataError(f"{key}={path!r} is empty: shape {arr.shape}")
+        arr = open_npy(path, key)
         out_dir = self._join(self.staging, "inputs", f"{os.path.basename(path)}-{content_sha256[:32]}")
-        fs, base = _fs(out_dir)
+        fs, base = self._fs(out_dir)
         if fs.get_file_info(f"{base}/_SUCCESS").type != pafs.FileType.File:
             self._remove_stale_staging()
             tmp = f"{base}.{new_token()}.tmp"  # staged whole, then renamed: a reader never sees half a copy
@@ -582,7 +705,7 @@ class Lake:
 
     def _half_staged(self, older_than_seconds: float) -> list:
         """Half-staged input copies (``*.tmp``) that killed jobs left, at least that old."""
-        fs, folder = _fs(self._join(self.staging, "inputs"))
+        fs, folder = self._fs(self._join(self.staging, "inputs"))
         cutoff = time.time() - older_than_seconds
         return [info for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
                 if info.type == pafs.FileType.Directory and info.base_name.endswith(".tmp")
@@ -590,7 +713,7 @@ class Lake:
 
     def _remove_stale_staging(self) -> None:
         try:
-            fs, _ = _fs(self.staging)
+            fs, _ = self._fs(self.staging)
             for info in self._half_staged(ORPHAN_AGE_SECONDS):
                 fs.delete_dir(info.path)
                 log.info("removed a half-staged input a killed job left: %s", info.path)
@@ -604,7 +727,7 @@ class Lake:
         run left are removed first."""
         self._remove_stale_scratch(SCRATCH_AGE_SECONDS)
         slug = "".join(c if c.isalnum() else "-" for c in what)
-        return Scratch(self._join(self.staging, "scratch", f"{new_token()}-{slug}"))
+        return Scratch(self._join(self.staging, "scratch", f"{new_token()}-{slug}"), self.options)
 
     def stage_frame(self, df, what: str):
         """``df`` written once as Parquet into a scratch folder and read back: a DataFrame that
@@ -625,7 +748,7 @@ class Lake:
 
     def write_scratch_parquet(self, scratch: Scratch, relpath: str, table: pa.Table) -> None:
         """A driver-side Arrow table as one Parquet file in a scratch folder."""
-        fs, path = _fs(f"{scratch.path}/{relpath}")
+        fs, path = self._fs(f"{scratch.path}/{relpath}")
         try:
             fs.create_dir(posixpath.dirname(path), recursive=True)
             pq.write_table(table, path, filesystem=fs)
@@ -639,7 +762,7 @@ class Lake:
 
     def stale_scratch(self, older_than_seconds: float) -> list[tuple[str, int, int]]:
         """(path, files, bytes) of scratch folders idle for at least ``older_than_seconds``."""
-        fs, folder = _fs(self._join(self.staging, "scratch"))
+        fs, folder = self._fs(self._join(self.staging, "scratch"))
         cutoff = time.time() - older_than_seconds
         out = []
         for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
@@ -654,7 +777,7 @@ class Lake:
 
     def _remove_stale_scratch(self, older_than_seconds: float) -> None:
         try:
-            fs, _ = _fs(self.staging)
+            fs, _ = self._fs(self.staging)
             for path, _, _ in self.stale_scratch(older_than_seconds):
                 fs.delete_dir(path)
                 log.info("removed a scratch folder a killed run left: %s", path)
@@ -668,11 +791,11 @@ class Lake:
 
     def put_file(self, relpath: str, data: bytes) -> None:
         """Write ``<root>/<relpath>`` atomically (a temporary name, then a rename)."""
-        put_bytes(self._join(self.root, relpath), data)
+        put_bytes(self._join(self.root, relpath), data, self.options)
 
     def get_file(self, relpath: str) -> Optional[bytes]:
         """The bytes of ``<root>/<relpath>``, or None when it does not exist."""
-        fs, path = _fs(self._join(self.root, relpath))
+        fs, path = self._fs(self._join(self.root, relpath))
         if fs.get_file_info(path).type != pafs.FileType.File:
             return None
         with fs.open_input_file(path) as f:
@@ -680,7 +803,7 @@ class Lake:
 
     def remove_tree(self, relpath: str) -> None:
         """Delete ``<root>/<relpath>`` and everything under it, if it exists."""
-        fs, path = _fs(self._join(self.root, relpath))
+        fs, path = self._fs(self._join(self.root, relpath))
         if fs.get_file_info(path).type != pafs.FileType.NotFound:
             fs.delete_dir(path)
 
@@ -694,9 +817,9 @@ SCRATCH_AGE_SECONDS = 24 * 3600.0
 HEARTBEAT = "_alive"
 
 
-def put_bytes(uri: str, data: bytes) -> None:
+def put_bytes(uri: str, data: bytes, options: Optional[dict] = None) -> None:
     """Write a file (local path or URI) atomically: a temporary name, then a rename."""
-    fs, path = _fs(uri)
+    fs, path = filesystem(uri, options)
     tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         fs.create_dir(posixpath.dirname(path), recursive=True)
@@ -708,15 +831,15 @@ def put_bytes(uri: str, data: bytes) -> None:
         raise disk_error(exc, f"writing {path!r}") from exc
 
 
-def get_bytes(uri: str) -> bytes:
-    fs, path = _fs(uri)
+def get_bytes(uri: str, options: Optional[dict] = None) -> bytes:
+    fs, path = filesystem(uri, options)
     with fs.open_input_file(path) as f:
         return f.read()
 
 
-def remove_path(uri: str) -> None:
+def remove_path(uri: str, options: Optional[dict] = None) -> None:
     """Delete a file or a folder (and everything under it), if it exists."""
-    fs, path = _fs(uri)
+    fs, path = filesystem(uri, options)
     kind = fs.get_file_info(path).type
     if kind == pafs.FileType.Directory:
         fs.delete_dir(path)
@@ -727,22 +850,40 @@ def remove_path(uri: str) -> None:
 class Scratch:
     """One folder of a run's temporary files under ``<staging>/scratch/`` (removed when done)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, options: Optional[dict] = None):
         self.path = path
+        self.options = options or {}
         self.touch()
 
     def touch(self) -> None:
         """Say the run using this folder is alive (its age is counted from here)."""
-        put_bytes(f"{self.path}/{HEARTBEAT}", str(time.time()).encode())
+        put_bytes(f"{self.path}/{HEARTBEAT}", str(time.time()).encode(), self.options)
 
     def remove(self) -> None:
         try:
-            remove_path(self.path)
+            remove_path(self.path, self.options)
         except OSError as exc:
             log.warning("could not remove scratch folder %s (lakecurate vacuum will): %s", self.path, exc)
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def open_npy(path: str, key: str = "input.path") -> np.ndarray:
+    """A local .npy embeddings matrix, memory-mapped and checked (2-D, real numbers, not empty)."""
+    if not os.path.isfile(path):
+        raise TableError(f"{key}={path!r} does not exist")
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except Exception as exc:
+        raise TableError(f"{key}={path!r} is not a readable .npy file: {exc}") from exc
+    if arr.ndim != 2:
+        raise InputDataError(f"{key}={path!r}: expected a 2-D array (rows, dim); got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise InputDataError(f"{key}={path!r}: embeddings must be real numbers; the array holds dtype {arr.dtype}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InputDataError(f"{key}={path!r} is empty: shape {arr.shape}")
+    return arr
 
 
 def _table_arrow_schema(dt) -> pa.Schema:

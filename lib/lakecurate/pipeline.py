@@ -13,9 +13,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Union
 
-from lakecurate.config import RunConfig, to_dict
-from lakecurate.inputs import fingerprint_embed_source, fingerprint_run_input, input_tables, prepare_run_input
+from lakecurate.config import RunConfig, redacted
+from lakecurate.inputs import InputFacts, fingerprint_embed_source, fingerprint_run_input, input_facts, input_tables, prepare_run_input
 from lakecurate.inputs import summary as input_summary
+from lakecurate.errors import InputDataError
 from lakecurate.lake import Lake, disk_error
 from lakecurate.plan import RunPlan, plan_run
 from lakecurate.runlog import RunLog
@@ -34,9 +35,11 @@ class RunResult:
     backend: str
     stages: dict[str, dict] = field(default_factory=dict)  # stage -> metrics
     skipped: list[str] = field(default_factory=list)
+    reused: dict[str, str] = field(default_factory=dict)  # stage -> the run whose committed tables this run uses
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)  # stages run by this call
-    tables: dict[str, str] = field(default_factory=dict)  # name -> path, of the tables the run wrote or read
+    tables: dict[str, str] = field(default_factory=dict)  # name -> path, of the tables the run's stages write, and runs
+    inputs: dict[str, tuple] = field(default_factory=dict)  # lake tables read as input: name -> (path, run_id partition)
 
     @property
     def report(self):
@@ -52,6 +55,8 @@ def run(plan: Union[RunPlan, RunConfig], spark=None) -> RunResult:
     t0 = time.perf_counter()
     spark = spark or get_spark(config.spark.master, config.spark.app_name, _spark_conf(config), remote=config.spark.remote)
     lake = Lake(spark, config.lake)
+    for name in plan.tables():
+        lake.refuse_outdated(name)  # before any work: a table this run could not write to
     reads_input = not any(s.provides_input for s in plan.stages)
     with one_line_errors("reading the run's inputs"):
         plan = plan.with_inputs(read_fingerprints(lake, plan, reads_input))
@@ -60,9 +65,11 @@ def run(plan: Union[RunPlan, RunConfig], spark=None) -> RunResult:
     if plan.inputs and plan.run_id_from_fingerprint:
         log.info("run id %s: the config and the input fingerprints (a changed input is a new run)", plan.run_id)
     if reads_input:
+        with one_line_errors("checking the run's input"):
+            preflight(plan, input_facts(lake, config.input, plan.inputs.get("input")))
         with one_line_errors("preparing the input"):
             prepare_run_input(lake, config.input)
-    runlog = RunLog(lake, plan.run_id, to_dict(config), plan.fingerprint, inputs=plan.recorded_inputs())
+    runlog = RunLog(lake, plan.run_id, redacted(config), plan.stage_fingerprints, inputs=plan.recorded_inputs())
     ctx = StageContext(spark, lake, plan, runlog)
     result = RunResult(run_id=plan.run_id, lake_root=lake.root, backend=lake.backend)
     log.info("run %s: stages %s, lake %s", plan.run_id, plan.stage_names, lake.root)
@@ -72,17 +79,31 @@ def run(plan: Union[RunPlan, RunConfig], spark=None) -> RunResult:
             log.info("stage %s already succeeded for run %s: skipped", stage.name, plan.run_id)
             result.skipped.append(stage.name)
             result.stages[stage.name] = done
+            if "reused_from" in done:
+                ctx.output_runs[stage.name] = result.reused[stage.name] = done["reused_from"]
+            continue
+        elsewhere = runlog.committed_elsewhere(stage.name) if stage.reusable else None
+        if elsewhere is not None:
+            source, metrics = elsewhere
+            log.info("stage %s: run %s committed it with the same input and settings: its tables are reused, not computed again",
+                     stage.name, source)
+            metrics = {**{k: v for k, v in metrics.items() if k not in ("inputs", "warnings")}, "reused_from": source}
+            runlog.record(stage.name, "succeeded", time.time(), metrics)
+            ctx.output_runs[stage.name] = result.reused[stage.name] = source
+            result.stages[stage.name] = metrics
             continue
         started = time.perf_counter()
         with runlog.track(stage.name) as metrics, one_line_errors(f"stage {stage.name}"):
             stage.run(ctx, metrics)
         result.stages[stage.name] = metrics
         result.stage_seconds[stage.name] = time.perf_counter() - started
-    names = [*plan.tables(), *(input_tables(config.input) if reads_input else ()), RUNS]
-    for name in names:
+    for name in [*plan.tables(), RUNS]:
         if lake.exists(name):
             lake.register(name)
             result.tables[name] = lake.path(name)
+    for name, part in (input_tables(config.input) if reads_input else {}).items():
+        lake.register(name)
+        result.inputs[name] = (lake.path(name), part)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -99,6 +120,21 @@ def one_line_errors(doing: str):
         if converted is None:
             raise
         raise converted from exc
+
+
+def preflight(plan: RunPlan, facts: InputFacts) -> None:
+    """Every check that needs no Spark job: the input's id and embedding columns, then each
+    stage's own (:attr:`lakecurate.stages.Stage.preflight`)."""
+    cfg = plan.config.input
+    if facts.rows == 0:
+        raise InputDataError(f"the input {facts.where} is empty: 0 rows")
+    facts.require_columns({cfg.id_column: "id", cfg.embedding_column: "array"},
+                          {cfg.id_column: "input.id_column", cfg.embedding_column: "input.embedding_column"})
+    for stage in plan.stages:
+        if stage.preflight is not None:
+            stage.preflight(plan.config, facts)
+    log.info("input %s: %s rows, columns %s: the run's checks passed", facts.where,
+             facts.rows if facts.rows is not None else "an unknown number of", sorted(facts.columns))
 
 
 def read_fingerprints(lake: Lake, plan: RunPlan, reads_input: bool) -> dict:

@@ -47,6 +47,11 @@ class RunPlan:
     #: fingerprints of what the run reads, by config section ("input", "embed.source");
     #: set by :meth:`with_inputs` once the lake can be asked (lakecurate.inputs)
     inputs: dict = field(default_factory=dict)
+    #: per stage: the fingerprint of everything its result depends on (its config sections, the
+    #: stages before it and theirs, the inputs). A stage committed with the same fingerprint by
+    #: another run is reused (its tables are not computed again), e.g. the tree when only
+    #: ``sampling.*`` changed
+    stage_fingerprints: dict = field(default_factory=dict)
 
     @property
     def stage_names(self) -> list[str]:
@@ -64,7 +69,8 @@ class RunPlan:
         blob = json.dumps({"config": self.fingerprint_of_config, "inputs": recorded}, sort_keys=True, default=str)
         fingerprint = hashlib.sha256(blob.encode()).hexdigest()
         run_id = f"{self.config.name}-{fingerprint[:10]}" if self.run_id_from_fingerprint else self.run_id
-        return dataclasses.replace(self, inputs=inputs, fingerprint=fingerprint, run_id=run_id)
+        return dataclasses.replace(self, inputs=inputs, fingerprint=fingerprint, run_id=run_id,
+                                   stage_fingerprints=stage_fingerprints(self.config, self.stages, recorded))
 
     @property
     def fingerprint_of_config(self) -> str:
@@ -89,11 +95,26 @@ def config_fingerprint(config: RunConfig) -> str:
     for k in ("run_id", "spark", "report"):
         d.pop(k, None)
     d["lake"].pop("staging", None)
+    d["lake"].pop("storage_options", None)  # credentials: where to read, not what
     if "dedup" not in config.stages:
         d.pop("dedup", None)
     if config.input.format == "synthetic" and d["input"]["synthetic"] is None:
         d["input"]["synthetic"] = to_dict(SyntheticConfig())  # the defaults, spelled out
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def stage_fingerprints(config: RunConfig, records: Sequence[Stage], inputs: Optional[dict] = None) -> dict[str, str]:
+    """Each stage's fingerprint: the input (config and recorded fingerprints), then, stage by
+    stage up to and including it, the stage's name and the config sections it reads."""
+    d = to_dict(config)
+    if config.input.format == "synthetic" and d["input"]["synthetic"] is None:
+        d["input"]["synthetic"] = to_dict(SyntheticConfig())
+    chain: list = [{"input": d["input"], "inputs": inputs or {}}]
+    out = {}
+    for record in records:
+        chain.append({record.name: {section: d.get(section) for section in record.config_sections}})
+        out[record.name] = hashlib.sha256(json.dumps(chain, sort_keys=True, default=str).encode()).hexdigest()
+    return out
 
 
 def plan_run(config: RunConfig, *, alone: Optional[str] = None) -> RunPlan:
@@ -139,6 +160,7 @@ def plan_run(config: RunConfig, *, alone: Optional[str] = None) -> RunPlan:
         levels=tuple(level_params(config.clustering.hierarchy())),
         encoder=config.embed.encoder_spec() if config.embed is not None else None,
         run_id_from_fingerprint=config.run_id is None and not fresh,
+        stage_fingerprints=stage_fingerprints(config, records),
     )
 
 

@@ -1,9 +1,11 @@
 """The ``runs`` table: one row per finished stage attempt (config, status, timings, metrics).
 
-A stage whose latest attempt for this run_id succeeded with the same fingerprint (the config and
-the fingerprints of the inputs it read) is skipped on rerun, so a killed or failed job resumes
-where it stopped; a stage committed for another config or input is run again, and the log says
-so. A stage's ``succeeded`` row is written after all its tables are committed: it is the mark
+A stage whose latest attempt for this run_id succeeded with the same fingerprint (the stage's
+fingerprint: the config sections it and the stages before it read, and the fingerprints of the
+inputs, :attr:`lakecurate.plan.RunPlan.stage_fingerprints`) is skipped on rerun, so a killed or
+failed job resumes where it stopped; a stage committed for another config or input is run again,
+and the log says so. A reusable stage committed with the same fingerprint by *another* run is not
+computed again (:meth:`RunLog.committed_elsewhere`). A stage's ``succeeded`` row is written after all its tables are committed: it is the mark
 that they belong together (readers and later stages check it, :meth:`RunLog.require`).
 """
 
@@ -44,12 +46,16 @@ RUNS_SCHEMA = pa.schema(
 
 
 class RunLog:
-    def __init__(self, lake: Lake, run_id: str, config: dict, fingerprint: str, inputs: Optional[dict] = None):
+    def __init__(self, lake: Lake, run_id: str, config: dict, fingerprints: dict, inputs: Optional[dict] = None):
         self.lake = lake
         self.run_id = run_id
         self.config = config
-        self.fingerprint = fingerprint
+        #: stage -> its fingerprint (what the runs table records, and what a rerun compares)
+        self.fingerprints = fingerprints
         self.inputs = inputs or {}
+
+    def fingerprint(self, stage: str) -> str:
+        return self.fingerprints.get(stage, "")
 
     def _latest(self, stage: str):
         if not self.lake.exists(RUNS_TABLE):
@@ -68,11 +74,31 @@ class RunLog:
         row = self._latest(stage)
         if row is None or row["status"] != "succeeded":
             return None
-        if row["fingerprint"] != self.fingerprint:
+        if row["fingerprint"] != self.fingerprint(stage):
             log.info("stage %s of run %s was committed for another config or input (fingerprint %s, now %s): running it again",
-                     stage, self.run_id, row["fingerprint"][:10], self.fingerprint[:10])
+                     stage, self.run_id, (row["fingerprint"] or "")[:10], self.fingerprint(stage)[:10])
             return None
         return json.loads(row["metrics"] or "{}")
+
+    def committed_elsewhere(self, stage: str) -> Optional[tuple[str, dict]]:
+        """``(run_id, metrics)`` of the latest success of ``stage`` with this run's fingerprint for
+        it under another run id (whose tables hold the rows), else None."""
+        if not self.lake.exists(RUNS_TABLE):
+            return None
+        from pyspark.sql import functions as F
+
+        rows = (
+            self.lake.read(RUNS_TABLE)
+            .where((F.col("stage") == stage) & (F.col("status") == "succeeded") & (F.col("fingerprint") == self.fingerprint(stage))
+                   & (F.col("run_id") != self.run_id))
+            .orderBy(F.col("finished_at").desc())
+            .limit(1)
+            .collect()
+        )
+        if not rows:
+            return None
+        metrics = json.loads(rows[0]["metrics"] or "{}")
+        return metrics.get("reused_from", rows[0]["run_id"]), metrics
 
     def require(self, stage: str, *, by: str) -> None:
         """TableError unless ``stage`` succeeded for this run: its tables are complete and belong together."""
@@ -89,7 +115,7 @@ class RunLog:
             "started_at": [datetime.fromtimestamp(started, timezone.utc)],
             "finished_at": [datetime.fromtimestamp(now, timezone.utc)],
             "seconds": [round(now - started, 3)],
-            "fingerprint": [self.fingerprint],
+            "fingerprint": [self.fingerprint(stage)],
             "config": [json.dumps(self.config, default=str)],
             "metrics": [json.dumps({**metrics, "inputs": self.inputs} if self.inputs else metrics, default=_jsonable)],
             "error": [error],

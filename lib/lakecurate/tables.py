@@ -29,3 +29,10 @@ DESCRIPTIONS = {
     CURATED: "the curated subset",
     RUNS: "one row per stage attempt: config, status, timings, metrics",
 }
+
+#: columns only an older lakecurate wrote, per table: such a table is refused before any work,
+#: with what to do (its rows stay readable by Spark, delta-rs and polars as they are)
+OUTDATED_COLUMNS = {
+    ASSIGNMENTS: ("cluster_1", "one cluster_<t> column per level"),
+    CURATED: ("cluster_1", "one cluster_<t> column per level"),
+}

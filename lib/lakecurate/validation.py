@@ -99,6 +99,32 @@ def check_settings(value: Any, key: str) -> dict:
     return value
 
 
+#: ``lake.storage_options`` keys (delta-rs's names, case-insensitive) -> pyarrow filesystem arguments
+PYARROW_STORAGE_OPTIONS = {
+    "s3": {"aws_access_key_id": "access_key", "aws_secret_access_key": "secret_key", "aws_session_token": "session_token",
+           "aws_region": "region", "aws_endpoint_url": "endpoint_override", "aws_endpoint": "endpoint_override"},
+    "abfs": {"azure_storage_account_name": "account_name", "azure_storage_account_key": "account_key",
+             "azure_storage_sas_token": "sas_token"},
+}
+#: URI schemes of object stores -> the family their options belong to
+STORAGE_SCHEMES = {"s3": "s3", "s3a": "s3", "abfs": "abfs", "abfss": "abfs", "az": "abfs", "gs": "gs", "gcs": "gs"}
+#: options delta-rs understands that pyarrow needs no argument for
+DELTA_ONLY_STORAGE_OPTIONS = {"aws_allow_http", "aws_s3_allow_unsafe_rename", "aws_conditional_put", "aws_s3_locking_provider",
+                              "google_service_account", "google_service_account_path", "google_application_credentials", "timeout"}
+
+
+def check_storage_options(options: Any, root: str, key: str) -> dict:
+    """``lake.storage_options``: flat settings, each one lakecurate knows how to pass on for ``root``'s scheme."""
+    check_settings(options, key)
+    scheme = STORAGE_SCHEMES.get(root.split("://", 1)[0].lower()) if "://" in root else None
+    known = set(PYARROW_STORAGE_OPTIONS.get(scheme or "", {})) | (DELTA_ONLY_STORAGE_OPTIONS if scheme else set())
+    for name in options:
+        if name.lower() not in known:
+            where = f"a {scheme}:// lake" if scheme else "a lake on a local or mounted path (none apply)"
+            raise ConfigError(f"{key}.{name} is not an option lakecurate passes on for {where}; known: {sorted(known)}")
+    return options
+
+
 # ---------------------------------------------------------------- the hierarchy's parameters
 
 

@@ -89,18 +89,20 @@ def test_duplicate_ids_are_named(spark, tmp_path):
 
 def test_empty_input(spark, tmp_path):
     path = write_parquet(tmp_path / "x.parquet", [], [])
-    expect_error(spark, cfg_for(path, str(tmp_path / "lake")), InputDataError, "empty")
+    expect_error(spark, cfg_for(path, str(tmp_path / "lake")), InputDataError, r"x\.parquet' is empty: 0 rows")
 
 
 def test_missing_column_lists_the_columns(spark, tmp_path):
     ids, vecs = good()
     path = write_parquet(tmp_path / "x.parquet", ids, vecs, emb_name="vec")
-    expect_error(spark, cfg_for(path, str(tmp_path / "lake")), InputDataError, r"\['embedding'\] not found; the input has columns \['id', 'vec'\]")
+    expect_error(spark, cfg_for(path, str(tmp_path / "lake")), InputDataError,
+                 r"input.embedding_column='embedding' is not a column of the input .*x\.parquet'; it has \['id', 'vec'\]")
 
 
 def test_wrong_embedding_type(spark, tmp_path):
     pq.write_table(pa.table({"id": [1, 2], "embedding": ["a", "b"]}), tmp_path / "x.parquet")
-    expect_error(spark, cfg_for(str(tmp_path / "x.parquet"), str(tmp_path / "lake")), InputDataError, "must be array<float> or array<double>; got string")
+    expect_error(spark, cfg_for(str(tmp_path / "x.parquet"), str(tmp_path / "lake")), InputDataError,
+                 r"input.embedding_column='embedding' in .* is string; embeddings must be array<float> or array<double>")
 
 
 @pytest.mark.parametrize("fmt, name", [("parquet", "nope.parquet"), ("delta", "nope"), ("npy", "nope.npy")])
@@ -126,7 +128,7 @@ def test_target_larger_than_pool_writes_no_curated_table(spark, tmp_path):
     ids, vecs = good(n=60)
     path = write_parquet(tmp_path / "x.parquet", ids, vecs)
     cfg = cfg_for(path, str(tmp_path / "lake"), sampling__target_size=61)
-    with pytest.raises(InputDataError, match=r"sampling.target_size=61 is larger than the pool of 60 rows.*max_repeats"):
+    with pytest.raises(InputDataError, match=r"sampling.target_size=61 is larger than the input .* of 60 rows.*max_repeats"):
         run(cfg, spark=spark)
     assert not DeltaTable.is_deltatable(os.path.join(cfg.config.lake.root, "curated"))
     # with repeats allowed the same target succeeds and draws one row twice

@@ -110,7 +110,7 @@ def test_run_with_dedup_curates_fewer_copies(spark, tmp_path):
     def curated_items(res):
         cur = DeltaTable(res.tables["curated"]).to_pandas()
         cur = cur[cur.run_id == res.run_id]
-        pool = DeltaTable(res.tables["pool"]).to_pandas().set_index("id")
+        pool = DeltaTable(res.inputs["pool"][0]).to_pandas().set_index("id")
         return cur["id"].to_numpy(), pool.loc[cur["id"].to_numpy(), "item"].to_numpy()
 
     ids_d, items_d = curated_items(with_dedup)

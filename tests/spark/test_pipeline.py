@@ -76,8 +76,9 @@ def test_spark_tree_equals_pure_api(spark, first_run, pure):
         assert np.array_equal(got["size"].to_numpy(), lv.sizes)
         np.testing.assert_array_equal(np.stack(got["centroid"].to_numpy()).astype(np.float32), lv.centroids)
     assign = DeltaTable(res.tables["assignments"]).to_pandas().sort_values("id")
-    assert np.array_equal(assign["cluster_1"].to_numpy(), pure.levels_[0].labels)
-    assert np.array_equal(assign["cluster_2"].to_numpy(), pure.leaf_path()[:, 1])
+    paths = np.stack(assign["path"].to_numpy())
+    assert np.array_equal(assign["cluster"].to_numpy(), pure.levels_[0].labels)
+    assert np.array_equal(paths, pure.leaf_path())
     np.testing.assert_allclose(assign["distance"].to_numpy(), pure.levels_[0].distances, rtol=1e-6)
 
 
@@ -143,7 +144,7 @@ def test_killed_cluster_stage_resumes_from_level_checkpoints(spark, pool_npy, pu
     assert res.stages["cluster"]["resumed_levels"] == 2
     assign = DeltaTable(res.tables["assignments"]).to_pandas()
     assert len(assign) == N  # replaced, not appended twice
-    assert np.array_equal(assign.sort_values("id")["cluster_1"].to_numpy(), pure.levels_[0].labels)
+    assert np.array_equal(assign.sort_values("id")["cluster"].to_numpy(), pure.levels_[0].labels)
     statuses = DeltaTable(res.tables["runs"]).to_pandas().query("stage == 'cluster'")["status"].tolist()
     assert sorted(statuses) == ["failed", "succeeded"]
 

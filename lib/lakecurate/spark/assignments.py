@@ -14,31 +14,38 @@ from lakecurate.core.assign import nearest_centroid
 from lakecurate.spark.blocks import EmbeddingBlocks
 
 
-def assignment_rows(blocks: EmbeddingBlocks, centroids: np.ndarray, parents: list[np.ndarray], *, id_column: str = "id"):
-    """DataFrame (id, row_key, cluster_1..cluster_T, distance) for every row of ``blocks``.
-
-    ``parents[t]`` maps a level-(t+1) cluster to its level-(t+2) parent; ``distance`` is the
-    squared distance to the level-1 centroid.
-    """
+def assignment_schema(id_column: str, id_type):
+    """The ``assignments`` rows' Spark schema: the same whatever the tree's depth."""
     from pyspark.sql import types as T
 
+    return T.StructType([
+        T.StructField(id_column, id_type), T.StructField("row_key", T.LongType()), T.StructField("cluster", T.IntegerType()),
+        T.StructField("path", T.ArrayType(T.IntegerType(), containsNull=False)), T.StructField("distance", T.FloatType()),
+    ])
+
+
+def assignment_rows(blocks: EmbeddingBlocks, centroids: np.ndarray, parents: list[np.ndarray], *, id_column: str = "id"):
+    """DataFrame (id, row_key, cluster, path, distance) for every row of ``blocks``.
+
+    ``cluster`` is the level-1 cluster, ``path`` the clusters from level 1 to the top
+    (``element_at(path, t)`` is the level-t cluster); ``parents[t]`` maps a level-(t+1) cluster to
+    its level-(t+2) parent; ``distance`` is the squared distance to the level-1 centroid.
+    """
+    schema = assignment_schema(id_column, blocks.id_type)
+    names = schema.fieldNames()
     levels = len(parents) + 1
-    fields = [T.StructField(id_column, blocks.id_type), T.StructField("row_key", T.LongType())]
-    fields += [T.StructField(f"cluster_{t + 1}", T.IntegerType()) for t in range(levels)]
-    fields.append(T.StructField("distance", T.FloatType()))
-    schema = T.StructType(fields)
-    names = [f.name for f in fields]
 
     def label(batches, payload):
         c, par = payload
         for b in batches:
             lab, dist = nearest_centroid(b.vectors, c)
-            path = lab
-            cols = [b.ids, pa.array(b.keys), pa.array(path.astype(np.int32))]
-            for p in par:
-                path = p[path]
-                cols.append(pa.array(path.astype(np.int32)))
-            cols.append(pa.array(dist.astype(np.float32)))
+            path = np.empty((b.n, levels), np.int32)
+            path[:, 0] = lab
+            for t, p in enumerate(par):
+                path[:, t + 1] = p[path[:, t]]
+            offsets = pa.array(np.arange(0, b.n * levels + 1, levels, dtype=np.int32))
+            cols = [b.ids, pa.array(b.keys), pa.array(path[:, 0]), pa.ListArray.from_arrays(offsets, pa.array(path.ravel())),
+                    pa.array(dist.astype(np.float32))]
             yield pa.record_batch(cols, names=names)
 
     payload = (np.asarray(centroids, np.float32), [np.asarray(p, np.int64) for p in parents])

@@ -38,6 +38,7 @@ from lakecurate.spark.arrow import list_column_to_matrix, row_keys
 from lakecurate.spark.block_files import delete_block_files, open_block_files, write_block_files
 from lakecurate.config import BLOCK_CACHES
 from lakecurate.spark.cache import Kept, keep, resolve
+from lakecurate.spark.progress import progress
 from lakecurate.spark.session import default_parallelism
 from lakecurate.spark import tasks
 from lakecurate.spark.tasks import PayloadFiles, configure_faiss, ship_to_tasks
@@ -293,10 +294,11 @@ class EmbeddingBlocks:
         src = df.select(id_column, embedding_column).repartition(parts)
         built = src.mapInArrow(_make_blocks_fn(id_column, embedding_column, dim, transform, cache_id), BLOCK_DDL)
         log.info("%s: reading, checking and caching the embeddings (%s) over %d partitions", where, mode, parts)
-        kept = keep(built, spark=spark, lake=lake, mode="lake" if mode == "lake" else "spark", what="embedding blocks")
-        made = cls(spark, kept, 0, dim, id_type, partitions=parts, cache_id=cache_id, lake=lake)
-        frame = kept.frame
-        meta = frame.select("n", "n_null_id", "n_null_embedding", "n_bad_dim", "n_nonfinite", "examples").collect()
+        with progress(spark, f"{where}: caching the embeddings"):
+            kept = keep(built, spark=spark, lake=lake, mode="lake" if mode == "lake" else "spark", what="embedding blocks")
+            made = cls(spark, kept, 0, dim, id_type, partitions=parts, cache_id=cache_id, lake=lake)
+            frame = kept.frame
+            meta = frame.select("n", "n_null_id", "n_null_embedding", "n_bad_dim", "n_nonfinite", "examples").collect()
         report = InputReport(
             n_rows=sum(r["n"] for r in meta),
             dim=dim,
@@ -420,7 +422,7 @@ class EmbeddingBlocks:
             if self._payload_scratch is None and payload is not None and _pickled_size_over(payload, tasks.CLOSURE_MAX_BYTES):
                 self._payload_scratch = self._lake.scratch("payloads")
             if self._payload_scratch is not None:
-                files = PayloadFiles(self._payload_scratch.path)
+                files = PayloadFiles(self._payload_scratch.path, self._payload_scratch.options)
         return ship_to_tasks(payload, files)
 
     def _map(self, fn: BlockFn, schema, payload: Any):

@@ -96,14 +96,15 @@ class PayloadFiles:
     for a closure. Picklable: tasks receive it in their closure and read through pyarrow's
     filesystems (local paths and s3/gs/abfs URIs)."""
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, options: Optional[dict] = None):
         self.folder = folder.rstrip("/")
+        self.options = options or {}  # lake.storage_options
 
     def put(self, data: bytes) -> str:
         from lakecurate.lake import put_bytes
 
         uri = f"{self.folder}/{uuid.uuid4().hex}.pkl"
-        put_bytes(uri, data)
+        put_bytes(uri, data, self.options)
         return uri
 
     def get(self, uri: str) -> Any:
@@ -112,14 +113,14 @@ class PayloadFiles:
             from lakecurate.lake import get_bytes
 
             _PAYLOADS.clear()  # one large payload per worker at a time: the previous pass's is done
-            cached = _PAYLOADS[uri] = pickle.loads(get_bytes(uri))
+            cached = _PAYLOADS[uri] = pickle.loads(get_bytes(uri, self.options))
         return cached
 
     def remove(self, uri: str) -> None:
         from lakecurate.lake import remove_path
 
         try:
-            remove_path(uri)
+            remove_path(uri, self.options)
         except OSError as exc:
             log.warning("could not remove payload file %s: %s", uri, exc)
 

@@ -144,6 +144,11 @@ def run_cluster(ctx: StageContext, metrics: dict) -> None:
         blocks.release()
 
 
+def preflight(cfg, facts) -> None:
+    if facts.rows is not None:
+        check_levels(list(cfg.clustering.n_clusters), facts.rows, key="clustering.n_clusters")
+
+
 def summarize(m: dict) -> list[str]:
     return [
         f"  level {lv['level']}: {lv['n_clusters']} clusters over {lv['n_inputs']} inputs, "
@@ -155,8 +160,11 @@ def summarize(m: dict) -> list[str]:
 
 STAGE = Stage(
     name="cluster",
+    config_sections=("clustering",),
+    reusable=True,
     run=run_cluster,
     help="hierarchical k-means with resampling: embeddings -> the clusters and assignments tables",
     writes=lambda cfg: (ASSIGNMENTS, CLUSTERS),
     summary=summarize,
+    preflight=preflight,
 )

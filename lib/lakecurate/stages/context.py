@@ -9,11 +9,12 @@ means: its module (ending in its record), its config section, one line in ``STAG
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 if TYPE_CHECKING:
     from lakecurate.config import RunConfig
+    from lakecurate.inputs import InputFacts
     from lakecurate.lake import Lake
     from lakecurate.plan import RunPlan
     from lakecurate.runlog import RunLog
@@ -55,6 +56,16 @@ class Stage:
     automatic: Optional[Callable[["RunConfig"], bool]] = None
     #: skipped on a rerun when its success for this run and config is already in ``runs``
     resumable: bool = True
+    #: ``preflight(config, facts)``: what can be checked from the config and the input's metadata
+    #: alone (:class:`~lakecurate.inputs.InputFacts`: columns, row count if known). Run for every
+    #: stage of the plan before the first one starts: a run that cannot succeed fails in seconds,
+    #: before any Spark job, and writes no ``runs`` row
+    preflight: Optional[Callable[["RunConfig", "InputFacts"], None]] = None
+    #: the config sections its result depends on (with the stages before it: its fingerprint)
+    config_sections: tuple[str, ...] = ()
+    #: when another run committed this stage with the same fingerprint, that run's tables are
+    #: used instead of computing them again (for stages whose tables are a pure function of it)
+    reusable: bool = False
 
 
 @dataclass
@@ -65,6 +76,12 @@ class StageContext:
     lake: "Lake"
     plan: "RunPlan"
     runlog: "RunLog"
+    #: stage -> the run whose rows of the stage's tables this run uses (another run's for a reused stage)
+    output_runs: dict = field(default_factory=dict)
+
+    def output_run(self, stage: str) -> str:
+        """The run id under which ``stage``'s tables hold this run's rows."""
+        return self.output_runs.get(stage, self.run_id)
 
     @property
     def config(self) -> "RunConfig":

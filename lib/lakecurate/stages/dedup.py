@@ -29,6 +29,7 @@ from lakecurate.errors import InputDataError
 from lakecurate.faults import fault_point
 from lakecurate.spark.assigner import SparkAssigner
 from lakecurate.spark.cache import keep
+from lakecurate.spark.progress import progress
 from lakecurate.spark.dedup import pairwise_results, removed_within_clusters, resolve_removed
 from lakecurate.stages.context import Stage, StageContext
 from lakecurate.tables import DUPLICATES
@@ -71,15 +72,17 @@ def run_dedup(ctx: StageContext, metrics: dict) -> None:
         fault_point("dedup:pairwise")
         t2 = time.perf_counter()
         results = pairwise_results(blocks, fit.centroids, q, n_neighbors=r, eps=dcfg.eps, block_size=dcfg.block_size)
-        kept = keep(results, spark=ctx.spark, lake=ctx.lake, mode=cfg.spark.block_cache, what="pairwise results")
-        results = kept.frame
-        n_local = removed_within_clusters(results).count()
+        with progress(ctx.spark, f"dedup: pairwise comparisons within {k} coarse clusters", rows=n):
+            kept = keep(results, spark=ctx.spark, lake=ctx.lake, mode=cfg.spark.block_cache, what="pairwise results")
+            results = kept.frame
+            n_local = removed_within_clusters(results).count()
         metrics["pairwise_seconds"] = round(time.perf_counter() - t2, 3)
 
         t3 = time.perf_counter()
-        removed, metrics["cross_pairs"], metrics["merged_representatives"] = resolve_removed(blocks, results, shipped)
-        table = removed.select(F.col("id").alias(id_col), "kept_id", "similarity", "cluster")
-        ctx.lake.write_run(table, DUPLICATES, ctx.run_id)
+        with progress(ctx.spark, "dedup: merging duplicate groups across clusters and writing the duplicates table"):
+            removed, metrics["cross_pairs"], metrics["merged_representatives"] = resolve_removed(blocks, results, shipped)
+            table = removed.select(F.col("id").alias(id_col), "kept_id", "similarity", "cluster")
+            ctx.lake.write_run(table, DUPLICATES, ctx.run_id)
         metrics["merge_write_seconds"] = round(time.perf_counter() - t3, 3)
 
         removed_per = np.zeros(k)
@@ -102,13 +105,19 @@ def run_dedup(ctx: StageContext, metrics: dict) -> None:
         blocks.release()
 
 
+def preflight(cfg, facts) -> None:
+    k = cfg.dedup.n_clusters
+    if k is not None and facts.rows is not None and k > facts.rows:
+        raise InputDataError(f"dedup.n_clusters={k} is more than the {facts.rows} rows in the input {facts.where}")
+
+
 def kept_rows(ctx: StageContext, upstream):
     """What the stages after dedup read: the input minus the run's duplicates."""
     df = upstream()
     if not ctx.lake.exists(DUPLICATES):
         return df
     id_col = ctx.config.input.id_column
-    removed = ctx.lake.read(DUPLICATES, ctx.run_id).select(id_col)
+    removed = ctx.lake.read(DUPLICATES, ctx.output_run("dedup")).select(id_col)
     return df.join(removed, on=id_col, how="left_anti")
 
 
@@ -124,10 +133,13 @@ def summarize(m: dict) -> list[str]:
 
 STAGE = Stage(
     name="dedup",
+    config_sections=("dedup",),
+    reusable=True,
     run=run_dedup,
     help="remove near-duplicates first: input embeddings -> the duplicates table",
     writes=lambda cfg: (DUPLICATES,),
     hands_on=kept_rows,
     summary=summarize,
     command=True,
+    preflight=preflight,
 )

@@ -28,6 +28,7 @@ from lakecurate.embed.encoders import Encoder, get_cached_encoder, model_label
 from lakecurate.errors import ConfigError, LakecurateError
 from lakecurate.inputs import OVERSIZED, read_embed_source
 from lakecurate.spark.cache import keep
+from lakecurate.spark.progress import progress
 from lakecurate.spark.encode import DIM, MODEL, embeddings_rows, encode_rows, encoded_schema, reject_rows
 from lakecurate.spark.session import default_parallelism
 from lakecurate.stages.context import Stage, StageContext
@@ -132,9 +133,10 @@ def run_embed(ctx: StageContext, metrics: dict) -> None:
     kept = None
     try:
         t_encode = time.perf_counter()
-        kept = keep(encoded, spark=ctx.spark, lake=ctx.lake, mode=ctx.config.spark.block_cache, what="encoded rows")
-        encoded = kept.frame
-        counts = {bool(r["ok"]): int(r["count"]) for r in encoded.groupBy(F.col(REASON).isNull().alias("ok")).count().collect()}
+        with progress(ctx.spark, f"embed: encoding up to {n_inputs - already} new rows with {name}", rows=n_inputs - already):
+            kept = keep(encoded, spark=ctx.spark, lake=ctx.lake, mode=ctx.config.spark.block_cache, what="encoded rows")
+            encoded = kept.frame
+            counts = {bool(r["ok"]): int(r["count"]) for r in encoded.groupBy(F.col(REASON).isNull().alias("ok")).count().collect()}
         encode_seconds = time.perf_counter() - t_encode
         n_embedded, n_rejected = counts.get(True, 0), counts.get(False, 0)
         previously_rejected = n_inputs - already - n_embedded - n_rejected
@@ -200,6 +202,7 @@ def summarize(m: dict) -> list[str]:
 
 STAGE = Stage(
     name="embed",
+    config_sections=("embed",),
     run=run_embed,
     help="embed new source rows (text or images) on the executors -> the embeddings table",
     writes=lambda cfg: (cfg.embed.table, cfg.embed.rejects_table) if cfg.embed is not None else (),

@@ -28,6 +28,12 @@ def _label_counts(df, label: str) -> np.ndarray:
     return np.array([r["count"] for r in df.groupBy(label).count().collect()], dtype=np.int64)
 
 
+def preflight(cfg, facts) -> None:
+    label = cfg.report.label_column
+    if label not in facts.columns:
+        raise InputDataError(f"report.label_column={label!r} is not a column of the input {facts.where} (columns: {sorted(facts.columns)})")
+
+
 def run_report(ctx: StageContext, metrics: dict) -> None:
     from pyspark.sql import types as T
 
@@ -85,10 +91,11 @@ def summarize(rep: dict) -> list[str]:
 
 STAGE = Stage(
     name="report",
+    config_sections=("report",),
     run=run_report,
     help="balance of the curated subset against a random one, over a column of known labels",
     writes=lambda cfg: (),
     summary=summarize,
     automatic=lambda cfg: cfg.report.label_column is not None and "sample" in cfg.stages,
-    resumable=False,  # cheap, and its settings are not part of the run's fingerprint
+    preflight=preflight,
 )

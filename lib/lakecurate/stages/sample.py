@@ -27,9 +27,10 @@ def read_tree(ctx: StageContext) -> ClusterTree:
     ctx.runlog.require("cluster", by="sample")
     if not ctx.lake.exists(CLUSTERS):
         raise TableError(f"table {CLUSTERS!r} does not exist under {ctx.lake.root!r}: run the cluster stage first")
-    pdf = ctx.lake.read(CLUSTERS, ctx.run_id).select("level", "cluster_id", "parent_id", "size").toPandas()
+    tree_run = ctx.output_run("cluster")
+    pdf = ctx.lake.read(CLUSTERS, tree_run).select("level", "cluster_id", "parent_id", "size").toPandas()
     if pdf.empty:
-        raise TableError(f"table {CLUSTERS!r} has no rows for run {ctx.run_id!r}: run the cluster stage first")
+        raise TableError(f"table {CLUSTERS!r} has no rows for run {tree_run!r}: run the cluster stage first")
     sizes, parents = [], []
     for level in sorted(pdf["level"].unique()):
         rows = pdf[pdf["level"] == level].sort_values("cluster_id")
@@ -37,6 +38,20 @@ def read_tree(ctx: StageContext) -> ClusterTree:
         par = rows["parent_id"]
         parents.append(None if par.isna().all() else par.to_numpy(np.int64))
     return ClusterTree(sizes, parents)
+
+
+def check_target(scfg, rows: int, what: str) -> None:
+    """InputDataError when ``sampling.target_size`` cannot be drawn from ``rows`` rows."""
+    if scfg.target_size > rows * scfg.max_repeats:
+        hint = "" if scfg.max_repeats > 1 else "; set sampling.max_repeats > 1 to draw rows more than once"
+        raise InputDataError(
+            f"sampling.target_size={scfg.target_size} is larger than {what} of {rows} rows x sampling.max_repeats={scfg.max_repeats}{hint}"
+        )
+
+
+def preflight(cfg, facts) -> None:
+    if facts.rows is not None:  # the input before de-duplication: an upper bound on the pool
+        check_target(cfg.sampling, facts.rows, f"the input {facts.where}")
 
 
 def _keyed(assignments, strategy: str, seed: int):
@@ -64,25 +79,18 @@ def run_sample(ctx: StageContext, metrics: dict) -> None:
     scfg = cfg.sampling
     tree = read_tree(ctx)
     pool = tree.n_points
-    capacity = pool * scfg.max_repeats
-    if scfg.target_size > capacity:
-        hint = "" if scfg.max_repeats > 1 else "; set sampling.max_repeats > 1 to draw rows more than once"
-        raise InputDataError(
-            f"sampling.target_size={scfg.target_size} is larger than the pool of {pool} rows x sampling.max_repeats={scfg.max_repeats}{hint}"
-        )
+    check_target(scfg, pool, "the pool")
     quotas = hierarchical_quotas(tree, scfg.target_size, np.random.default_rng(scfg.seed), max_repeats=scfg.max_repeats)
     fault_point("sample:quotas")
-    levels = len(tree.sizes)
-    path_cols = [f"cluster_{t + 1}" for t in range(levels)]
     quota_df = ctx.spark.createDataFrame(
         [(int(c), int(q), int(s)) for c, (q, s) in enumerate(zip(quotas, tree.sizes[0])) if q > 0],
-        "cluster_1 INT, quota LONG, cluster_size LONG",
+        "cluster INT, quota LONG, cluster_size LONG",
     )
-    assignments = ctx.lake.read(ASSIGNMENTS, ctx.run_id)
+    assignments = ctx.lake.read(ASSIGNMENTS, ctx.output_run("cluster"))
     ranked = _keyed(assignments, scfg.strategy, scfg.seed).withColumn(
-        "rank", F.row_number().over(Window.partitionBy("cluster_1").orderBy("sel_key", "row_key")) - 1
+        "rank", F.row_number().over(Window.partitionBy("cluster").orderBy("sel_key", "row_key")) - 1
     )
-    chosen = ranked.join(F.broadcast(quota_df), on="cluster_1", how="inner")
+    chosen = ranked.join(F.broadcast(quota_df), on="cluster", how="inner")
     times = (F.col("quota") / F.col("cluster_size")).cast("long") + F.when(
         F.col("rank") < F.col("quota") % F.col("cluster_size"), 1
     ).otherwise(0)
@@ -93,8 +101,8 @@ def run_sample(ctx: StageContext, metrics: dict) -> None:
         chosen = chosen.withColumn("copy", F.lit(0))
     id_col = cfg.input.id_column
     curated = chosen.select(
-        id_col, *path_cols, F.col("rank").cast("int").alias("rank"), F.col("copy").cast("int").alias("copy"),
-        F.lit(scfg.strategy).alias("strategy"),
+        id_col, "cluster", "path", F.col("rank").cast("int").alias("rank"), F.col("copy").cast("int").alias("copy"),
+        F.lit(scfg.strategy).alias("strategy"), F.lit(ctx.output_run("cluster")).alias("tree_run_id"),
     )
     if cfg.input.passthrough_columns:
         source = ctx.input_frame("sample").select(id_col, *cfg.input.passthrough_columns)
@@ -109,6 +117,7 @@ def run_sample(ctx: StageContext, metrics: dict) -> None:
             "target_size": scfg.target_size,
             "selected": n_written,
             "strategy": scfg.strategy,
+            "tree_run_id": ctx.output_run("cluster"),
             "level1_clusters_used": int((quotas > 0).sum()),
             "largest_quota": int(quotas.max()),
             "table_version": info.version,
@@ -123,8 +132,10 @@ def summarize(m: dict) -> list[str]:
 
 STAGE = Stage(
     name="sample",
+    config_sections=("sampling",),
     run=run_sample,
     help="balanced sampling down the cluster tree: clusters + assignments -> the curated table",
     writes=lambda cfg: (CURATED,),
     summary=summarize,
+    preflight=preflight,
 )

@@ -1,0 +1,126 @@
+"""Progress of long steps: a line every few seconds while Spark works, a bar on a terminal.
+
+``with progress(spark, "dedup: pairwise comparisons", rows=n):`` watches the Spark jobs the block
+starts and reports, every :data:`EVERY` seconds, the tasks done out of those known, the elapsed
+time, an ETA, and rows per second when ``rows`` is given. The task counts come from Spark's own
+progress reports: the status tracker of a classic session (read-only monitoring, off the data
+path) or the progress handler of a Spark Connect session. Where neither tells anything, the line
+still says the step is alive and for how long. On a terminal (stderr is a TTY) the line is a
+bar redrawn in place instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import Optional
+
+log = logging.getLogger("lakecurate.progress")
+
+#: seconds between two progress lines of one step
+EVERY = 5.0
+
+
+class _Tasks:
+    """Tasks done / known of the stages Spark ran since the step began."""
+
+    def __init__(self, spark):
+        self.spark = spark
+        self.stages: dict = {}  # stage id -> (done, total)
+        self._handler = None
+        self._tracker = None
+        self._seen_before: set = set()
+        from lakecurate.spark.session import is_connect
+
+        try:
+            if is_connect(spark):
+                def handler(stages=None, inflight_tasks=0, operation_id=None, done=False, **_):
+                    for st in stages or ():
+                        self.stages[st.stage_id] = (st.num_completed_tasks, st.num_tasks)
+
+                spark.registerProgressHandler(handler)
+                self._handler = handler
+            else:
+                self._tracker = spark.sparkContext.statusTracker()
+                self._seen_before = set(self._tracker.getActiveStageIds())
+        except Exception as exc:  # progress is best effort: never fail a step over it
+            log.debug("no Spark task progress: %s", exc)
+
+    def poll(self) -> tuple[int, int]:
+        if self._tracker is not None:
+            try:
+                for sid in self._tracker.getActiveStageIds():
+                    if sid in self._seen_before:
+                        continue
+                    info = self._tracker.getStageInfo(sid)
+                    if info is not None:
+                        self.stages[sid] = (info.numCompletedTasks, info.numTasks)
+            except Exception:
+                pass
+        done = sum(d for d, _ in self.stages.values())
+        total = sum(t for _, t in self.stages.values())
+        return done, total
+
+    def close(self) -> None:
+        if self._handler is not None:
+            try:
+                self.spark.removeProgressHandler(self._handler)
+            except Exception:
+                pass
+
+
+def _fmt(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else (f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s")
+
+
+def describe(what: str, elapsed: float, done: int, total: int, rows: Optional[int]) -> str:
+    """One progress line (also the bar's text)."""
+    parts = [f"{what}: {_fmt(elapsed)}"]
+    if total:
+        parts.append(f"{done}/{total} Spark tasks")
+        if 0 < done < total:
+            parts.append(f"ETA {_fmt(elapsed * (total - done) / done)}")
+        if rows and done:
+            parts.append(f"~{rows * min(done, total) / total / max(elapsed, 1e-9):,.0f} rows/s")
+    else:
+        parts.append("working")
+    return ", ".join(parts)
+
+
+@contextmanager
+def progress(spark, what: str, *, rows: Optional[int] = None, every: float = EVERY):
+    """Report on ``what`` every ``every`` seconds until the block ends (see the module docstring)."""
+    if spark is None:
+        yield
+        return
+    tasks = _Tasks(spark)
+    stop = threading.Event()
+    tty = sys.stderr.isatty()
+    t0 = time.perf_counter()
+
+    def report() -> None:
+        while not stop.wait(every):
+            done, total = tasks.poll()
+            line = describe(what, time.perf_counter() - t0, done, total, rows)
+            if tty:
+                filled = int(20 * done / total) if total else 0
+                sys.stderr.write(f"\r[{'#' * filled}{'.' * (20 - filled)}] {line}\033[K")
+                sys.stderr.flush()
+            else:
+                log.info("%s", line)
+
+    thread = threading.Thread(target=report, name=f"progress: {what}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=1.0)
+        tasks.close()
+        if tty and time.perf_counter() - t0 >= every:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
