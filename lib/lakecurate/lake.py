@@ -735,7 +735,8 @@ class Lake:
         serverless). Returns ``(frame, scratch)``; ``scratch.remove()`` when done."""
         scratch = self.scratch(what)
         try:
-            df.write.mode("error").parquet(_uri(f"{scratch.path}/data"))
+            # uncompressed: float32 bytes do not compress, and a pass reads them again and again
+            df.write.mode("error").option("compression", "uncompressed").parquet(_uri(f"{scratch.path}/data"))
         except BaseException as exc:
             scratch.remove()
             if isinstance(exc, OSError):
