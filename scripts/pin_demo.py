@@ -1,6 +1,6 @@
 """Check the full demo configurations against the digests pinned in tests/e2e/pinned_demo.json.
 
-    .venv/bin/python scripts/pin_demo.py            # conf/demo.yaml and conf/demo-redundant.yaml (~2 min)
+    .venv/bin/python scripts/pin_demo.py            # conf/demo.yaml, conf/demo-redundant.yaml, and the latter at the Connect test's size (~2.5 min)
     .venv/bin/python scripts/pin_demo.py demo       # one of them
 
 Runs each config through the real CLI into a fresh lake and compares the digests of its tables
@@ -18,11 +18,16 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 
 from deltalake import DeltaTable  # noqa: E402
 from digests import run_digests  # noqa: E402
+from test_spark_connect import DEMO as CONNECT_E2E  # noqa: E402
 
-CONFIGS = {"demo": "conf/demo.yaml", "demo-redundant": "conf/demo-redundant.yaml"}
+#: name -> (config, overrides); "-e2e" entries are the sizes the CI tests run (the Spark Connect
+#: test compares its tables with "demo-redundant-e2e", which only this script runs classically)
+CONFIGS = {"demo": ("conf/demo.yaml", []), "demo-redundant": ("conf/demo-redundant.yaml", []),
+           "demo-redundant-e2e": ("conf/demo-redundant.yaml", [o for o in CONNECT_E2E if not o.startswith("spark.master")])}
 
 
 def main(names: list[str]) -> int:
@@ -32,7 +37,8 @@ def main(names: list[str]) -> int:
     for name in names or list(CONFIGS):
         with tempfile.TemporaryDirectory() as tmp:
             lake = os.path.join(tmp, "lake")
-            cmd = [sys.executable, "-m", "lakecurate.cli", "run", os.path.join(ROOT, CONFIGS[name]), f"lake.root={lake}"]
+            config, overrides = CONFIGS[name]
+            cmd = [sys.executable, "-m", "lakecurate.cli", "run", os.path.join(ROOT, config), f"lake.root={lake}", *overrides]
             out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
             if out.returncode != 0:
                 print(f"{name}: the run failed\n{out.stderr[-3000:]}")
@@ -40,6 +46,11 @@ def main(names: list[str]) -> int:
                 continue
             run_id = DeltaTable(os.path.join(lake, "runs")).to_pandas()["run_id"].iloc[0]
             got = run_digests(lake, run_id)
+        if "--pin" in sys.argv and name not in pinned:  # a new entry: record what this (classic) run gave
+            pinned[name] = got
+            with open(os.path.join(ROOT, "tests", "e2e", "pinned_demo.json"), "w") as f:
+                json.dump(pinned, f, indent=1, sort_keys=True)
+                f.write("\n")
         same = got == pinned[name]
         failed += not same
         print(f"{name}: {'same as pinned' if same else 'DIFFERENT'}")
@@ -51,4 +62,4 @@ def main(names: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main([a for a in sys.argv[1:] if not a.startswith("--")]))

@@ -245,6 +245,14 @@ class Lake:
         df = reader.parquet(*files)
         return df.select(*[f.name for f in spark_schema.fields]) if partition_cols else df
 
+    def read_small(self, name: str, columns: Optional[list[str]] = None) -> list[dict]:
+        """All rows of a small table of this lake (e.g. ``runs``) as dicts on the driver: delta-rs
+        on embedded lakes (no Spark job), Spark on native ones."""
+        if self.backend == "native":
+            df = self.read(name)
+            return [r.asDict() for r in (df.select(*columns) if columns else df).collect()]
+        return self._delta(_uri(self.path(name))).to_pyarrow_table(columns=columns).to_pylist()
+
     def delta_snapshot(self, path: str) -> dict:
         """The identity of a Delta table's latest version: ``{"table_id", "version"}``."""
         uri = _uri(path)

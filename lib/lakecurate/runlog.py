@@ -53,21 +53,21 @@ class RunLog:
         #: stage -> its fingerprint (what the runs table records, and what a rerun compares)
         self.fingerprints = fingerprints
         self.inputs = inputs or {}
+        self._cache: Optional[list[dict]] = None
 
     def fingerprint(self, stage: str) -> str:
         return self.fingerprints.get(stage, "")
 
-    def _latest(self, stage: str):
-        if not self.lake.exists(RUNS_TABLE):
-            return None
-        rows = (
-            self.lake.read(RUNS_TABLE, self.run_id)
-            .where(f"stage = '{stage}'")
-            .orderBy("finished_at", ascending=False)
-            .limit(1)
-            .collect()
-        )
-        return rows[0] if rows else None
+    def _rows(self) -> list[dict]:
+        """Every row of the ``runs`` table (it is small), read once and again after each record."""
+        if self._cache is None:
+            self._cache = self.lake.read_small(RUNS_TABLE, columns=["run_id", "stage", "status", "finished_at", "fingerprint", "metrics"]) \
+                if self.lake.exists(RUNS_TABLE) else []
+        return self._cache
+
+    def _latest(self, stage: str, run_id: Optional[str] = None):
+        rows = [r for r in self._rows() if r["stage"] == stage and r["run_id"] == (run_id or self.run_id)]
+        return max(rows, key=lambda r: r["finished_at"]) if rows else None
 
     def completed(self, stage: str) -> Optional[dict]:
         """Metrics of the stage's committed success for this run, config and input, else None."""
@@ -83,22 +83,13 @@ class RunLog:
     def committed_elsewhere(self, stage: str) -> Optional[tuple[str, dict]]:
         """``(run_id, metrics)`` of the latest success of ``stage`` with this run's fingerprint for
         it under another run id (whose tables hold the rows), else None."""
-        if not self.lake.exists(RUNS_TABLE):
-            return None
-        from pyspark.sql import functions as F
-
-        rows = (
-            self.lake.read(RUNS_TABLE)
-            .where((F.col("stage") == stage) & (F.col("status") == "succeeded") & (F.col("fingerprint") == self.fingerprint(stage))
-                   & (F.col("run_id") != self.run_id))
-            .orderBy(F.col("finished_at").desc())
-            .limit(1)
-            .collect()
-        )
+        rows = [r for r in self._rows() if r["stage"] == stage and r["status"] == "succeeded"
+                and r["fingerprint"] == self.fingerprint(stage) and r["run_id"] != self.run_id]
         if not rows:
             return None
-        metrics = json.loads(rows[0]["metrics"] or "{}")
-        return metrics.get("reused_from", rows[0]["run_id"]), metrics
+        latest = max(rows, key=lambda r: r["finished_at"])
+        metrics = json.loads(latest["metrics"] or "{}")
+        return metrics.get("reused_from", latest["run_id"]), metrics
 
     def require(self, stage: str, *, by: str) -> None:
         """TableError unless ``stage`` succeeded for this run: its tables are complete and belong together."""
@@ -122,6 +113,7 @@ class RunLog:
             "lakecurate_version": [__version__],
         }
         self.lake.write_arrow(pa.table(row, schema=RUNS_SCHEMA), RUNS_TABLE, self.run_id, append=True)
+        self._cache = None
 
     @contextmanager
     def track(self, stage: str):

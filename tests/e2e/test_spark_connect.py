@@ -3,14 +3,15 @@
 One child process starts a local Spark Connect server (``spark.remote=local[2]``, as
 ``SPARK_REMOTE=local[2]`` would) and runs, on that session:
 
-* de-duplication, clustering, sampling and the report of a redundant pool with
+* the bundled demo on a redundant pool (``conf/demo-redundant.yaml`` at a test's size:
+  de-duplication, clustering, sampling and the report) with
   ``spark.block_cache=lake``: no ``cache()`` at all, as on serverless (``auto`` on a local Connect
   server, which can cache, resolves to the block files of a classic session: checked too);
 * the embed stage on a text table (with rows it must reject).
 
-This process runs the same configurations on the classic ``spark`` fixture (with the default
-block cache) and compares every table digest (ids, paths, centroids, distances, duplicates,
-embeddings: exact bits).
+The curation's table digests (ids, paths, centroids, distances, duplicates: exact bits) are
+compared with those a classic session gave (``pinned_demo.json``, "demo-redundant-e2e"); the
+embeddings with the same embed run on the classic ``spark`` fixture.
 """
 
 from __future__ import annotations
@@ -30,23 +31,21 @@ from lakecurate.pipeline import run
 from lakecurate.plan import load_plan
 
 from builders import make_texts
-from digests import _sha, run_digests
+from digests import _sha
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.spark, pytest.mark.connect]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def curate_config(lake_root: str, block_cache: str) -> dict:
-    return {
-        "name": "connect", "stages": ["dedup", "cluster", "sample"], "lake": {"root": lake_root},
-        "input": {"format": "synthetic",
-                  "synthetic": {"n": 2500, "dim": 16, "n_concepts": 30, "n_items": 1000, "copy_noise": 0.05, "seed": 0}},
-        "dedup": {"eps": 0.01, "n_neighbor_clusters": 1, "n_clusters": 4, "n_iter": 2},
-        "clustering": {"n_clusters": [30, 6], "n_iter": 3, "resample_size": [1, 3], "n_resampling_steps": 1, "metric": "cosine"},
-        "sampling": {"target_size": 400}, "report": {"label_column": "item"},
-        "spark": {"partitions": 4, "block_cache": block_cache},
-    }
+#: the bundled demo on a redundant pool (dedup, cluster, sample, report), at a test's size
+DEMO = ["input.synthetic.n=2500", "input.synthetic.dim=16", "input.synthetic.n_concepts=30", "input.synthetic.n_items=1000",
+        "dedup.n_clusters=4", "dedup.n_iter=2", "clustering.n_clusters=[30, 6]", "clustering.n_iter=3",
+        "clustering.resample_size=[1, 3]", "clustering.n_resampling_steps=1", "sampling.target_size=400", "spark.master=null"]
+
+
+def curate_plan(lake_root: str, block_cache: str):
+    return load_plan("demo-redundant", [*DEMO, f"lake.root={lake_root}", f"spark.block_cache={block_cache}"])
 
 
 def embed_config(lake_root: str, source: str) -> dict:
@@ -68,7 +67,7 @@ def embeddings_digest(lake_root: str) -> dict:
 CHILD = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from test_spark_connect import curate_config, embed_config, embeddings_digest
+from test_spark_connect import curate_plan, embed_config, embeddings_digest
 from digests import run_digests
 from lakecurate.pipeline import run
 from lakecurate.plan import load_plan
@@ -79,7 +78,7 @@ spark = get_spark(None, "connect-test", {"spark.sql.shuffle.partitions": "4"}, r
 assert is_connect(spark), type(spark)
 out = {"auto_resolves_to": resolve(spark, "auto")}
 root = f"{sys.argv[2]}/curate"
-res = run(load_plan(data=curate_config(root, "lake")), spark=spark)
+res = run(curate_plan(root, "lake"), spark=spark)
 out["lake"] = {"digests": run_digests(root, res.run_id), "report": res.report, "block_cache": res.stages["cluster"]["block_cache"]}
 res = run(load_plan(data=embed_config(f"{sys.argv[2]}/embed", sys.argv[3]), alone="embed"), spark=spark)
 out["embed"] = {"digest": embeddings_digest(f"{sys.argv[2]}/embed"), "metrics": {k: res.stages["embed"][k] for k in ("embedded", "rejected")}}
@@ -90,7 +89,7 @@ print("RESULT " + json.dumps(out, default=str))
 @pytest.fixture(scope="module")
 def text_source(tmp_path_factory):
     path = tmp_path_factory.mktemp("connect-src")
-    texts = make_texts(120, seed=4) + [None, "  "]
+    texts = make_texts(40, seed=4) + [None, "  "]
     pq.write_table(pa.table({"id": pa.array(range(len(texts)), pa.int64()), "text": pa.array(texts, pa.string())}), path / "part-0.parquet")
     return str(path)
 
@@ -107,20 +106,21 @@ def connect_results(tmp_path_factory, text_source):
     return json.loads(line[0][len("RESULT "):])
 
 
-def test_curation_on_spark_connect_without_a_cache_equals_classic(spark, tmp_path, connect_results):
-    root = str(tmp_path / "classic")
-    res = run(load_plan(data=curate_config(root, "auto")), spark=spark)
-    classic = run_digests(root, res.run_id)
+def test_curation_on_spark_connect_without_a_cache_equals_classic(connect_results):
+    """The tables equal, bit for bit, those a classic session gave for this config (pinned by
+    ``scripts/pin_demo.py --pin``; ``make pin-demo`` re-checks the classic side)."""
+    with open(os.path.join(os.path.dirname(__file__), "pinned_demo.json")) as f:
+        classic = json.load(f)["demo-redundant-e2e"]
     assert set(classic) == {"level_1", "level_2", "assignments", "curated", "duplicates"}
-    assert res.stages["cluster"]["block_cache"] == "local_files"
     assert connect_results["lake"]["block_cache"] == "lake"  # staged in the lake, re-read every pass
     assert connect_results["lake"]["digests"] == classic
-    assert json.dumps(connect_results["lake"]["report"], sort_keys=True, default=str) == json.dumps(res.report, sort_keys=True, default=str)
+    report = connect_results["lake"]["report"]
+    assert report["curated"]["n"] == 400 and report["deduplicated"]["n"] < report["pool"]["n"] == 2500
     assert connect_results["auto_resolves_to"] == "local_files"  # a Connect server that can cache
 
 
 def test_embedding_on_spark_connect_equals_classic(spark, tmp_path, text_source, connect_results):
     root = str(tmp_path / "classic-embed")
     res = run(load_plan(data=embed_config(root, text_source), alone="embed"), spark=spark)
-    assert {k: res.stages["embed"][k] for k in ("embedded", "rejected")} == connect_results["embed"]["metrics"] == {"embedded": 120, "rejected": 2}
+    assert {k: res.stages["embed"][k] for k in ("embedded", "rejected")} == connect_results["embed"]["metrics"] == {"embedded": 40, "rejected": 2}
     assert embeddings_digest(root) == connect_results["embed"]["digest"]

@@ -149,10 +149,14 @@ def test_killed_cluster_stage_resumes_from_level_checkpoints(spark, pool_npy, pu
     assert sorted(statuses) == ["failed", "succeeded"]
 
 
-def test_upper_levels_on_executors_give_the_same_tree(spark, pool_npy, pure, tmp_path):
-    """Above clustering.driver_max_rows a level 2..T runs through the Spark assigner: same result."""
-    cfg = config(pool_npy[0], str(tmp_path / "lake"), clustering__driver_max_rows=10, clustering__metric="l2")
+@pytest.mark.parametrize("cache", ["auto", "lake"])
+def test_upper_levels_on_executors_give_the_same_tree(spark, pool_npy, pure, tmp_path, cache):
+    """Above clustering.driver_max_rows a level 2..T runs through the Spark assigner: same result,
+    with the centroids cached or (``lake``) written as Parquet by the driver and re-read."""
+    cfg = config(pool_npy[0], str(tmp_path / "lake"), clustering__driver_max_rows=10, clustering__metric="l2",
+                 spark__block_cache=cache)
     res = run(cfg, spark=spark)
+    assert res.stages["cluster"]["block_cache"] == ("local_files" if cache == "auto" else "lake")
     clusters = DeltaTable(res.tables["clusters"]).to_pandas()
     top = clusters[clusters.level == 2].sort_values("cluster_id")
     assert np.array_equal(top["size"].to_numpy(), pure.levels_[1].sizes)
