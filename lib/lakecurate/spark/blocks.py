@@ -417,13 +417,13 @@ class EmbeddingBlocks:
     def ship(self, payload: Any):
         """``(get, free)`` for ``payload`` (:func:`~lakecurate.spark.tasks.ship_to_tasks`), with this
         input's lake folder for payloads too large for a closure."""
-        files = None
-        if self._lake is not None:
-            if self._payload_scratch is None and payload is not None and _pickled_size_over(payload, tasks.CLOSURE_MAX_BYTES):
-                self._payload_scratch = self._lake.scratch("payloads")
-            if self._payload_scratch is not None:
-                files = PayloadFiles(self._payload_scratch.path, self._payload_scratch.options)
-        return ship_to_tasks(payload, files)
+        return ship_to_tasks(payload, self._payload_files if self._lake is not None else None)
+
+    def _payload_files(self) -> PayloadFiles:
+        """The lake folder for this input's large payloads, made on first use, removed by :meth:`release`."""
+        if self._payload_scratch is None:
+            self._payload_scratch = self._lake.scratch("payloads")
+        return PayloadFiles(self._payload_scratch.path, self._payload_scratch.options)
 
     def _map(self, fn: BlockFn, schema, payload: Any):
         get, free = self.ship(payload)
@@ -500,8 +500,3 @@ class EmbeddingBlocks:
         missing = sorted({r["_part"] for r in rows if r["_missing"]})
         return [r for r in rows if not r["_missing"]], missing
 
-
-def _pickled_size_over(payload: Any, limit: int) -> bool:
-    import pickle
-
-    return len(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)) > limit

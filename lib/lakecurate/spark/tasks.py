@@ -59,13 +59,13 @@ def configure_faiss(threads: int = 0) -> None:
 CLOSURE_MAX_BYTES = 64 << 20
 
 
-def ship_to_tasks(payload: Any, files: Optional["PayloadFiles"] = None) -> tuple[Callable[[], Any], Callable[[], None]]:
+def ship_to_tasks(payload: Any, files: Optional[Callable[[], "PayloadFiles"]] = None) -> tuple[Callable[[], Any], Callable[[], None]]:
     """Make a driver-side ``payload`` (centroids, small lookup arrays) readable in every task.
 
     Returns ``(get, free)``: ``get()`` inside a task returns the payload, ``free()`` on the driver
     releases it once no job needs it. A payload of up to :data:`CLOSURE_MAX_BYTES` pickled
-    travels in the closure; a larger one is written to ``files`` (a folder in the lake every
-    executor can read) and read once per Python worker. No SparkContext is involved, so this
+    travels in the closure; a larger one is written to ``files()`` (called only then: a folder
+    in the lake every executor can read) and read once per Python worker. No SparkContext is involved, so this
     works the same on classic and Spark Connect sessions. Every payload lakecurate sends to
     executors goes through here.
     """
@@ -82,6 +82,7 @@ def ship_to_tasks(payload: Any, files: Optional["PayloadFiles"] = None) -> tuple
             f"a {len(data) / 2**20:.0f} MiB payload (e.g. k x d centroids) is over the {CLOSURE_MAX_BYTES >> 20} MiB that "
             "travels in a task's closure, and no lake folder was given to ship it through"
         )
+    files = files()
     uri = files.put(data)
     log.info("payload of %.0f MiB shipped to tasks through %s", len(data) / 2**20, uri)
     return (lambda: files.get(uri)), (lambda: files.remove(uri))
