@@ -10,7 +10,7 @@ tune_openblas_env()  # before anything imports faiss
 
 from lakecurate.errors import ConfigError, InputDataError, LakecurateError, MissingDependencyError, TableError
 from lakecurate.core.dedup import deduplicate
-from lakecurate.estimator import HierarchicalKMeans, balanced_sample
+from lakecurate.estimator import HierarchicalKMeans, balanced_sample, target_coreset
 
 __version__ = "0.2.0"
 
@@ -18,6 +18,7 @@ __all__ = [
     "HierarchicalKMeans",
     "balanced_sample",
     "deduplicate",
+    "target_coreset",
     "LakecurateError",
     "ConfigError",
     "InputDataError",

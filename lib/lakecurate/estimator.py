@@ -1,4 +1,5 @@
-"""The public, Spark-free API: ``HierarchicalKMeans(...).fit(X)`` and ``balanced_sample(tree, n)``.
+"""The public, Spark-free API: ``HierarchicalKMeans(...).fit(X)``, ``balanced_sample(tree, n)`` and
+``target_coreset(pool, target)``.
 
 Constructors only store parameters; ``fit`` validates once, at this edge, then hands validated
 arrays to the private cores in :mod:`lakecurate.core`.
@@ -14,9 +15,11 @@ import numpy as np
 from lakecurate.core.assign import NumpyAssigner
 from lakecurate.core.hierarchy import Level, LevelParams, fit_hierarchy, level_params, parent_ids
 from lakecurate.core.kmeans import DEFAULT_INIT_POINTS_PER_CENTROID, normalize_rows
+from lakecurate.core.coreset import CoresetResult, default_budget, greedy, in_memory_fetch, target_centroids
 from lakecurate.core.sampling import ClusterTree, balanced_sample_from_tree
 from lakecurate.errors import ConfigError, InputDataError
-from lakecurate.validation import STRATEGIES, check_choice, check_embeddings, check_hierarchy, check_int, check_levels
+from lakecurate.validation import (STRATEGIES, check_choice, check_coreset_params, check_embeddings, check_hierarchy, check_int,
+                                   check_levels)
 
 log = logging.getLogger(__name__)
 
@@ -129,3 +132,44 @@ def balanced_sample(
     return balanced_sample_from_tree(
         tree.tree_, lv1.labels, lv1.distances, int(n), strategy=strategy, seed=seed, max_repeats=int(max_repeats)
     )
+
+
+def target_coreset(
+    pool,
+    target,
+    *,
+    n_centroids: int = 100,
+    budget: Optional[int] = None,
+    patience: int = 20,
+    stop_threshold: float = 0.95,
+    seed: int = 0,
+    candidates: int = 0,
+    details: bool = False,
+) -> Union[np.ndarray, CoresetResult]:
+    """The rows of ``pool`` most like ``target``: SimCore's greedy with its stopping rule (Kim et al. 2023).
+
+    ``pool`` (N, d) and ``target`` (M, d) are embeddings (any scale: rows are L2-normalised).
+    The target is k-means'd into ``n_centroids`` centroids (every target row is one when
+    ``n_centroids >= M``); in greedy rounds every centroid takes its most similar row not yet
+    taken, until a round's mean similarity falls below ``stop_threshold`` x that of round
+    ``patience``, or ``budget`` rows (default 50 x M, capped by N) are taken. The algorithm, its
+    ties and its seeded cut are in :mod:`lakecurate.core.coreset`.
+
+    Returns the sorted indices of the chosen pool rows; with ``details=True`` a
+    :class:`~lakecurate.core.coreset.CoresetResult` (``.indices``, and per chosen row ``.centroid``,
+    ``.similarity`` and ``.round``; ``.stop_reason``, ``.utilities`` per round). ``candidates``
+    (rows per centroid held at first, 0 = from the budget) changes memory, never the result.
+    """
+    check_coreset_params(n_centroids, budget, patience, stop_threshold, seed, candidates)
+    x = check_embeddings(pool, name="pool")
+    t = check_embeddings(target, name="target")
+    if t.shape[1] != x.shape[1]:
+        raise InputDataError(f"target has dimension {t.shape[1]} but pool has dimension {x.shape[1]}: embed both with the same model")
+    n_budget = default_budget(t.shape[0], x.shape[0]) if budget is None else min(int(budget), x.shape[0])
+    centroids = target_centroids(t, int(n_centroids), seed=int(seed))
+    unit = normalize_rows(x)
+    keys = np.arange(x.shape[0], dtype=np.int64)
+    result = greedy(in_memory_fetch(keys, unit, centroids), centroids.shape[0], budget=n_budget, pool_rows=x.shape[0],
+                    patience=int(patience), stop_threshold=float(stop_threshold), seed=int(seed), candidates=int(candidates))
+    result.centroids = centroids
+    return result if details else result.keys

@@ -229,3 +229,15 @@ def check_levels(n_clusters: Sequence[int], n_inputs: int, *, key: str = "n_clus
             what = "rows in the input" if t == 0 else f"clusters at level {t}"
             raise InputDataError(f"{key}[{t}]={k} (level {t + 1}) is more than the {available} {what}")
         available = k
+
+
+def check_coreset_params(n_centroids: Any, budget: Any, patience: Any, stop_threshold: Any, seed: Any, candidates: Any,
+                         *, prefix: str = "") -> None:
+    """The coreset's parameters (the pure API's keyword names, or ``coreset.<name>`` in a config)."""
+    check_int(n_centroids, f"{prefix}n_centroids", minimum=1)
+    if budget is not None:
+        check_int(budget, f"{prefix}budget", minimum=1)
+    check_int(patience, f"{prefix}patience", minimum=1)
+    check_number(stop_threshold, f"{prefix}stop_threshold", low=0.0, high=1.0)
+    check_int(seed, f"{prefix}seed", minimum=0)
+    check_int(candidates, f"{prefix}candidates", minimum=0)

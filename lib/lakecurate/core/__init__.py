@@ -5,6 +5,7 @@ Modules:
   kmeans     - the one Lloyd loop, k-means++ on a sample, empty-cluster re-seeding
   hierarchy  - hierarchical k-means with resampling (Vo et al. 2024)
   sampling   - water-filling quotas and balanced hierarchical sampling
+  coreset    - target-aware coresets (SimCore): exact greedy over candidate windows, never N x K
   keys       - counter-based random keys, identical on the driver and on executors
   metrics    - balance figures for a labelled subset (entropy, head share, coverage)
   synthetic  - generated long-tailed pools with known concepts
