@@ -30,6 +30,7 @@ from lakecurate.validation import (
     STRATEGIES,
     HierarchySettings,
     check_choice,
+    check_coreset_params,
     check_eps,
     check_hierarchy,
     check_int,
@@ -370,6 +371,42 @@ class EmbedConfig:
 
 
 @dataclass(frozen=True)
+class CoresetConfig:
+    """The ``coreset`` stage (SimCore): the input rows most like a target set -> the ``coreset`` table.
+
+    The target is an embeddings table or file (``target``: format delta, parquet or npy, with its
+    own id and embedding columns), or a text/image source (``target_source``) embedded with the
+    run's ``embed.encoder`` as the stage runs. Give one.
+    """
+
+    target: Optional[InputConfig] = None
+    target_source: Optional[EmbedSourceConfig] = None
+    n_centroids: int = 100
+    #: rows to pick at most; None = 50 x the target's rows (capped by the pool)
+    budget: Optional[int] = None
+    patience: int = 20
+    stop_threshold: float = 0.95
+    seed: int = 0
+    #: candidate rows per centroid fetched by the first pass; 0 = about 2 x budget / n_centroids
+    candidates: int = 0
+
+    def validate(self, where: str) -> None:
+        if (self.target is None) == (self.target_source is None):
+            raise ConfigError(f"{where}: give the target set as one of {where}.target (embeddings) or "
+                              f"{where}.target_source (text or images to embed with embed.encoder)"
+                              + ("; both are set" if self.target is not None else ""))
+        if self.target is not None:
+            self.target.validate(f"{where}.target")
+            if self.target.format == "synthetic":
+                raise ConfigError(f"{where}.target.format='synthetic' is not a target: give a delta, parquet or npy embeddings input")
+            self.target.require_location(f"{where}.target")
+        if self.target_source is not None:
+            self.target_source.validate(f"{where}.target_source")
+        check_coreset_params(self.n_centroids, self.budget, self.patience, self.stop_threshold, self.seed, self.candidates,
+                             prefix=f"{where}.")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One ``lakecurate run``: the stages to run and every section they read."""
 
@@ -386,6 +423,8 @@ class RunConfig:
     spark: SparkConfig = field(default_factory=SparkConfig)
     #: the embed stage (raw text/images -> embeddings table); required when stages include "embed"
     embed: Optional[EmbedConfig] = None
+    #: the coreset stage (rows like a target set); required when stages include "coreset"
+    coreset: Optional[CoresetConfig] = None
 
     def validate(self, where: str = "") -> None:
         """Every section on its own; what spans sections is checked by :func:`lakecurate.plan.plan_run`."""

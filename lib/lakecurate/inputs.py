@@ -80,18 +80,20 @@ def input_tables(cfg: InputConfig) -> dict[str, str]:
     return {POOL: synthetic_pool_id(cfg.pool)} if cfg.format == "synthetic" else {}
 
 
-def read_run_input(lake: Lake, cfg: InputConfig, snapshot: Optional[dict] = None):
+def read_run_input(lake: Lake, cfg: InputConfig, snapshot: Optional[dict] = None, *, key: str = "input"):
     """The embeddings input as a DataFrame with at least (id, embedding) as the config names them.
 
     ``snapshot``: the input's fingerprint (:func:`fingerprint_run_input`); the read is pinned to
-    it (a Delta version, a Parquet folder's listing, a .npy file's content hash).
+    it (a Delta version, a Parquet folder's listing, a .npy file's content hash). ``key``: the
+    config key messages name (``coreset.target`` for a coreset's target set).
     """
     if cfg.format == "synthetic":
         return lake.read(POOL, synthetic_pool_id(cfg.pool)).drop("run_id")
     if cfg.format == "npy":
-        digest = snapshot["sha256"] if snapshot else file_sha256(cfg.path, key="input.path")
-        return lake.read_npy(cfg.path, id_column=cfg.id_column, embedding_column=cfg.embedding_column, content_sha256=digest, key="input.path")
-    return lake.read_source(cfg.format, path=cfg.path, table=cfg.table, key="input", snapshot=snapshot)
+        digest = snapshot["sha256"] if snapshot else file_sha256(cfg.path, key=f"{key}.path")
+        return lake.read_npy(cfg.path, id_column=cfg.id_column, embedding_column=cfg.embedding_column, content_sha256=digest,
+                             key=f"{key}.path")
+    return lake.read_source(cfg.format, path=cfg.path, table=cfg.table, key=key, snapshot=snapshot)
 
 
 # ---------------------------------------------------------------- what can be known before any job
@@ -203,11 +205,20 @@ def _fingerprint_catalog_table(lake: Lake, table: str, key: str) -> dict:
     return {"kind": "catalog", "table": table, "files": len(files), "listing_sha256": hashlib.sha256(json.dumps(files).encode()).hexdigest()}
 
 
-def fingerprint_run_input(lake: Lake, cfg: InputConfig) -> Optional[dict]:
+def fingerprint_run_input(lake: Lake, cfg: InputConfig, *, key: str = "input") -> Optional[dict]:
     """The run input's fingerprint; None for the generated pool (its config is its identity)."""
     if cfg.format == "synthetic":
         return None
-    return fingerprint_source(lake, cfg.format, path=cfg.path, table=cfg.table, key="input")
+    return fingerprint_source(lake, cfg.format, path=cfg.path, table=cfg.table, key=key)
+
+
+def fingerprint_coreset_target(lake: Lake, ccfg) -> Optional[dict]:
+    """The coreset's target set: its embeddings input, or the source it embeds."""
+    if ccfg.target is not None:
+        return fingerprint_run_input(lake, ccfg.target, key="coreset.target")
+    src = ccfg.target_source
+    return fingerprint_source(lake, src.format, path=src.path, table=src.table, key="coreset.target_source",
+                              glob=src.glob, recursive=src.recursive)
 
 
 def fingerprint_embed_source(lake: Lake, ecfg: EmbedConfig) -> dict:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from lakecurate.config import RunConfig, redacted
-from lakecurate.inputs import InputFacts, fingerprint_embed_source, fingerprint_run_input, input_facts, input_tables, prepare_run_input
+from lakecurate.inputs import InputFacts, fingerprint_coreset_target, fingerprint_embed_source, fingerprint_run_input, input_facts, input_tables, prepare_run_input
 from lakecurate.inputs import summary as input_summary
 from lakecurate.errors import InputDataError
 from lakecurate.lake import Lake, disk_error
@@ -138,12 +138,14 @@ def preflight(plan: RunPlan, facts: InputFacts) -> None:
 
 
 def read_fingerprints(lake: Lake, plan: RunPlan, reads_input: bool) -> dict:
-    """Fingerprints of what the run reads: the embeddings input, and the embed stage's source."""
+    """Fingerprints of what the run reads: the embeddings input, the embed stage's source, the coreset's target."""
     out = {}
     if reads_input:
         out["input"] = fingerprint_run_input(lake, plan.config.input)
     if plan.has("embed"):
         out["embed.source"] = fingerprint_embed_source(lake, plan.config.embed)
+    if plan.has("coreset"):
+        out["coreset.target"] = fingerprint_coreset_target(lake, plan.config.coreset)
     return {k: v for k, v in out.items() if v}
 
 

@@ -13,6 +13,7 @@ POOL = "pool"
 EMBEDDINGS = "embeddings"
 REJECTS = "rejects"
 DUPLICATES = "duplicates"
+CORESET = "coreset"
 CLUSTERS = "clusters"
 ASSIGNMENTS = "assignments"
 CURATED = "curated"
@@ -24,6 +25,7 @@ DESCRIPTIONS = {
     EMBEDDINGS: "embeddings keyed by (model, id); appended incrementally per run",
     REJECTS: "rows the embed stage could not embed, with the reason",
     DUPLICATES: "rows removed as near-duplicates and the row kept for each",
+    CORESET: "the rows most like a target set (SimCore), with the centroid, similarity and round that chose each",
     CLUSTERS: "the cluster tree",
     ASSIGNMENTS: "level-1..T cluster of every input row",
     CURATED: "the curated subset",

@@ -362,6 +362,20 @@ class EmbeddingBlocks:
                         mode="lake" if mode == "lake" else "spark", what="matrix blocks")
         return cls(spark, kept, x.shape[0], x.shape[1], T.LongType(), partitions=parts, lake=lake)
 
+    def gather(self) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+        """Every row on the driver, sorted by row key: (ids, keys, vectors). For small inputs only
+        (a coreset's target set): the driver holds them all."""
+        ids, keys, xs = [], [], []
+        for row in rows_of(self.frame.select("part", "seq", "ids_arrow", "keys", "vectors").toArrow().to_batches()):
+            b = Block.from_row(row)
+            ids.append(b.ids)
+            keys.append(b.keys)
+            xs.append(b.vectors)
+        keys_all = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+        order = np.argsort(keys_all, kind="stable")
+        x = np.concatenate(xs) if xs else np.zeros((0, self.d), np.float32)
+        return pa.concat_arrays(ids).take(pa.array(order)) if ids else pa.array([]), keys_all[order], x[order]
+
     @property
     def num_partitions(self) -> int:
         return self._partitions
