@@ -7,9 +7,10 @@ One child process starts a local Spark Connect server (``spark.remote=local[2]``
   de-duplication, clustering, sampling and the report) with
   ``spark.block_cache=lake``: no ``cache()`` at all, as on serverless (``auto`` on a local Connect
   server, which can cache, resolves to the block files of a classic session: checked too);
-* the embed stage on a text table (with rows it must reject).
+* the embed stage on a text table (with rows it must reject);
+* the coreset stage on those embeddings, its target a text table embedded by the stage itself.
 
-The curation's table digests (ids, paths, centroids, distances, duplicates: exact bits) are
+The coreset's rows must equal those of the same run on the classic ``spark`` fixture. The curation's table digests (ids, paths, centroids, distances, duplicates: exact bits) are
 compared with those a classic session gave (``pinned_demo.json``, "demo-redundant-e2e"); the
 embeddings with the same embed run on the classic ``spark`` fixture.
 """
@@ -56,6 +57,21 @@ def embed_config(lake_root: str, source: str) -> dict:
     }
 
 
+def coreset_config(lake_root: str, pool: str, source: str, target: str) -> dict:
+    return {
+        "name": "connect-coreset", "run_id": "coreset", "stages": ["coreset"], "lake": {"root": lake_root},
+        "input": {"format": "delta", "path": pool},
+        "embed": {"source": {"format": "parquet", "path": source}, "batch_rows": 64},
+        "coreset": {"target_source": {"format": "parquet", "path": target}, "n_centroids": 4, "patience": 3},
+        "spark": {"block_cache": "lake"},
+    }
+
+
+def coreset_rows(lake_root: str) -> list:
+    df = DeltaTable(os.path.join(lake_root, "coreset")).to_pandas().sort_values("id")
+    return [[int(r.id), int(r.centroid), float(r.similarity), int(r.round)] for r in df.itertuples()]
+
+
 def embeddings_digest(lake_root: str) -> dict:
     emb = DeltaTable(os.path.join(lake_root, "embeddings")).to_pandas().sort_values("id")
     rej = DeltaTable(os.path.join(lake_root, "rejects")).to_pandas()
@@ -67,7 +83,7 @@ def embeddings_digest(lake_root: str) -> dict:
 CHILD = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from test_spark_connect import curate_plan, embed_config, embeddings_digest
+from test_spark_connect import coreset_config, coreset_rows, curate_plan, embed_config, embeddings_digest
 from digests import run_digests
 from lakecurate.pipeline import run
 from lakecurate.plan import load_plan
@@ -82,6 +98,9 @@ res = run(curate_plan(root, "lake"), spark=spark)
 out["lake"] = {"digests": run_digests(root, res.run_id), "report": res.report, "block_cache": res.stages["cluster"]["block_cache"]}
 res = run(load_plan(data=embed_config(f"{sys.argv[2]}/embed", sys.argv[3]), alone="embed"), spark=spark)
 out["embed"] = {"digest": embeddings_digest(f"{sys.argv[2]}/embed"), "metrics": {k: res.stages["embed"][k] for k in ("embedded", "rejected")}}
+cfg = coreset_config(f"{sys.argv[2]}/coreset", f"{sys.argv[2]}/embed/embeddings", sys.argv[3], sys.argv[4])
+res = run(load_plan(data=cfg), spark=spark)
+out["coreset"] = {"rows": coreset_rows(f"{sys.argv[2]}/coreset"), "metrics": res.stages["coreset"]}
 print("RESULT " + json.dumps(out, default=str))
 """
 
@@ -95,11 +114,19 @@ def text_source(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def connect_results(tmp_path_factory, text_source):
+def target_source(tmp_path_factory):
+    path = tmp_path_factory.mktemp("connect-target")
+    texts = make_texts(12, seed=9)
+    pq.write_table(pa.table({"id": pa.array(range(100, 112), pa.int64()), "text": pa.array(texts, pa.string())}), path / "part-0.parquet")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def connect_results(tmp_path_factory, text_source, target_source):
     out = tmp_path_factory.mktemp("connect")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "lib"), os.path.join(ROOT, "tests")])}
     env.pop("SPARK_REMOTE", None)
-    proc = subprocess.run([sys.executable, "-c", CHILD, os.path.join(ROOT, "tests", "e2e"), str(out), text_source],
+    proc = subprocess.run([sys.executable, "-c", CHILD, os.path.join(ROOT, "tests", "e2e"), str(out), text_source, target_source],
                           capture_output=True, text=True, env=env, timeout=600)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and line, proc.stderr[-4000:]
@@ -124,3 +151,16 @@ def test_embedding_on_spark_connect_equals_classic(spark, tmp_path, text_source,
     res = run(load_plan(data=embed_config(root, text_source), alone="embed"), spark=spark)
     assert {k: res.stages["embed"][k] for k in ("embedded", "rejected")} == connect_results["embed"]["metrics"] == {"embedded": 40, "rejected": 2}
     assert embeddings_digest(root) == connect_results["embed"]["digest"]
+
+
+def test_a_coreset_on_spark_connect_with_a_target_it_embeds_equals_classic(spark, tmp_path, text_source, target_source,
+                                                                            connect_results):
+    root = str(tmp_path / "classic")
+    run(load_plan(data=embed_config(root, text_source), alone="embed"), spark=spark)
+    res = run(load_plan(data=coreset_config(root, os.path.join(root, "embeddings"), text_source, target_source)), spark=spark)
+    m = connect_results["coreset"]["metrics"]
+    assert m["n_pool"] == 40 and m["n_target"] == 12 and m["target_embedded"] == 12 and m["n_centroids"] == 4
+    assert m["target_models"] == res.stages["coreset"]["target_models"] and len(m["target_models"]) == 1
+    assert 0 < m["selected"] <= 40
+    assert coreset_rows(root) == connect_results["coreset"]["rows"]
+    assert {k: res.stages["coreset"][k] for k in ("stop_reason", "utilities", "selected")} == {k: m[k] for k in ("stop_reason", "utilities", "selected")}

@@ -66,7 +66,7 @@ def check_against_reference(pool_x, target, **kw):
                                                       kw.get("stop_threshold", 0.95), kw.get("seed", 0))
     np.testing.assert_array_equal(res.indices, ref)
     assert res.round.tolist() == [taken_in[i] for i in ref.tolist()]
-    assert len(res.utilities) == stop_round
+    assert res.stop_round == len(res.utilities) == stop_round
     return res, why
 
 

@@ -233,11 +233,16 @@ class CoresetResult:
         """Rounds whose picks were kept."""
         return int(self.round.max()) if self.round.size else 0
 
+    @property
+    def stop_round(self) -> int:
+        """The last round run: the one that stopped the greedy (its picks dropped when the threshold stopped it)."""
+        return len(self.utilities)
+
     def metrics(self) -> dict:
         """What the ``runs`` table keeps about the selection."""
         return {
             "selected": int(self.keys.shape[0]), "budget": self.budget, "stop_reason": self.stop_reason,
-            "rounds": self.rounds, "threshold": self.threshold, "utilities": [round(u, 6) for u in self.utilities],
+            "rounds": self.rounds, "stop_round": self.stop_round, "threshold": self.threshold, "utilities": [round(u, 6) for u in self.utilities],
             "fetch_passes": self.fetches, "max_candidates_held": self.max_candidates,
         }
 
