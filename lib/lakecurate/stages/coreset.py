@@ -85,7 +85,7 @@ def target_frame(ctx: StageContext, metrics: dict):
     from lakecurate.errors import ConfigError
     from lakecurate.spark.encode import encode_rows
     from lakecurate.spark.session import default_parallelism
-    from lakecurate.stages.embed import _load_on_driver
+    from lakecurate.stages.embed import load_on_driver
 
     src = ccfg.target_source
     where = f"coreset.target_source {src.path or src.table}"
@@ -96,7 +96,7 @@ def target_frame(ctx: StageContext, metrics: dict):
     if pool and name not in pool:
         raise InputDataError(f"{where} would be embedded with {name!r} but the pool's embeddings are of model(s) {sorted(pool)}")
     ecfg = dataclasses.replace(ctx.config.embed, source=src)
-    encoder = _load_on_driver(spec)
+    encoder = load_on_driver(spec)
     source = read_embed_source(ctx.lake, ecfg, spec, snapshot)
     encoded = encode_rows(
         source.repartition(default_parallelism(ctx.spark)), spec, encoder.dim, id_column=src.id_column,

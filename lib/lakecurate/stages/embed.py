@@ -42,7 +42,7 @@ _BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 ROWS_PER_PARTITION = 100_000
 
 
-def _load_on_driver(spec) -> Encoder:
+def load_on_driver(spec) -> Encoder:
     """The encoder on the driver's CPU, only to learn name and dim (and fail early on a bad model)."""
     return get_cached_encoder(dataclasses.replace(spec, device="cpu", half_precision=False))
 
@@ -94,7 +94,7 @@ def run_embed(ctx: StageContext, metrics: dict) -> None:
     spec = ctx.plan.encoder
     t0 = time.perf_counter()
 
-    encoder = _load_on_driver(spec)
+    encoder = load_on_driver(spec)
     name = model_label(spec)
     if encoder.name != name:  # the cluster stage finds the rows by model_label
         raise LakecurateError(f"encoder loaded as {encoder.name!r} but model_label gives {name!r}")
