@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml scripts/setup.sh
 demo: $(STAMP)
 	$(VENV)/bin/lakecurate run conf/demo.yaml
 
+# two pytest workers, one test file each at a time (a file's module fixtures are built once)
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not spark and not slow and not e2e"

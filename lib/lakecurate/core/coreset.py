@@ -29,6 +29,8 @@ holding O(K x candidates) rows, never O(N).
 Similarities are computed in float64 from the float32 unit rows and rounded to float32
 (:func:`similarities`): every product is exact in float64, so the rounded value does not depend
 on how a BLAS splits the work, and a row's similarity is the same in any block of any partition.
+A pass computes them for few rows: a float32 BLAS product, within a proven bound of them, rules
+out the rows that cannot be among a centroid's best (:func:`top_candidates`).
 """
 
 from __future__ import annotations
@@ -116,6 +118,13 @@ def _best(keys: np.ndarray, sims: np.ndarray, c: int) -> np.ndarray:
     return pos[order[:c]]
 
 
+def f32_error_bound(d: int) -> float:
+    """How far a float32 BLAS dot product of two (at most) unit d-vectors can be from the canonical
+    similarity: the rounding bound d * 2**-24 of any summation order, doubled for slack, plus the
+    canonical value's own float32 rounding."""
+    return 2.0 * d * 2.0**-24 + 2.0**-23
+
+
 def top_candidates(blocks: Iterable[tuple[np.ndarray, np.ndarray]], centroids: np.ndarray, cursor_sims: np.ndarray,
                    cursor_keys: np.ndarray, want: np.ndarray) -> Candidates:
     """For each centroid q with ``want[q] > 0``: its best ``want[q]`` rows strictly after its cursor.
@@ -123,6 +132,11 @@ def top_candidates(blocks: Iterable[tuple[np.ndarray, np.ndarray]], centroids: n
     ``blocks`` yields (row keys, unit rows). A row is after the cursor (s, k) when its similarity
     is below s, or equal to s with a key above k. ``complete[q]`` is True when fewer than
     ``want[q]`` such rows exist (the list holds all of them).
+
+    Rankings use the canonical similarities (:func:`similarities`), but only for a few rows: a
+    float32 BLAS product of the block with the centroids (within :func:`f32_error_bound` of the
+    canonical values) rules out every row that cannot be among the best, and the canonical
+    values of the rest decide.
     """
     active = np.flatnonzero(want > 0)
     k = centroids.shape[0]
@@ -130,28 +144,36 @@ def top_candidates(blocks: Iterable[tuple[np.ndarray, np.ndarray]], centroids: n
     run_keys: list[np.ndarray] = [np.zeros(0, np.int64) for _ in range(k)]
     run_sims: list[np.ndarray] = [np.zeros(0, np.float32) for _ in range(k)]
     if active.size:
-        sub = centroids[active]
+        sub = np.ascontiguousarray(centroids[active], dtype=np.float32)
+        b = np.float32(f32_error_bound(centroids.shape[1]))
         for keys, x in blocks:
             if keys.shape[0] == 0:
                 continue
-            sims = similarities(x, sub)
+            approx = sub @ np.ascontiguousarray(x, dtype=np.float32).T  # (A, n): one contiguous row per centroid
             for j, q in enumerate(active):
-                col = sims[:, j]
-                after = (col < cursor_sims[q]) | ((col == cursor_sims[q]) & (keys > cursor_keys[q]))
-                pos = np.flatnonzero(after)
+                a = approx[j]
+                w = int(want[q])
+                cs = cursor_sims[q]
+                cand = a <= cs + b if np.isfinite(cs) else np.ones(a.shape[0], bool)
+                if run_keys[q].shape[0] >= w:  # a row must beat the worst one kept so far
+                    cand &= a >= run_sims[q][w - 1] - b
+                sure = np.flatnonzero(cand & (a < cs - b)) if np.isfinite(cs) else np.flatnonzero(cand)
+                if sure.size >= w:  # w rows surely after the cursor: nothing far below the w-th of them counts
+                    thr = np.partition(a[sure], sure.size - w)[sure.size - w]
+                    cand &= a >= thr - 2 * b
+                pos = np.flatnonzero(cand)
                 if pos.size == 0:
                     continue
-                w = int(want[q])
-                best = pos[_best(keys[pos], col[pos], w)]
-                ks = np.concatenate([run_keys[q], keys[best]])
-                ss = np.concatenate([run_sims[q], col[best]])
-                if ks.shape[0] > w:
-                    keep = _best(ks, ss, w)
-                    ks, ss = ks[keep], ss[keep]
-                else:
-                    order = np.lexsort((ks, -ss.astype(np.float64)))
-                    ks, ss = ks[order], ss[order]
-                run_keys[q], run_sims[q] = ks, ss
+                exact = similarities(x[pos], sub[j : j + 1])[:, 0]
+                after = (exact < cs) | ((exact == cs) & (keys[pos] > cursor_keys[q]))
+                pos, exact = pos[after], exact[after]
+                if pos.size == 0:
+                    continue
+                best = _best(keys[pos], exact, w)
+                ks = np.concatenate([run_keys[q], keys[pos[best]]])
+                ss = np.concatenate([run_sims[q], exact[best]])
+                keep = _best(ks, ss, w)
+                run_keys[q], run_sims[q] = ks[keep], ss[keep]
     out = Candidates.empty(k, max(c, 1))
     for q in range(k):
         n = run_keys[q].shape[0]

@@ -149,7 +149,7 @@ def split_empty_clusters(centroids: np.ndarray, counts: np.ndarray, rng: np.rand
 def normalize_rows(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (zero rows stay zero)."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    return (x / np.where(norms > 0, norms, 1.0)).astype(np.float32, copy=False)
 
 
 ProgressCallback = Callable[[IterationStats], None]

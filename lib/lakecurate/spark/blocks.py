@@ -124,59 +124,134 @@ def blocks_of(batches) -> Iterator[Block]:
 # ---------------------------------------------------------------- building blocks
 
 
+@dataclass
+class CheckedBatch:
+    """One Arrow batch of the input after validation: its valid rows and what was wrong with the rest."""
+
+    ids: pa.Array  # the valid rows' ids
+    keys: np.ndarray  # their row keys
+    vectors: np.ndarray  # (n, d) float32, transformed
+    n_null_id: int
+    n_null_embedding: int
+    n_bad_dim: int
+    n_nonfinite: int
+    examples: list
+
+
+def check_batch(batch: pa.RecordBatch, id_col: str, emb_col: str, dim: int, transform: Optional[Callable]) -> CheckedBatch:
+    """Validate one batch of (id, embedding) rows: null ids, null or wrong-length embeddings, NaN/inf."""
+    import pyarrow.compute as pc
+
+    ids = batch.column(id_col)
+    emb = batch.column(emb_col)
+    null_id = ids.is_null().to_numpy(zero_copy_only=False)
+    null_emb = emb.is_null().to_numpy(zero_copy_only=False)
+    lengths = pc.fill_null(pc.list_value_length(emb), -1).to_numpy(zero_copy_only=False)
+    bad_dim = ~null_emb & (lengths != dim)
+    ok = ~null_id & ~null_emb & ~bad_dim
+    ok_idx = np.flatnonzero(ok)
+    x = list_column_to_matrix(emb.take(pa.array(ok_idx)), dim) if ok_idx.size else np.zeros((0, dim), np.float32)
+    finite = np.isfinite(x).all(axis=1)
+    examples = []
+    id_list = ids.to_pylist() if not ok.all() or not finite.all() else None
+    if id_list is not None:
+        for j in np.flatnonzero(null_id)[:_MAX_EXAMPLES]:
+            examples.append({"row_in_batch": int(j), "problem": "null id"})
+        for j in np.flatnonzero(null_emb & ~null_id)[:_MAX_EXAMPLES]:
+            examples.append({"id": id_list[j], "problem": f"null {emb_col}"})
+        for j in np.flatnonzero(bad_dim & ~null_id)[:_MAX_EXAMPLES]:
+            examples.append({"id": id_list[j], "problem": f"{int(lengths[j])} values, expected {dim}"})
+        for j in ok_idx[~finite][:_MAX_EXAMPLES]:
+            examples.append({"id": id_list[j], "problem": "NaN or infinite value"})
+    keep = ok_idx[finite]
+    kept_ids = ids.take(pa.array(keep))
+    x = x[finite]
+    if transform is not None:
+        x = transform(x)
+    return CheckedBatch(kept_ids, row_keys(kept_ids), x, int(null_id.sum()), int((null_emb & ~null_id).sum()),
+                        int((bad_dim & ~null_id).sum()), int((~finite).sum()), examples)
+
+
 def _make_blocks_fn(id_col: str, emb_col: str, dim: int, transform: Optional[Callable], cache_id: Optional[str]):
     def to_blocks(batches):
         from pyspark import TaskContext
-        import pyarrow.compute as pc
 
         part = TaskContext.get().partitionId()
         for seq, batch in enumerate(batches):
-            ids = batch.column(id_col)
-            emb = batch.column(emb_col)
-            null_id = ids.is_null().to_numpy(zero_copy_only=False)
-            null_emb = emb.is_null().to_numpy(zero_copy_only=False)
-            lengths = pc.fill_null(pc.list_value_length(emb), -1).to_numpy(zero_copy_only=False)
-            bad_dim = ~null_emb & (lengths != dim)
-            ok = ~null_id & ~null_emb & ~bad_dim
-            ok_idx = np.flatnonzero(ok)
-            x = list_column_to_matrix(emb.take(pa.array(ok_idx)), dim) if ok_idx.size else np.zeros((0, dim), np.float32)
-            finite = np.isfinite(x).all(axis=1)
-            examples = []
-            id_list = ids.to_pylist() if not ok.all() or not finite.all() else None
-            if id_list is not None:
-                for j in np.flatnonzero(null_id)[:_MAX_EXAMPLES]:
-                    examples.append({"row_in_batch": int(j), "problem": "null id"})
-                for j in np.flatnonzero(null_emb & ~null_id)[:_MAX_EXAMPLES]:
-                    examples.append({"id": id_list[j], "problem": f"null {emb_col}"})
-                for j in np.flatnonzero(bad_dim & ~null_id)[:_MAX_EXAMPLES]:
-                    examples.append({"id": id_list[j], "problem": f"{int(lengths[j])} values, expected {dim}"})
-                for j in ok_idx[~finite][:_MAX_EXAMPLES]:
-                    examples.append({"id": id_list[j], "problem": "NaN or infinite value"})
-            keep = ok_idx[finite]
-            kept_ids = ids.take(pa.array(keep))
-            x = x[finite]
-            if transform is not None:
-                x = transform(x)
-            keys = row_keys(kept_ids)
-            if cache_id is not None and keep.size:
-                write_block_files(cache_id, part, seq, keys, x)
+            c = check_batch(batch, id_col, emb_col, dim, transform)
+            if cache_id is not None and c.keys.size:
+                write_block_files(cache_id, part, seq, c.keys, c.vectors)
             yield pa.record_batch(
                 {
                     "part": pa.array([part], pa.int32()),
                     "seq": pa.array([seq], pa.int32()),
-                    "n": pa.array([keep.size], pa.int32()),
-                    "ids_arrow": pa.array([array_to_ipc(kept_ids)], pa.binary()),
-                    "keys": pa.array([keys.tobytes()], pa.binary()),
-                    "vectors": pa.array([np.ascontiguousarray(x).tobytes()], pa.binary()),
-                    "n_null_id": pa.array([int(null_id.sum())], pa.int64()),
-                    "n_null_embedding": pa.array([int((null_emb & ~null_id).sum())], pa.int64()),
-                    "n_bad_dim": pa.array([int((bad_dim & ~null_id).sum())], pa.int64()),
-                    "n_nonfinite": pa.array([int((~finite).sum())], pa.int64()),
-                    "examples": pa.array([json.dumps(examples, default=str)], pa.string()),
+                    "n": pa.array([c.keys.size], pa.int32()),
+                    "ids_arrow": pa.array([array_to_ipc(c.ids)], pa.binary()),
+                    "keys": pa.array([c.keys.tobytes()], pa.binary()),
+                    "vectors": pa.array([np.ascontiguousarray(c.vectors).tobytes()], pa.binary()),
+                    "n_null_id": pa.array([c.n_null_id], pa.int64()),
+                    "n_null_embedding": pa.array([c.n_null_embedding], pa.int64()),
+                    "n_bad_dim": pa.array([c.n_bad_dim], pa.int64()),
+                    "n_nonfinite": pa.array([c.n_nonfinite], pa.int64()),
+                    "examples": pa.array([json.dumps(c.examples, default=str)], pa.string()),
                 }
             )
 
     return to_blocks
+
+
+def check_columns(df, id_column: str, embedding_column: str, where: str):
+    """The id column's Spark type; InputDataError unless (id, embedding) are columns of usable types."""
+    from pyspark.sql import types as T
+
+    missing = [c for c in (id_column, embedding_column) if c not in df.columns]
+    if missing:
+        raise InputDataError(f"{where}: column(s) {missing} not found; the input has columns {df.columns}")
+    emb_type = df.schema[embedding_column].dataType
+    if not isinstance(emb_type, T.ArrayType) or not isinstance(emb_type.elementType, (T.FloatType, T.DoubleType)):
+        raise InputDataError(f"{where}: column {embedding_column!r} must be array<float> or array<double>; got {emb_type.simpleString()}")
+    id_type = df.schema[id_column].dataType
+    if not isinstance(id_type, (T.IntegerType, T.LongType, T.ShortType, T.StringType)):
+        raise InputDataError(f"{where}: id column {id_column!r} must be an integer or string; got {id_type.simpleString()}")
+    return id_type
+
+
+def small_input(df, *, id_column: str, embedding_column: str, where: str, max_rows: int,
+                transform: Optional[Callable] = None) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """A small input (a coreset's target set) on the driver: (ids, row keys, float32 rows), sorted by
+    row key, checked as :meth:`EmbeddingBlocks.from_dataframe` checks an input (one Spark job, no cache).
+
+    InputDataError on bad rows, duplicate ids, no rows, or more than ``max_rows`` rows.
+    """
+    check_columns(df, id_column, embedding_column, where)
+    table = df.select(id_column, embedding_column).limit(max_rows + 1).toArrow()
+    if table.num_rows > max_rows:
+        raise InputDataError(f"{where} has more than {max_rows} rows: a target set is brought to the driver whole")
+    lengths = [len(v) for v in table.column(embedding_column).drop_null().slice(0, 1).to_pylist()]
+    if not lengths:
+        raise InputDataError(f"{where} is empty: no rows with an embedding")
+    dim = lengths[0]
+    if dim <= 0:
+        raise InputDataError(f"{where}: the first embedding has {dim} values")
+    checked = [check_batch(b, id_column, embedding_column, dim, transform) for b in table.to_batches()]
+    report = InputReport(
+        n_rows=sum(c.keys.size for c in checked), dim=dim, n_null_id=sum(c.n_null_id for c in checked),
+        n_null_embedding=sum(c.n_null_embedding for c in checked), n_bad_dim=sum(c.n_bad_dim for c in checked),
+        n_nonfinite=sum(c.n_nonfinite for c in checked), examples=[e for c in checked for e in c.examples],
+    )
+    report.raise_if_bad(where)
+    if report.n_rows == 0:
+        raise InputDataError(f"{where} is empty: 0 rows")
+    ids = pa.concat_arrays([c.ids for c in checked])
+    keys = np.concatenate([c.keys for c in checked])
+    x = np.concatenate([c.vectors for c in checked])
+    uniq, counts = np.unique(keys, return_counts=True)
+    if (counts > 1).any():
+        dup = set(uniq[counts > 1][:_MAX_EXAMPLES].tolist())
+        shown = ", ".join(sorted({repr(i) for i, k in zip(ids.to_pylist(), keys.tolist()) if k in dup}))
+        raise InputDataError(f"{where}: id column {id_column!r} has duplicate ids, e.g. {shown}")
+    order = np.argsort(keys, kind="stable")
+    return ids.take(pa.array(order)), keys[order], x[order]
 
 
 @dataclass
@@ -273,17 +348,8 @@ class EmbeddingBlocks:
         mode = resolve(spark, cache)
         cache_id = uuid.uuid4().hex if mode == "local_files" else None
         from pyspark.sql import functions as F
-        from pyspark.sql import types as T
 
-        missing = [c for c in (id_column, embedding_column) if c not in df.columns]
-        if missing:
-            raise InputDataError(f"{where}: column(s) {missing} not found; the input has columns {df.columns}")
-        emb_type = df.schema[embedding_column].dataType
-        if not isinstance(emb_type, T.ArrayType) or not isinstance(emb_type.elementType, (T.FloatType, T.DoubleType)):
-            raise InputDataError(f"{where}: column {embedding_column!r} must be array<float> or array<double>; got {emb_type.simpleString()}")
-        id_type = df.schema[id_column].dataType
-        if not isinstance(id_type, (T.IntegerType, T.LongType, T.ShortType, T.StringType)):
-            raise InputDataError(f"{where}: id column {id_column!r} must be an integer or string; got {id_type.simpleString()}")
+        id_type = check_columns(df, id_column, embedding_column, where)
         first = df.where(F.col(embedding_column).isNotNull()).select(F.size(embedding_column).alias("d")).first()
         if first is None:
             raise InputDataError(f"{where} is empty: no rows with an embedding")
@@ -361,20 +427,6 @@ class EmbeddingBlocks:
             kept = keep(spark.createDataFrame(rows, BLOCK_DDL).repartition(parts, "part").sortWithinPartitions("part", "seq"), spark=spark, lake=lake,
                         mode="lake" if mode == "lake" else "spark", what="matrix blocks")
         return cls(spark, kept, x.shape[0], x.shape[1], T.LongType(), partitions=parts, lake=lake)
-
-    def gather(self) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-        """Every row on the driver, sorted by row key: (ids, keys, vectors). For small inputs only
-        (a coreset's target set): the driver holds them all."""
-        ids, keys, xs = [], [], []
-        for row in rows_of(self.frame.select("part", "seq", "ids_arrow", "keys", "vectors").toArrow().to_batches()):
-            b = Block.from_row(row)
-            ids.append(b.ids)
-            keys.append(b.keys)
-            xs.append(b.vectors)
-        keys_all = np.concatenate(keys) if keys else np.zeros(0, np.int64)
-        order = np.argsort(keys_all, kind="stable")
-        x = np.concatenate(xs) if xs else np.zeros((0, self.d), np.float32)
-        return pa.concat_arrays(ids).take(pa.array(order)) if ids else pa.array([]), keys_all[order], x[order]
 
     @property
     def num_partitions(self) -> int:

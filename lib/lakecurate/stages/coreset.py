@@ -35,6 +35,8 @@ from lakecurate.tables import CORESET, DESCRIPTIONS
 log = logging.getLogger(__name__)
 
 MODEL = "model"  # the embeddings table's model column
+#: the most target rows brought to the driver (4M x 384 float32 is 6 GB; SimCore's targets are thousands)
+MAX_TARGET_ROWS = 2_000_000
 #: log the greedy's progress at most this often (seconds)
 LOG_EVERY_SECONDS = 10.0
 
@@ -116,15 +118,10 @@ def target_frame(ctx: StageContext, metrics: dict):
 
 def read_target(ctx: StageContext, metrics: dict):
     """The target set on the driver: (ids, row keys, float32 rows), validated, sorted by row key."""
-    from lakecurate.spark.blocks import EmbeddingBlocks
+    from lakecurate.spark.blocks import small_input
 
     df, id_col, emb_col, where = target_frame(ctx, metrics)
-    blocks = EmbeddingBlocks.from_dataframe(ctx.spark, df, id_column=id_col, embedding_column=emb_col, where=where,
-                                            cache=ctx.config.spark.block_cache, lake=ctx.lake)
-    try:
-        return (*blocks.gather(), where)
-    finally:
-        blocks.release()
+    return (*small_input(df, id_column=id_col, embedding_column=emb_col, where=where, max_rows=MAX_TARGET_ROWS), where)
 
 
 def run_coreset(ctx: StageContext, metrics: dict) -> None:
