@@ -70,6 +70,24 @@ def test_spark_equals_the_pure_api(spark, data, tmp_path, partitions, candidates
     assert np.isin(pool.concept[got["id"]], (1, 4)).mean() > 0.9
 
 
+def test_string_ids_get_the_same_rows(spark, data, tmp_path):
+    """String ids rank ties by a hash, not the row number; these rows have no ties and the
+    threshold stops the greedy (no random cut), so the chosen rows are the pure API's."""
+    base, pool, target = data
+    path = tmp_path / "pool-str.parquet"
+    t = embeddings_table(pool.x)
+    pq.write_table(t.set_column(0, "id", pa.array([f"row-{i}" for i in range(N)])), path)
+    cfg = config(base, tmp_path / "lake")
+    cfg["input"]["path"] = str(path)
+    result = run(load_plan(data=cfg), spark=spark)
+    got = coreset_rows(tmp_path / "lake", result.run_id)
+    want = target_coreset(pool.x, target, n_centroids=6, patience=5, details=True)
+    assert result.stages["coreset"]["stop_reason"] == "threshold"
+    assert sorted(got["id"]) == sorted(f"row-{i}" for i in want.indices)
+    by_id = dict(zip(got["id"], got["round"]))
+    assert [by_id[f"row-{i}"] for i in want.indices] == want.round.tolist()
+
+
 def test_coreset_then_balanced_curation_in_one_run(spark, data, tmp_path):
     base, pool, target = data
     cfg = config(base, tmp_path / "lake")

@@ -146,3 +146,31 @@ def test_embed_config_is_validated_at_load_time(tmp_path):
         embed({"format": "files", "path": "x"})
     with pytest.raises(ConfigError, match="unknown config key embed.source.colum"):
         embed({"format": "parquet", "path": "x", "colum": "t"})
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["coreset.budget=0"], r"coreset.budget=0 must be an integer >= 1"),
+        (["coreset.budget=-5"], r"coreset.budget=-5 must be an integer >= 1"),
+        (["coreset.n_centroids=0"], r"coreset.n_centroids=0 must be an integer >= 1"),
+        (["coreset.stop_threshold=1.2"], r"coreset.stop_threshold=1.2 must be in \[0, 1\]"),
+        (["coreset.patience=0"], r"coreset.patience=0 must be an integer >= 1"),
+        (["coreset.target=null"], r"give the target set as one of coreset.target"),
+        (["coreset.target_source.path=/t"], r"both are set"),
+        (["coreset.target.format=synthetic"], r"coreset.target.format='synthetic' is not a target"),
+        (["coreset.target.path=null"], r"set coreset.target.path"),
+        (["coreset=null"], "stages include 'coreset' but the config has no coreset section"),
+    ],
+)
+def test_coreset_settings_are_checked_when_the_config_loads(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_plan(os.path.join(ROOT, "conf", "coreset.yaml"), overrides)
+
+
+def test_coreset_then_balanced_curation_plans_in_stage_order():
+    plan = load_plan(os.path.join(ROOT, "conf", "coreset.yaml"), ["stages=[dedup, coreset, cluster, sample]"])
+    assert plan.stage_names == ["dedup", "coreset", "cluster", "sample"]
+    assert "coreset" in plan.tables()
+    with pytest.raises(ConfigError, match="must keep the order"):
+        load_plan(os.path.join(ROOT, "conf", "coreset.yaml"), ["stages=[cluster, coreset]"])

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 _CANDIDATES_DDL = "k INT, c INT, keys BINARY, sims BINARY, counts BINARY, complete BINARY"
 #: a partition lists this many times its even share of the rows asked for
 SHARE_MARGIN = 1.5
+#: up to this many chosen rows with integer ids are sent from the driver (a Connect plan stays small)
+DRIVER_ROWS_MAX = 1_000_000
 
 
 def per_partition(want: np.ndarray, partitions: int) -> np.ndarray:
@@ -97,7 +99,17 @@ def _chosen_rows(blocks, payload):
 
 
 def chosen_frame(blocks, result):
-    """The chosen rows as a DataFrame (id, centroid, similarity, round), ids as the input has them."""
+    """The chosen rows as a DataFrame (id, centroid, similarity, round), ids as the input has them.
+
+    An integer id is its own row key, so the driver builds the rows itself; string ids are
+    looked up in one pass over the blocks."""
+    from pyspark.sql import types as T
+
+    schema = chosen_schema(blocks.id_type)
+    if isinstance(blocks.id_type, (T.IntegerType, T.LongType, T.ShortType)) and result.keys.shape[0] <= DRIVER_ROWS_MAX:
+        rows = pa.table({"id": pa.array(result.keys, pa.int64()), "centroid": pa.array(result.centroid, pa.int32()),
+                         "similarity": pa.array(result.similarity, pa.float32()), "round": pa.array(result.round, pa.int32())})
+        return blocks.spark.createDataFrame(rows.to_pandas(), schema=schema)
     payload = (result.keys, result.centroid, result.similarity, result.round)
-    return blocks.map(_chosen_rows, chosen_schema(blocks.id_type), payload=payload)
+    return blocks.map(_chosen_rows, schema, payload=payload)
 

@@ -131,8 +131,10 @@ def run_coreset(ctx: StageContext, metrics: dict) -> None:
     ccfg = cfg.coreset
     t0 = time.perf_counter()
     _, _, target, where = read_target(ctx, metrics)
-    metrics.update(target=where, n_target=int(target.shape[0]))
+    metrics.update(target=where, n_target=int(target.shape[0]), target_seconds=round(time.perf_counter() - t0, 3))
+    t1 = time.perf_counter()
     blocks = ctx.input_blocks("coreset", transform=normalize_rows)
+    metrics["cache_seconds"] = round(time.perf_counter() - t1, 3)
     try:
         if blocks.d != target.shape[1]:
             raise InputDataError(f"{where} has dimension {target.shape[1]} but the pool (input {cfg.input.location}) has dimension "
@@ -155,13 +157,15 @@ def run_coreset(ctx: StageContext, metrics: dict) -> None:
                         stop_threshold=ccfg.stop_threshold, seed=ccfg.seed, candidates=ccfg.candidates, on_round=on_round)
         metrics.update(result.metrics())
         metrics["greedy_seconds"] = round(result.seconds, 3)
+        t2 = time.perf_counter()
         id_col = cfg.input.id_column
         table = chosen_frame(blocks, result).select(F.col("id").alias(id_col), "centroid", "similarity", "round")
         info = ctx.lake.write_run(table, CORESET, ctx.run_id, description=DESCRIPTIONS[CORESET])
         written = ctx.lake.read(CORESET, ctx.run_id).count()
         if written != result.keys.shape[0]:
             raise TableError(f"table {CORESET!r} holds {written} rows for run {ctx.run_id!r}, expected {result.keys.shape[0]}")
-        metrics.update(table_version=info.version, seconds=round(time.perf_counter() - t0, 3))
+        metrics.update(table_version=info.version, write_seconds=round(time.perf_counter() - t2, 3),
+                       seconds=round(time.perf_counter() - t0, 3))
         log.info("coreset: %d of %d rows like %s in %d rounds (stopped: %s) in %.1fs", written, n, where, result.rounds,
                  result.stop_reason, metrics["seconds"])
     finally:
