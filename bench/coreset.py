@@ -67,49 +67,11 @@ def make_target(n: int, d: int, rows: int, seed: int = 0) -> np.ndarray:
     return (centres[concept] + scales[concept, None] * rng.standard_normal((rows, d), dtype=np.float32)).astype(np.float32)
 
 
-def reference_greedy(sim: np.ndarray, sampling_nums: int, patience: int, stop_thresh: float, seed: int, as_written: bool = True):
-    """openssl-simcore's greedy, line for line (see tests/unit/test_coreset.py for the pinned choices).
-
-    ``as_written``: each queue is a deque over the sorted index array itself (numpy scalars), as the
-    reference's ``deque(torch.argsort(...).numpy())``; else over Python ints (faster)."""
-    from collections import deque
-
-    from lakecurate.core.coreset import CUT_STREAM
-    from lakecurate.core.keys import random_keys
-
-    N, K = sim.shape
-    order = (lambda k: np.argsort(-sim[:, k], kind="stable")) if as_written else (lambda k: np.argsort(-sim[:, k], kind="stable").tolist())
-    queue_list = [deque(order(k)) for k in range(K)]
-    indices, tmp = set(), set()
-    FLAG, threshold, why = 1, 0, "budget"
-    while len(indices) < sampling_nums:
-        func_value = 0
-        for q, queue in enumerate(queue_list):
-            while True:
-                i = queue.popleft()
-                if i not in indices:
-                    break
-            tmp.update({i})
-            func_value += sim[i, q].item() / K
-        if FLAG == patience:
-            threshold = func_value * stop_thresh
-        FLAG += 1
-        if func_value < threshold:
-            why = "threshold"
-            break
-        if len(indices) + len(tmp) > sampling_nums:
-            picks = np.array(sorted(tmp), np.int64)
-            tmp = set(picks[np.argsort(random_keys(picks, seed, CUT_STREAM), kind="stable")[: sampling_nums - len(indices)]].tolist())
-        indices.update(tmp)
-        tmp = set()
-    return np.array(sorted(int(i) for i in indices), np.int64), FLAG - 1, why
-
-
 # ------------------------------------------------------------------ workers (one process each)
 
 
 def w_reference(p: dict, as_written: bool = True) -> dict:
-    from lakecurate.core.coreset import default_budget, similarities, target_centroids
+    from lakecurate.core.coreset import default_budget, reference_greedy, similarities, target_centroids
     from lakecurate.core.kmeans import normalize_rows
 
     t0 = time.perf_counter()
@@ -119,7 +81,7 @@ def w_reference(p: dict, as_written: bool = True) -> dict:
     cents = target_centroids(target, N_CENTROIDS, seed=0)
     sim = similarities(normalize_rows(x), cents)
     del x
-    picks, rounds, why = reference_greedy(sim, default_budget(len(target), sim.shape[0]), 20, 0.95, 0, as_written=as_written)
+    picks, _, rounds, why = reference_greedy(sim, default_budget(len(target), sim.shape[0]), 20, 0.95, 0, as_written=as_written)
     secs = time.perf_counter() - t0
     np.save(p["out_picks"], picks)
     return {"seconds": secs, "memory_mb": peak_mb() - base, "stop_round": rounds, "stop_reason": why, "selected": int(picks.size)}
@@ -151,7 +113,8 @@ def w_spark(p: dict) -> dict:
     base = rss_mb()
     cfg = {"name": "bench", "stages": ["coreset"], "lake": {"root": p["lake"]},
            "input": {"format": "parquet", "path": p["parquet"]},
-           "coreset": {"target": {"format": "parquet", "path": p["target_parquet"]}, "n_centroids": N_CENTROIDS}}
+           "coreset": {"target": {"format": "parquet", "path": p["target_parquet"]}, "n_centroids": N_CENTROIDS},
+           "spark": {"partitions": p.get("partitions", 0)}}
     t0 = time.perf_counter()
     result = run(load_plan(data=cfg), spark=spark)
     wall = time.perf_counter() - t0
@@ -162,7 +125,8 @@ def w_spark(p: dict) -> dict:
     spark.stop()
     return {"seconds": m["seconds"], "wall_seconds": wall, "greedy_seconds": m["greedy_seconds"], "memory_mb": peak_mb() - base,
             "stop_round": m["stop_round"], "stop_reason": m["stop_reason"], "selected": m["selected"],
-            "max_candidates": m["max_candidates_held"], "fetches": m["fetch_passes"]}
+            "max_candidates": m["max_candidates_held"], "fetches": m["fetch_passes"],
+            **{k: m[k] for k in ("target_seconds", "cache_seconds", "write_seconds")}}
 
 
 WORKERS = {"reference": w_reference, "reference_ints": lambda p: w_reference(p, as_written=False), "pure": w_pure, "spark": w_spark}
@@ -185,7 +149,7 @@ def quality(picks: np.ndarray, concept: np.ndarray) -> dict:
     return {"precision": hit / max(picks.size, 1), "recall": hit / max(int(inside.sum()), 1)}
 
 
-def one_size(n: int, d: int, target_rows: int, tmp: str, with_reference: bool) -> dict:
+def one_size(n: int, d: int, target_rows: int, tmp: str, with_reference: bool, partitions: int = 0) -> dict:
     import pyarrow.parquet as pq
 
     from data import concepts_path, generate
@@ -205,7 +169,8 @@ def one_size(n: int, d: int, target_rows: int, tmp: str, with_reference: bool) -
     for name in (["reference", "reference_ints"] if with_reference else []) + ["pure", "spark"]:
         log.info("n=%d: %s", n, name)
         params = {"npy": npy, "parquet": parquet, "target_npy": target_npy, "target_parquet": target_parquet, "tmp": tmp,
-                  "lake": os.path.join(tmp, f"lake-{n}"), "out_picks": os.path.join(tmp, f"picks-{name}-{n}.npy")}
+                  "lake": os.path.join(tmp, f"lake-{n}"), "out_picks": os.path.join(tmp, f"picks-{name}-{n}.npy"),
+                  "partitions": partitions}
         res = run_worker(name, params)
         picks[name] = np.load(params["out_picks"])
         res.update(quality(picks[name], concept))
@@ -246,6 +211,10 @@ def render(r: dict) -> str:
             bits.append(f"Spark stage {s['spark_speedup_vs_reference']:.2f}x the reference's speed "
                         f"({s['spark_speedup_vs_reference_ints']:.2f}x the Python-int transcription's)")
         lines.append("- " + "; ".join(bits))
+    for s in r["sizes"]:
+        m = s["spark"]
+        lines.append(f"- n={s['n']:,}: Spark stage {m['seconds']:.1f} s = target {m['target_seconds']:.1f} + pool read and cache "
+                     f"{m['cache_seconds']:.1f} + greedy {m['greedy_seconds']:.1f} + write {m['write_seconds']:.1f} (+ the rest)")
     mem = [s["spark"]["memory_mb"] for s in r["sizes"]]
     lines.append(f"- Spark driver memory above its start across sizes: {', '.join(f'{m:.0f}' for m in mem)} MB")
     return "\n".join(lines)
@@ -258,6 +227,7 @@ def main(argv=None) -> int:
     ap.add_argument("--target-rows", type=int, default=2000)
     ap.add_argument("--no-reference-above", type=int, default=10**9, help="skip the reference above this many rows")
     ap.add_argument("--quick", action="store_true", help="results go to coreset-quick.json")
+    ap.add_argument("--spark-partitions", type=int, default=0, help="spark.partitions of the stage (0: 2 x the cores)")
     ap.add_argument("--data", default=None, help="folder for the generated data (default: a temporary folder)")
     ap.add_argument("--worker")
     ap.add_argument("--params")
@@ -277,7 +247,7 @@ def main(argv=None) -> int:
     r = {"machine": f"{os.cpu_count()} cores, {platform.machine()}", "dim": args.dim, "target_rows": args.target_rows, "sizes": []}
     with tempfile.TemporaryDirectory(dir=args.data) as tmp:
         for n in sizes:
-            r["sizes"].append(one_size(n, args.dim, args.target_rows, tmp, n <= args.no_reference_above))
+            r["sizes"].append(one_size(n, args.dim, args.target_rows, tmp, n <= args.no_reference_above, args.spark_partitions))
     os.makedirs(RESULTS, exist_ok=True)
     name = "coreset-quick" if args.quick else "coreset"
     with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:

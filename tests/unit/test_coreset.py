@@ -1,53 +1,16 @@
-"""Target-aware coresets (SimCore): the pure API against a direct transcription of the reference's greedy."""
-
-from collections import deque
+"""Target-aware coresets (SimCore): the pure API against a direct transcription of the reference's greedy
+(:func:`lakecurate.core.coreset.reference_greedy`, on the full similarity matrix)."""
 
 import numpy as np
 import pytest
 
 from lakecurate import target_coreset
 from lakecurate.core.coreset import (
-    CUT_STREAM, Candidates, greedy, merge_candidates, similarities, target_centroids, top_candidates,
+    Candidates, greedy, merge_candidates, reference_greedy, similarities, target_centroids, top_candidates,
 )
-from lakecurate.core.keys import random_keys
 from lakecurate.core.kmeans import normalize_rows
 from lakecurate.core.synthetic import long_tailed_pool
 from lakecurate.errors import ConfigError, InputDataError
-
-
-def reference_greedy(sim, sampling_nums, patience, stop_thresh, seed):
-    """openssl-simcore ``util/sampling.py: greedy`` line for line (with ``args.stop`` on), with its two
-    unspecified choices pinned: ``argsort`` ties go to the lower row, and the budget cut keeps the picks
-    with the smallest counter-based keys instead of ``np.random.choice(list(set))``.
-    Returns (indices, the round each was taken in, the stopping round, why)."""
-    N, K = sim.shape
-    queue_list = [deque(np.lexsort((np.arange(N), -sim[:, k].astype(np.float64))).tolist()) for k in range(K)]
-    indices, tmp, taken_in = set(), set(), {}
-    FLAG, threshold = 1, 0
-    why = "budget"
-    while len(indices) < sampling_nums:
-        func_value = 0
-        for q, queue in enumerate(queue_list):
-            while True:
-                i = queue.popleft()
-                if i not in indices:
-                    break
-            tmp.update({i})
-            func_value += sim[i, q].item() / K
-        if FLAG == patience:
-            threshold = func_value * stop_thresh
-        FLAG += 1
-        if func_value < threshold:
-            why = "threshold"
-            break
-        if len(indices) + len(tmp) > sampling_nums:
-            picks = np.array(sorted(tmp), np.int64)
-            tmp = set(picks[np.argsort(random_keys(picks, seed, CUT_STREAM), kind="stable")[: sampling_nums - len(indices)]].tolist())
-        for i in tmp:
-            taken_in[i] = FLAG - 1
-        indices.update(tmp)
-        tmp = set()
-    return np.array(sorted(indices), np.int64), taken_in, FLAG - 1, why
 
 
 def domain_case(n=3000, d=16, n_target=60, seed=0, concepts=(0, 3)):
@@ -187,3 +150,12 @@ def test_bad_input_is_refused_with_the_value(kw, error, words):
     with pytest.raises(error) as e:
         target_coreset(pool.x, args.pop("target"), **args)
     assert words in str(e.value)
+
+
+def test_the_reference_as_written_and_over_python_ints_agree():
+    pool, target = domain_case(n=800, seed=10)
+    sim = similarities(normalize_rows(pool.x), target_centroids(target, 5))
+    a = reference_greedy(sim, 300, 6, 0.95, 0, as_written=True)
+    b = reference_greedy(sim, 300, 6, 0.95, 0)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert a[1:] == b[1:]

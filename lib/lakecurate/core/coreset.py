@@ -375,3 +375,50 @@ def greedy(fetch: Fetch, n_centroids: int, *, budget: int, pool_rows: int, patie
     log.info("coreset: %d rows in %d rounds (stopped: %s), %d candidate fetches, at most %d candidates held",
              result.keys.shape[0], result.rounds, reason, fetches, max_held)
     return result
+
+
+def reference_greedy(sim: np.ndarray, budget: int, patience: int = 20, stop_threshold: float = 0.95, seed: int = 0, *,
+                     as_written: bool = False):
+    """The reference's greedy (openssl-simcore ``util/sampling.py: greedy``, with ``args.stop`` on),
+    line for line, on the full (N, K) similarity matrix: for the tests and the benchmark only.
+
+    Its two unspecified choices are pinned as :func:`greedy` pins them: ``argsort`` ties go to the
+    lower row, and an overshooting round keeps the picks with the smallest counter-based keys
+    (the reference: ``np.random.choice(list(tmp))``). ``as_written``: each queue is a deque over
+    the sorted index array, numpy scalars, as the reference's ``deque(torch.argsort(...).numpy())``;
+    else over Python ints. Returns (sorted indices, {index: round taken}, the stopping round, why).
+    """
+    from collections import deque
+
+    N, K = sim.shape
+
+    def ranking(k):
+        order = np.argsort(-sim[:, k], kind="stable")
+        return order if as_written else order.tolist()
+
+    queue_list = [deque(ranking(k)) for k in range(K)]
+    indices, tmp, taken_in = set(), set(), {}
+    FLAG, threshold, why = 1, 0, "budget"
+    while len(indices) < budget:
+        func_value = 0
+        for q, queue in enumerate(queue_list):
+            while True:
+                i = queue.popleft()
+                if i not in indices:
+                    break
+            tmp.update({i})
+            func_value += sim[i, q].item() / K
+        if FLAG == patience:
+            threshold = func_value * stop_threshold
+        FLAG += 1
+        if func_value < threshold:
+            why = "threshold"
+            break
+        if len(indices) + len(tmp) > budget:
+            picks = np.array(sorted(int(i) for i in tmp), np.int64)
+            tmp = set(picks[np.argsort(random_keys(picks, seed, CUT_STREAM), kind="stable")[: budget - len(indices)]].tolist())
+        for i in tmp:
+            taken_in[int(i)] = FLAG - 1
+        indices.update(tmp)
+        tmp = set()
+    return np.array(sorted(int(i) for i in indices), np.int64), taken_in, FLAG - 1, why
