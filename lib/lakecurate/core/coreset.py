@@ -315,22 +315,27 @@ def greedy(fetch: Fetch, n_centroids: int, *, budget: int, pool_rows: int, patie
                 elif not r.complete:
                     need.append(q)
             if need:
-                queried = np.asarray(need, np.int64)
-                cs = np.array([ranks[q].cursor[0] for q in need], np.float32)
-                ck = np.array([ranks[q].cursor[1] for q in need], np.int64)
+                # the pass is paid anyway: centroids about to run out come along (a quarter of their last chunk left)
+                low = [q for q in range(k) if q not in need and not ranks[q].complete
+                       and ranks[q].keys.shape[0] - ranks[q].pos < ranks[q].want // 8]
+                asked = need + low
+                queried = np.asarray(asked, np.int64)
                 csims = np.full(k, START_SIM, np.float32)
                 ckeys = np.full(k, START_KEY, np.int64)
-                csims[queried], ckeys[queried] = cs, ck
-                want = np.array([ranks[q].want for q in need], np.int64)
+                csims[queried] = [ranks[q].cursor[0] for q in asked]
+                ckeys[queried] = [ranks[q].cursor[1] for q in asked]
+                want = np.array([ranks[q].want for q in asked], np.int64)
                 got = fetch(queried, csims, ckeys, want)
                 fetches += 1
-                for q, (ks, ss, complete) in zip(need, got):
-                    r = ranks[q]
-                    r.keys, r.sims, r.pos, r.complete = ks, ss, 0, bool(complete)
+                for q, (ks, ss, complete) in zip(asked, got):
+                    r = ranks[q]  # the unread rest of the window, then the rows after its end
+                    r.keys, r.sims = np.concatenate([r.keys[r.pos :], ks]), np.concatenate([r.sims[r.pos :], ss])
+                    r.pos, r.complete = 0, bool(complete)
                     if ks.shape[0]:
                         r.cursor = (np.float32(ss[-1]), int(ks[-1]))
                     r.want = min(2 * r.want, pool_rows)
                 max_held = max(max_held, sum(r.keys.shape[0] for r in ranks))
+                need = asked  # their picks are found again in the new windows
             pending = need
         if any(p < 0 for p in picks):  # a centroid saw every row taken: only when the budget is the pool
             reason = "pool"
