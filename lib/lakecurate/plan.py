@@ -90,14 +90,15 @@ class RunPlan:
 
 def config_fingerprint(config: RunConfig) -> str:
     """Hash of everything that changes the result: not Spark tuning, not the run id, not the
-    report, not where temporary files are staged; the dedup settings only for runs that de-duplicate."""
+    report, not where temporary files are staged; the dedup and coreset settings only for runs of those stages."""
     d = to_dict(config)
     for k in ("run_id", "spark", "report"):
         d.pop(k, None)
     d["lake"].pop("staging", None)
     d["lake"].pop("storage_options", None)  # credentials: where to read, not what
-    if "dedup" not in config.stages:
-        d.pop("dedup", None)
+    for section in ("dedup", "coreset"):  # a stage's section counts only in runs of the stage (old run ids stay)
+        if section not in config.stages:
+            d.pop(section, None)
     if config.input.format == "synthetic" and d["input"]["synthetic"] is None:
         d["input"]["synthetic"] = to_dict(SyntheticConfig())  # the defaults, spelled out
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()

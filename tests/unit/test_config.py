@@ -174,3 +174,9 @@ def test_coreset_then_balanced_curation_plans_in_stage_order():
     assert "coreset" in plan.tables()
     with pytest.raises(ConfigError, match="must keep the order"):
         load_plan(os.path.join(ROOT, "conf", "coreset.yaml"), ["stages=[cluster, coreset]"])
+
+
+def test_a_coreset_section_outside_its_stage_leaves_the_run_id_alone():
+    base = load_plan(os.path.join(ROOT, "conf", "demo.yaml"))
+    with_section = load_plan(os.path.join(ROOT, "conf", "demo.yaml"), ["coreset.target.path=/t.parquet", "coreset.target.format=parquet"])
+    assert with_section.run_id == base.run_id == "demo-fb41240049"  # the demo's run id since before the coreset stage
