@@ -116,6 +116,7 @@ def write_target(base, name, x, ids=None, model=None):
     ("dim", "has dimension 8 but the pool (input"),
     ("nan", "1 row(s) with NaN or infinite values"),
     ("empty", "is empty"),
+    ("dup", "has duplicate ids, e.g. 7"),
     ("model", "holds embeddings of model(s) ['other-model'] but the pool's are of model(s) ['minilm']"),
 ])
 def test_a_bad_target_is_refused_and_nothing_is_written(spark, data, tmp_path, case, words):
@@ -129,6 +130,8 @@ def test_a_bad_target_is_refused_and_nothing_is_written(spark, data, tmp_path, c
         path = write_target(tmp_path, "t.parquet", bad)
     elif case == "empty":
         path = write_target(tmp_path, "t.parquet", np.zeros((0, D), np.float32))
+    elif case == "dup":
+        path = write_target(tmp_path, "t.parquet", target[:10], ids=np.array([1, 2, 3, 4, 5, 6, 7, 7, 8, 9]))
     else:
         path = write_target(tmp_path, "t.parquet", target, model="other-model")
         t = embeddings_table(pool.x).append_column("model", pa.array(["minilm"] * N))
