@@ -406,6 +406,49 @@ class CoresetConfig:
                              prefix=f"{where}.")
 
 
+SHARD_ROWS = ("curated", "assigned")
+SHARD_SOURCES = ("auto", "input", "embed_source")
+#: columns of the shards table that a payload column may not be named
+SHARD_COLUMNS = ("shard", "level", "cluster", "path", "copy", "tree_run_id", "run_id")
+
+
+@dataclass(frozen=True)
+class ShardsConfig:
+    """The ``shards`` stage: rows joined to their payload, one Delta partition per cluster at ``level``.
+
+    What a training job reads (:mod:`lakecurate.torch`): Divide and Contrast's per-cluster experts,
+    same-cluster (hard-negative) batches, balanced batches.
+    """
+
+    #: the tree level whose clusters are the shards (1 = level-1 clusters); None = the top level
+    level: Optional[int] = None
+    #: "curated": the run's curated rows; "assigned": every row the tree assigned
+    rows: str = "curated"
+    #: where the payload is joined from: "input" (the run's input, e.g. the embeddings table),
+    #: "embed_source" (the embed stage's raw text/images); "auto": embed_source when the config
+    #: has an embed section, else input
+    source: str = "auto"
+    #: the source columns to carry; None = the source's payload (the embed source's text or image
+    #: column, files' path; the input's passthrough columns) and its passthrough columns
+    payload_columns: Optional[tuple[str, ...]] = None
+    #: a shard with more rows is written as several files
+    max_rows_per_file: int = 1_000_000
+
+    def validate(self, where: str) -> None:
+        if self.level is not None:
+            check_int(self.level, f"{where}.level", minimum=1)
+        check_choice(self.rows, SHARD_ROWS, f"{where}.rows")
+        check_choice(self.source, SHARD_SOURCES, f"{where}.source")
+        for i, name in enumerate(self.payload_columns or ()):
+            check_name(name, f"{where}.payload_columns[{i}]")
+        clash = sorted(set(self.payload_columns or ()) & set(SHARD_COLUMNS))
+        if clash:
+            raise ConfigError(f"{where}.payload_columns lists {clash}: those names are taken by the shards table's own columns")
+        if self.payload_columns is not None and len(set(self.payload_columns)) != len(self.payload_columns):
+            raise ConfigError(f"{where}.payload_columns={list(self.payload_columns)} lists a column twice")
+        check_int(self.max_rows_per_file, f"{where}.max_rows_per_file", minimum=1)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One ``lakecurate run``: the stages to run and every section they read."""
@@ -425,6 +468,8 @@ class RunConfig:
     embed: Optional[EmbedConfig] = None
     #: the coreset stage (rows like a target set); required when stages include "coreset"
     coreset: Optional[CoresetConfig] = None
+    #: the shards stage (rows + payload partitioned by cluster, for training)
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
 
     def validate(self, where: str = "") -> None:
         """Every section on its own; what spans sections is checked by :func:`lakecurate.plan.plan_run`."""

@@ -29,7 +29,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 from urllib.parse import unquote
 
 import numpy as np
@@ -43,7 +43,7 @@ from lakecurate.faults import fault_point
 from lakecurate.spark.errors import as_lakecurate_error
 from lakecurate.spark.errors import describe as describe_spark_error
 from lakecurate.spark.session import has_native_delta
-from lakecurate.tables import DESCRIPTIONS, OUTDATED_COLUMNS
+from lakecurate.tables import DESCRIPTIONS, OUTDATED_COLUMNS, PARTITIONS, ROW_GROUP_BYTES
 from lakecurate.validation import PYARROW_STORAGE_OPTIONS, STORAGE_SCHEMES
 
 log = logging.getLogger(__name__)
@@ -245,6 +245,25 @@ class Lake:
         df = reader.parquet(*files)
         return df.select(*[f.name for f in spark_schema.fields]) if partition_cols else df
 
+    def partition_sizes(self, name: str, run_id: str, column: str) -> dict:
+        """``{value: {"rows", "files", "bytes"}}`` of one run's rows of a table partitioned by
+        ``column`` (an integer column): from the Delta log on embedded lakes (no Spark job); on
+        native ones the rows from Spark, files and bytes as None."""
+        if self.backend == "native":
+            from pyspark.sql import functions as F
+
+            counts = self.read(name, run_id).groupBy(column).agg(F.count("*").alias("n")).collect()
+            return {int(r[column]): {"rows": int(r["n"]), "files": None, "bytes": None} for r in counts}
+        _, files = delta_files(self.path(name), storage_options=self.options, partition={RUN_ID: run_id})
+        out: dict = {}
+        for f in files:
+            value = f.partition.get(column)
+            entry = out.setdefault(None if value is None else int(value), {"rows": 0, "files": 0, "bytes": 0})
+            entry["rows"] += int(f.rows or 0)
+            entry["files"] += 1
+            entry["bytes"] += int(f.bytes)
+        return out
+
     def read_small(self, name: str, columns: Optional[list[str]] = None) -> list[dict]:
         """All rows of a small table of this lake (e.g. ``runs``) as dicts on the driver: delta-rs
         on embedded lakes (no Spark job), Spark on native ones."""
@@ -360,9 +379,9 @@ class Lake:
 
     # ------------------------------------------------------------------ writing
 
-    def write_run(self, df, name: str, run_id: str, *, description: str = "") -> TableInfo:
+    def write_run(self, df, name: str, run_id: str, *, description: str = "", max_rows_per_file: Optional[int] = None) -> TableInfo:
         """Replace ``run_id``'s rows of table ``name`` with ``df``, atomically (one table version)."""
-        return self._write(df, name, run_id=run_id, mode="replace_run", description=description)
+        return self._write(df, name, run_id=run_id, mode="replace_run", description=description, max_rows_per_file=max_rows_per_file)
 
     def append_run(self, df, name: str, run_id: str, *, description: str = "") -> TableInfo:
         """Append ``df`` as rows of ``run_id`` (the ``runs`` log, incremental tables)."""
@@ -373,7 +392,7 @@ class Lake:
         df = self.spark.createDataFrame(table)
         return self._write(df, name, run_id=run_id, mode="append" if append else "replace_run", description=description)
 
-    def _write(self, df, name: str, *, run_id: str, mode: str, description: str) -> TableInfo:
+    def _write(self, df, name: str, *, run_id: str, mode: str, description: str, max_rows_per_file: Optional[int] = None) -> TableInfo:
         from pyspark.sql import functions as F
 
         description = description or DESCRIPTIONS.get(name, "")
@@ -385,15 +404,15 @@ class Lake:
 
         with progress(self.spark, f"writing table {name} (run {run_id})"):
             if self.backend == "native":
-                info = self._write_native(df, name, run_id, mode)
+                info = self._write_native(df, name, run_id, mode, max_rows_per_file)
             else:
-                info = self._write_embedded(df, name, run_id, mode, description)
+                info = self._write_embedded(df, name, run_id, mode, description, max_rows_per_file)
         log.info("committed %s version %s (%s, run %s) in %.2fs", name, info.version, mode, run_id, time.perf_counter() - t0)
         self.register(name)
         return info
 
-    def _write_native(self, df, name: str, run_id: str, mode: str) -> TableInfo:
-        writer = df.write.format("delta").partitionBy(RUN_ID)
+    def _write_native(self, df, name: str, run_id: str, mode: str, max_rows_per_file: Optional[int]) -> TableInfo:
+        writer = _with_layout(df.write.format("delta").partitionBy(RUN_ID, *PARTITIONS.get(name, ())), name, max_rows_per_file)
         if mode == "replace_run":
             writer = writer.mode("overwrite").option("replaceWhere", f"{RUN_ID} = '{run_id}'")
         else:
@@ -416,7 +435,7 @@ class Lake:
                 time.sleep(wait)
         return TableInfo(name, path, self.version(name), "native")
 
-    def _write_embedded(self, df, name: str, run_id: str, mode: str, description: str) -> TableInfo:
+    def _write_embedded(self, df, name: str, run_id: str, mode: str, description: str, max_rows_per_file: Optional[int]) -> TableInfo:
         """Spark writes Parquet into a fresh folder ``_data/run_id=<id>/<token>/`` of the table
         (never inside a live partition folder, never moved), then delta-rs commits those files.
 
@@ -437,26 +456,28 @@ class Lake:
             _check_same_schema(_table_arrow_schema(self._delta(uri)), arrow_schema, name)
         self._remove_stale_files(name)  # also when a killed first write left files but no table
         committed = False
+        parts = PARTITIONS.get(name, ())
         try:
-            df.drop(RUN_ID).write.mode("error").parquet(_uri(files_dir))
+            _with_layout(df.drop(RUN_ID).write.mode("error").partitionBy(*parts), name, max_rows_per_file).parquet(_uri(files_dir))
             adds = []
             for info in fs.get_file_info(pafs.FileSelector(files_dir, recursive=True)):
                 if not info.is_file or not info.base_name.endswith(".parquet") or info.base_name.startswith((".", "_")):
                     if info.is_file:  # Spark's _SUCCESS and .crc files: no version would reference them
                         fs.delete_file(info.path)
                     continue
+                relpath = posixpath.relpath(info.path, files_dir)
                 adds.append(
                     AddAction(
-                        path=f"{files_rel}/{posixpath.relpath(info.path, files_dir)}",
+                        path=f"{files_rel}/{relpath}",
                         size=info.size,
-                        partition_values={RUN_ID: run_id},
+                        partition_values={RUN_ID: run_id, **_partition_values(relpath, parts)},
                         modification_time=int(time.time() * 1000),
                         data_change=True,
                         stats=json.dumps({"numRecords": pq.read_metadata(info.path, filesystem=fs).num_rows}),
                     )
                 )
             fault_point("commit:files_written", table=name)
-            version = self._commit_embedded(uri, name, adds, arrow_schema, run_id, mode, description)
+            version = self._commit_embedded(uri, name, adds, arrow_schema, run_id, mode, description, [RUN_ID, *parts])
             committed = True
             fault_point("commit:committed", table=name)
         except BaseException as exc:
@@ -473,7 +494,8 @@ class Lake:
             raise
         return TableInfo(name, path, version, "embedded")
 
-    def _commit_embedded(self, uri: str, name: str, adds: list, schema: pa.Schema, run_id: str, mode: str, description: str) -> int:
+    def _commit_embedded(self, uri: str, name: str, adds: list, schema: pa.Schema, run_id: str, mode: str, description: str,
+                         partition_by: list) -> int:
         """Commit ``adds`` on a fresh snapshot, retrying (bounded) when another writer committed first.
 
         delta-rs may not retry on its own (``max_commit_retries=0``): a replace of the run's rows
@@ -493,7 +515,7 @@ class Lake:
                     fault_point("commit:ready", table=name, attempt=attempt)
                     try:
                         create_table_with_add_actions(
-                            uri, Schema.from_arrow(schema), adds, mode="error", partition_by=[RUN_ID],
+                            uri, Schema.from_arrow(schema), adds, mode="error", partition_by=partition_by,
                             name=name, description=description or None, commit_properties=no_retry,
                             storage_options=self.options or None,
                         )
@@ -504,12 +526,13 @@ class Lake:
                         log.info("table %s was created by a concurrent writer: committing to it instead", name)
                 dt = self._delta(uri)  # a fresh snapshot for every attempt
                 _check_same_schema(_table_arrow_schema(dt), schema, name)
+                _check_same_partitions(dt.metadata().partition_columns, partition_by, name)
                 fault_point("commit:ready", table=name, attempt=attempt)
                 if mode == "replace_run":
-                    dt.create_write_transaction(adds, mode="overwrite", schema=schema, partition_by=[RUN_ID],
+                    dt.create_write_transaction(adds, mode="overwrite", schema=schema, partition_by=partition_by,
                                                 partition_filters=[(RUN_ID, "=", run_id)], commit_properties=no_retry)
                 else:
-                    dt.create_write_transaction(adds, mode="append", schema=schema, partition_by=[RUN_ID], commit_properties=no_retry)
+                    dt.create_write_transaction(adds, mode="append", schema=schema, partition_by=partition_by, commit_properties=no_retry)
                 return self._delta(uri).version()
             except CommitFailedError as exc:
                 wait = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
@@ -893,6 +916,84 @@ def open_npy(path: str, key: str = "input.path") -> np.ndarray:
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InputDataError(f"{key}={path!r} is empty: shape {arr.shape}")
     return arr
+
+
+def _with_layout(writer, name: str, max_rows_per_file: Optional[int] = None):
+    """A DataFrameWriter with the table's Parquet layout (:data:`lakecurate.tables.ROW_GROUP_BYTES`)."""
+    if name in ROW_GROUP_BYTES:
+        writer = writer.option("parquet.block.size", str(ROW_GROUP_BYTES[name]))
+    if max_rows_per_file:
+        writer = writer.option("maxRecordsPerFile", str(int(max_rows_per_file)))
+    return writer
+
+
+#: how Spark names the folder of a null partition value
+_NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
+
+
+def _partition_values(relpath: str, columns: Sequence[str]) -> dict:
+    """``{column: value}`` from the ``column=value/`` folders Spark's ``partitionBy`` wrote (integer columns)."""
+    folders = dict(part.split("=", 1) for part in relpath.split("/")[:-1] if "=" in part)
+    out = {}
+    for col in columns:
+        if col not in folders:
+            raise TableError(f"internal error: file {relpath!r} has no {col}= folder")
+        value = unquote(folders[col])
+        out[col] = None if value == _NULL_PARTITION else value
+    return out
+
+
+def _check_same_partitions(existing: Sequence[str], new: Sequence[str], name: str) -> None:
+    if list(existing) != list(new):
+        raise TableError(f"table {name!r} is partitioned by {list(existing)} but this lakecurate writes it partitioned by "
+                         f"{list(new)}: write to another lake.root, or move the old table away")
+
+
+@dataclass(frozen=True)
+class DeltaFile:
+    """One data file of a Delta table's version: its URI, partition values, rows and bytes."""
+
+    uri: str
+    partition: dict
+    rows: Optional[int]
+    bytes: int
+
+
+def delta_files(path: str, *, storage_options: Optional[dict] = None, version: Optional[int] = None,
+                partition: Optional[dict] = None) -> tuple[int, list[DeltaFile]]:
+    """``(version, files)`` of the Delta table at ``path`` with delta-rs alone (no Spark: the
+    training-time loaders read tables this way), optionally only the files whose partition values
+    equal ``partition`` (``{"run_id": ..., "shard": "3"}``): those are all the reader opens."""
+    dt = _open_delta(path, storage_options, version)
+    actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
+    base = _abs(path).rstrip("/")
+    files = []
+    for a in actions:
+        values = {k[len("partition."):]: (None if v is None else str(v)) for k, v in a.items() if k.startswith("partition.")}
+        if partition and any(values.get(k) != (None if v is None else str(v)) for k, v in partition.items()):
+            continue
+        rel = a["path"]
+        files.append(DeltaFile(rel if "://" in rel else f"{base}/{rel}", values, a.get("num_records"), a["size_bytes"]))
+    return dt.version(), files
+
+
+def table_schema(path: str, *, storage_options: Optional[dict] = None, version: Optional[int] = None) -> tuple[pa.Schema, list[str]]:
+    """``(arrow schema, partition columns)`` of the Delta table at ``path`` (delta-rs, no Spark)."""
+    dt = _open_delta(path, storage_options, version)
+    return _table_arrow_schema(dt), list(dt.metadata().partition_columns)
+
+
+def _open_delta(path: str, storage_options: Optional[dict], version: Optional[int]):
+    from deltalake import DeltaTable
+
+    uri = _uri(path)
+    options = {str(k): str(v) for k, v in (storage_options or {}).items()} or None
+    try:
+        if not DeltaTable.is_deltatable(uri, storage_options=options):
+            raise TableError(f"{path!r} is not a Delta table (no readable _delta_log)")
+        return DeltaTable(uri, version=version, storage_options=options)
+    except OSError as exc:
+        raise TableError(f"{path!r} cannot be read: {_first_line(exc)}") from exc
 
 
 def _table_arrow_schema(dt) -> pa.Schema:

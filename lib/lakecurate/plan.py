@@ -90,7 +90,7 @@ class RunPlan:
 
 def config_fingerprint(config: RunConfig) -> str:
     """Hash of everything that changes the result: not Spark tuning, not the run id, not the
-    report, not where temporary files are staged; the dedup and coreset settings only for runs of those stages."""
+    report, not where temporary files are staged, not the shards stage; the dedup and coreset settings only for runs of those stages."""
     d = to_dict(config)
     for k in ("run_id", "spark", "report"):
         d.pop(k, None)
@@ -99,6 +99,10 @@ def config_fingerprint(config: RunConfig) -> str:
     for section in ("dedup", "coreset"):  # a stage's section counts only in runs of the stage (old run ids stay)
         if section not in config.stages:
             d.pop(section, None)
+    # the shards stage only lays out rows the run already chose: adding it keeps the run (its own
+    # fingerprint, with its section, decides whether it reruns)
+    d.pop("shards", None)
+    d["stages"] = [s for s in d["stages"] if s != "shards"]
     if config.input.format == "synthetic" and d["input"]["synthetic"] is None:
         d["input"]["synthetic"] = to_dict(SyntheticConfig())  # the defaults, spelled out
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
@@ -128,7 +132,10 @@ def plan_run(config: RunConfig, *, alone: Optional[str] = None) -> RunPlan:
     listed = list(config.stages)
     if alone is not None:
         check_choice(alone, [s.name for s in STAGES if s.command], "command")
-        listed = [alone]
+        adds = next(s for s in STAGES if s.name == alone).command_adds
+        listed = [n for n in names if n in listed or n == alone] if adds else [alone]
+        if adds:
+            alone = None  # the config's run with the stage added: its run id, its resumes
     for i, name in enumerate(listed):
         check_choice(name, [s.name for s in STAGES if s.automatic is None], f"stages[{i}]")
     if [n for n in names if n in listed] != listed:
@@ -139,6 +146,8 @@ def plan_run(config: RunConfig, *, alone: Optional[str] = None) -> RunPlan:
     for record in records:
         if record.section is not None and getattr(config, record.section) is None:
             raise ConfigError(f"stages include {record.name!r} but the config has no {record.section} section")
+        if record.check is not None:
+            record.check(config)
     if not any(r.provides_input for r in records):
         config.input.require_location("input")
 

@@ -17,6 +17,7 @@ CORESET = "coreset"
 CLUSTERS = "clusters"
 ASSIGNMENTS = "assignments"
 CURATED = "curated"
+SHARDS = "shards"
 RUNS = "runs"
 
 #: one line per table: the Delta table description written with its first commit
@@ -29,7 +30,20 @@ DESCRIPTIONS = {
     CLUSTERS: "the cluster tree",
     ASSIGNMENTS: "level-1..T cluster of every input row",
     CURATED: "the curated subset",
+    SHARDS: "the curated (or all assigned) rows with their payload, one Delta partition per cluster at the chosen level",
     RUNS: "one row per stage attempt: config, status, timings, metrics",
+}
+
+#: partition columns after ``run_id`` (integer columns only): reading one value touches only its files
+PARTITIONS = {
+    SHARDS: ("shard",),
+}
+
+#: Parquet row groups of about this many bytes where a table is read in pieces at training time:
+#: a loader reads a row group at a time from a few dozen files at once, so its memory and the
+#: number of clusters mixed in its window both follow from it (Spark's default is 128 MiB)
+ROW_GROUP_BYTES = {
+    SHARDS: 4 * 1024 * 1024,
 }
 
 #: columns only an older lakecurate wrote, per table: such a table is refused before any work,

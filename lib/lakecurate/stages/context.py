@@ -49,6 +49,11 @@ class Stage:
     summary: Callable[[dict], list[str]] = _no_lines
     #: ``lakecurate <name> CONFIG`` runs this stage alone
     command: bool = False
+    #: ``lakecurate <name> CONFIG`` runs the config's stages with this one added, not this one
+    #: alone (committed stages are skipped): for a stage that lays out what the others wrote
+    command_adds: bool = False
+    #: ``check(config)``: what spans config sections, checked when the run is planned (no Spark)
+    check: Optional[Callable[["RunConfig"], None]] = None
     #: run alone without a ``run_id``, every call is a new run (an incremental stage: a rerun
     #: on a grown source must not be skipped as already done)
     fresh_run_alone: bool = False

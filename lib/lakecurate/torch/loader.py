@@ -1,0 +1,248 @@
+"""Training batches from a ``shards`` (or ``curated``) table: a streaming ``IterableDataset`` and a
+map-style batch sampler, in three modes (:mod:`lakecurate.core.batching`) plus one shard alone.
+
+:class:`ClusterBatches` streams: every (rank, DataLoader worker) slot takes a disjoint share of
+the epoch's rows (:func:`~lakecurate.core.batching.split_rows`), reads its row groups a few at a
+time, interleaved in slices, into a window of at most ``buffer_rows`` rows, orders the window
+into batches with one gather, and yields them. Memory is the window plus one slice per open
+file, whatever the table's size; the order is a pure function of (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lakecurate.core.batching import MODES, check_mode, check_weights, epoch_generator, passes, split_rows, weighted_pass, window_batches
+from lakecurate.torch.table import SHARD, ShardTable
+
+try:
+    import torch
+    from torch.utils.data import IterableDataset, Sampler, get_worker_info
+except ImportError as exc:  # pragma: no cover - the extra is missing
+    raise ImportError("lakecurate.torch needs PyTorch: pip install 'lakecurate[torch]'") from exc
+
+log = logging.getLogger(__name__)
+
+
+def _check_int(value, where: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{where}={value!r} must be an integer >= {minimum}")
+    return int(value)
+
+
+def distributed_slot(rank: Optional[int], world_size: Optional[int]) -> tuple[int, int]:
+    """``(rank, world_size)``: as given, else from ``torch.distributed`` when it is initialised, else (0, 1)."""
+    if rank is None or world_size is None:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            rank = dist.get_rank() if rank is None else rank
+            world_size = dist.get_world_size() if world_size is None else world_size
+        else:
+            rank, world_size = rank or 0, world_size or 1
+    world_size = _check_int(world_size, "world_size", 1)
+    rank = _check_int(rank, "rank", 0)
+    if rank >= world_size:
+        raise ValueError(f"rank={rank} must be below world_size={world_size}")
+    return rank, world_size
+
+
+class ClusterBatches(IterableDataset):
+    """Batches of a run's ``shards`` (or ``curated``) table, streamed with delta-rs/pyarrow.
+
+    Use with ``DataLoader(ds, batch_size=None, num_workers=...)``; call :meth:`set_epoch` before
+    each epoch. Every rank (``rank``/``world_size``, default from ``torch.distributed``) and worker
+    gets a disjoint share of the rows; together they see every row exactly once per epoch
+    (with ``cluster_weights``, a row of cluster c w_c times in expectation). All ranks must use
+    the same ``num_workers``.
+
+    Each item is ``transform(batch)`` where ``batch`` is a ``pyarrow.RecordBatch`` of
+    ``columns`` plus ``shard`` (the row's cluster at the level); without a transform, the batch.
+    """
+
+    def __init__(self, table: str, *, mode: str = "mixed", batch_size: int = 256, columns: Optional[Sequence[str]] = None,
+                 transform: Optional[Callable[[pa.RecordBatch], object]] = None, run_id: Optional[str] = None,
+                 level: Optional[int] = None, one_shard: Optional[int] = None, seed: int = 0, buffer_rows: int = 65536,
+                 open_files: int = 32, slice_rows: int = 2048, drop_last: bool = False,
+                 cluster_weights: Optional[dict] = None, rank: Optional[int] = None, world_size: Optional[int] = None,
+                 storage_options: Optional[dict] = None, version: Optional[int] = None):
+        super().__init__()
+        self.mode = check_mode(mode)
+        self.batch_size = _check_int(batch_size, "batch_size", 1)
+        self.buffer_rows = _check_int(buffer_rows, "buffer_rows", 1)
+        if self.buffer_rows < self.batch_size:
+            raise ValueError(f"buffer_rows={buffer_rows} must be at least batch_size={batch_size}")
+        self.open_files = _check_int(open_files, "open_files", 1)
+        self.slice_rows = _check_int(slice_rows, "slice_rows", 1)
+        self.seed = _check_int(seed, "seed", 0)
+        self.weights = check_weights(cluster_weights)
+        self.drop_last = bool(drop_last)
+        self.transform = transform
+        self.rank, self.world_size = distributed_slot(rank, world_size)
+        self.table = ShardTable(table, run_id=run_id, level=level, shard=one_shard, columns=columns,
+                                storage_options=storage_options, version=version)
+        self.epoch = 0
+        log.info("%s table %s, run %s, level %d%s: %s rows in %d row groups of %d files; mode %s, batches of %d",
+                 self.table.kind, table, self.table.run_id, self.table.level,
+                 "" if one_shard is None else f", shard {one_shard}", self.table.num_rows if self.table.num_rows is not None else "?",
+                 len(self.table.units), len(self.table.files), mode, batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose order the next iteration yields (call it on every rank before each epoch)."""
+        self.epoch = _check_int(epoch, "epoch", 0)
+
+    @property
+    def num_rows(self) -> Optional[int]:
+        return self.table.num_rows
+
+    def slot(self) -> tuple[int, int]:
+        """``(slot, n_slots)`` of this process: rank x DataLoader workers."""
+        info = get_worker_info()
+        workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
+        return self.rank * workers + worker, self.world_size * workers
+
+    def __iter__(self) -> Iterator:
+        slot, n_slots = self.slot()
+        for batch in self.batches(slot, n_slots):
+            yield batch if self.transform is None else self.transform(batch)
+
+    # ------------------------------------------------------------------ the stream of one slot
+
+    def batches(self, slot: int, n_slots: int) -> Iterator[pa.RecordBatch]:
+        """Slot ``slot`` of ``n_slots``'s batches of the current epoch (no transform)."""
+        units = self.table.units
+        n_passes = passes(self.weights)
+        held: list = []
+        held_rows = 0
+        rng = epoch_generator(self.seed, self.epoch, n_passes, 1 + slot)
+        for p in range(n_passes):
+            live = [i for i, u in enumerate(units) if p == 0 or self.weights is None or u.shard is None
+                    or self.weights.get(u.shard, 1.0) > p]
+            order = np.asarray(live, np.int64)[epoch_generator(self.seed, self.epoch, p).permutation(len(live))]
+            share = split_rows([u.rows for u in units], order, n_slots, slot)
+            for part, clusters in self._slices(share, rng, p):
+                held.append((part, clusters))
+                held_rows += part.num_rows
+                if held_rows >= self.buffer_rows:
+                    carry, out = self._window(held, rng, final=False)
+                    yield from out
+                    held = [carry] if carry[0].num_rows else []
+                    held_rows = carry[0].num_rows
+        if held_rows:
+            _, out = self._window(held, rng, final=True)
+            yield from out
+
+    def _slices(self, share, rng, pass_: int):
+        pending = deque(share)
+        readers: list = []
+        while readers or pending:
+            while len(readers) < self.open_files and pending:
+                u, lo, hi = pending.popleft()
+                readers.append(self.table.read_unit(self.table.units[u], lo, hi, slice_rows=self.slice_rows))
+            k = int(rng.integers(len(readers)))
+            try:
+                part, clusters, rows = next(readers[k])
+            except StopIteration:
+                readers.pop(k)
+                continue
+            if self.weights is not None:
+                keep = weighted_pass(clusters, rows, self.weights, self.seed, self.epoch, pass_)
+                if not keep.all():
+                    part, clusters = part.filter(pa.array(keep)), clusters[keep]
+            if part.num_rows:
+                yield part, clusters
+
+    def _window(self, held, rng, *, final: bool):
+        table = pa.Table.from_batches([b for b, _ in held]).combine_chunks()
+        clusters = np.concatenate([c for _, c in held])
+        order, bounds, rest = window_batches(clusters, self.mode, self.batch_size, rng, final=final)
+        if not final and self.mode == "same_cluster" and rest.size > self.buffer_rows // 2:
+            # many clusters, each with a part-filled batch: emit them short rather than hold them all
+            log.info("same_cluster: %d rows of part-filled batches of %d clusters exceed half of buffer_rows=%d: emitted "
+                     "as short batches (a larger buffer_rows, or a higher level, keeps batches full)",
+                     rest.size, np.unique(clusters[rest]).size, self.buffer_rows)
+            more, more_bounds, _ = window_batches(clusters[rest], self.mode, self.batch_size, rng, final=True)
+            bounds = np.concatenate([bounds, bounds[-1] + more_bounds[1:]])
+            order, rest = np.concatenate([order, rest[more]]), rest[:0]
+        taken = table.take(pa.array(order))
+        shard = pa.array(clusters[order], pa.int32())
+        out = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if self.drop_last and b - a < self.batch_size:
+                continue
+            part = taken.slice(a, b - a)
+            out.append(pa.RecordBatch.from_arrays([c.combine_chunks() for c in part.columns] + [shard.slice(a, b - a)],
+                                                  names=[*part.column_names, SHARD]))
+        carry = table.take(pa.array(rest)).combine_chunks()
+        carry = pa.RecordBatch.from_arrays([c.combine_chunks() for c in carry.columns], names=carry.column_names)
+        return (carry, clusters[rest]), out
+
+
+class ClusterBatchSampler(Sampler):
+    """Map-style batches of indices in the same modes: ``DataLoader(dataset, batch_sampler=...)``.
+
+    ``clusters[i]`` is row i's cluster (``ShardTable(...).clusters()`` gives them in the order of
+    ``ShardTable(...).read_all()``). Rank r of ``world_size`` takes every world_size-th batch of
+    the epoch's order: disjoint, together every batch once (the ranks' counts differ by at most one).
+    """
+
+    def __init__(self, clusters: Sequence[int], batch_size: int, *, mode: str = "same_cluster", seed: int = 0,
+                 drop_last: bool = False, cluster_weights: Optional[dict] = None, rank: Optional[int] = None,
+                 world_size: Optional[int] = None):
+        self.clusters = np.asarray(clusters, np.int64)
+        self.batch_size = _check_int(batch_size, "batch_size", 1)
+        self.mode = check_mode(mode)
+        self.seed = _check_int(seed, "seed", 0)
+        self.drop_last = bool(drop_last)
+        self.weights = check_weights(cluster_weights)
+        self.rank, self.world_size = distributed_slot(rank, world_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = _check_int(epoch, "epoch", 0)
+
+    def _all(self) -> list[np.ndarray]:
+        rows = np.arange(self.clusters.shape[0], dtype=np.int64)
+        out = []
+        for p in range(passes(self.weights)):
+            keep = weighted_pass(self.clusters, rows, self.weights, self.seed, self.epoch, p)
+            idx = rows[keep]
+            order, bounds, _ = window_batches(self.clusters[idx], self.mode, self.batch_size,
+                                              epoch_generator(self.seed, self.epoch, p), final=True)
+            out += [idx[order[a:b]] for a, b in zip(bounds[:-1], bounds[1:]) if not self.drop_last or b - a == self.batch_size]
+        return out[self.rank::self.world_size]
+
+    def __iter__(self):
+        for batch in self._all():
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+def to_tensors(batch: pa.RecordBatch, columns: Optional[Sequence[str]] = None) -> dict:
+    """A transform: every numeric column as a tensor (a list<float> column of equal-length rows as
+    an (n, d) tensor); other columns (text, bytes) as Python lists, for a tokenizer or decoder."""
+    out = {}
+    for name in columns or batch.schema.names:
+        col = batch.column(name)
+        t = col.type
+        if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+            lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False) if len(col) else np.zeros(0)
+            numeric = pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type)
+            if len(col) and numeric and col.null_count == 0 and lengths.min() == lengths.max():
+                out[name] = torch.from_numpy(np.require(col.flatten().to_numpy(zero_copy_only=False), requirements="W").reshape(len(col), -1))
+                continue
+        elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+            out[name] = torch.from_numpy(np.require(col.to_numpy(zero_copy_only=False), requirements="W"))
+            continue
+        out[name] = col.to_pylist()
+    return out
+
+
+__all__ = ["MODES", "ClusterBatchSampler", "ClusterBatches", "ShardTable", "distributed_slot", "to_tensors"]
