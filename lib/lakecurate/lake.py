@@ -55,6 +55,8 @@ os.environ.setdefault("RUST_LOG", "error")
 RUN_ID = "run_id"
 #: where a table's data files live: ``_data/run_id=<id>/<token>/part-*.parquet`` (embedded backend)
 DATA_DIR = "_data"
+#: ``_data/run_id=<id>/write=<token>/<column>=<value>/part-*.parquet`` for tables with more partition columns
+WRITE_DIR = "write"
 #: attempts at one commit when concurrent writers keep committing first
 COMMIT_ATTEMPTS = 12
 #: what Delta on Spark says when a concurrent writer committed first (retried, bounded)
@@ -448,7 +450,10 @@ class Lake:
         path = self.path(name)
         fs, table_dir = self._fs(path)
         token = new_token()
-        files_rel = f"{DATA_DIR}/{RUN_ID}={_escape(run_id)}/{token}"
+        parts = PARTITIONS.get(name, ())
+        # under more partition columns the write's own folder is a key=value folder too, so that
+        # Spark reads run_id, the write and the partition values alike from every file's path
+        files_rel = f"{DATA_DIR}/{RUN_ID}={_escape(run_id)}/" + (f"{WRITE_DIR}={token}" if parts else token)
         files_dir = f"{table_dir}/{files_rel}"
         arrow_schema = _arrow_schema(df.schema)
         uri = _uri(path)
@@ -456,7 +461,6 @@ class Lake:
             _check_same_schema(_table_arrow_schema(self._delta(uri)), arrow_schema, name)
         self._remove_stale_files(name)  # also when a killed first write left files but no table
         committed = False
-        parts = PARTITIONS.get(name, ())
         try:
             _with_layout(df.drop(RUN_ID).write.mode("error").partitionBy(*parts), name, max_rows_per_file).parquet(_uri(files_dir))
             adds = []
