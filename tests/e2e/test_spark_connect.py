@@ -8,7 +8,8 @@ One child process starts a local Spark Connect server (``spark.remote=local[2]``
   ``spark.block_cache=lake``: no ``cache()`` at all, as on serverless (``auto`` on a local Connect
   server, which can cache, resolves to the block files of a classic session: checked too);
 * the embed stage on a text table (with rows it must reject);
-* the coreset stage on those embeddings, its target a text table embedded by the stage itself.
+* the coreset stage on those embeddings, its target a text table embedded by the stage itself;
+* ``lakecurate shards`` on the curation run (its curated rows laid out by top-level cluster).
 
 The coreset's rows must equal those of the same run on the classic ``spark`` fixture. The curation's table digests (ids, paths, centroids, distances, duplicates: exact bits) are
 compared with those a classic session gave (``pinned_demo.json``, "demo-redundant-e2e"); the
@@ -83,7 +84,7 @@ def embeddings_digest(lake_root: str) -> dict:
 CHILD = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from test_spark_connect import coreset_config, coreset_rows, curate_plan, embed_config, embeddings_digest
+from test_spark_connect import DEMO, coreset_config, coreset_rows, curate_plan, embed_config, embeddings_digest
 from digests import run_digests
 from lakecurate.pipeline import run
 from lakecurate.plan import load_plan
@@ -92,10 +93,13 @@ from lakecurate.spark.session import get_spark, is_connect
 
 spark = get_spark(None, "connect-test", {"spark.sql.shuffle.partitions": "4"}, remote="local[2]")
 assert is_connect(spark), type(spark)
-out = {"auto_resolves_to": resolve(spark, "auto")}
+out = {"auto_resolves_to": resolve(spark, "auto"), "root": f"{sys.argv[2]}/curate"}
 root = f"{sys.argv[2]}/curate"
 res = run(curate_plan(root, "lake"), spark=spark)
 out["lake"] = {"digests": run_digests(root, res.run_id), "report": res.report, "block_cache": res.stages["cluster"]["block_cache"]}
+res = run(load_plan("demo-redundant", [*DEMO, f"lake.root={root}", "spark.block_cache=lake", "shards.payload_columns=[concept]"],
+                    alone="shards"), spark=spark)
+out["shards"] = {"run_id": res.run_id, "skipped": res.skipped, "metrics": res.stages["shards"]}
 res = run(load_plan(data=embed_config(f"{sys.argv[2]}/embed", sys.argv[3]), alone="embed"), spark=spark)
 out["embed"] = {"digest": embeddings_digest(f"{sys.argv[2]}/embed"), "metrics": {k: res.stages["embed"][k] for k in ("embedded", "rejected")}}
 cfg = coreset_config(f"{sys.argv[2]}/coreset", f"{sys.argv[2]}/embed/embeddings", sys.argv[3], sys.argv[4])
@@ -144,6 +148,22 @@ def test_curation_on_spark_connect_without_a_cache_equals_classic(connect_result
     report = connect_results["lake"]["report"]
     assert report["curated"]["n"] == 400 and report["deduplicated"]["n"] < report["pool"]["n"] == 2500
     assert connect_results["auto_resolves_to"] == "local_files"  # a Connect server that can cache
+
+
+def test_shards_on_spark_connect(connect_results, tmp_path_factory):
+    """``lakecurate shards`` on the Connect session: the run's curated rows, each in its top-level shard, with its concept."""
+    shards = connect_results["shards"]
+    assert {"cluster", "sample"} <= set(shards["skipped"]) and shards["metrics"]["rows"] == 400
+    root = connect_results["root"]
+    run_id = shards["run_id"]
+    got = DeltaTable(os.path.join(root, "shards")).to_pandas().sort_values("id")
+    curated = DeltaTable(os.path.join(root, "curated")).to_pandas()
+    curated = curated[curated["run_id"] == run_id].sort_values("id")
+    pool = DeltaTable(os.path.join(root, "pool")).to_pandas().set_index("id")
+    np.testing.assert_array_equal(got["id"], curated["id"])
+    np.testing.assert_array_equal(got["shard"], np.stack(curated["path"].to_numpy())[:, 1])
+    np.testing.assert_array_equal(got["concept"], pool.loc[got["id"], "concept"])
+    assert shards["metrics"]["n_shards"] == got["shard"].nunique()
 
 
 def test_embedding_on_spark_connect_equals_classic(spark, tmp_path, text_source, connect_results):

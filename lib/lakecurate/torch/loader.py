@@ -158,7 +158,6 @@ class ClusterBatches(IterableDataset):
                 yield part, clusters
 
     def _window(self, held, rng, *, final: bool):
-        table = pa.Table.from_batches([b for b, _ in held]).combine_chunks()
         clusters = np.concatenate([c for _, c in held])
         order, bounds, rest = window_batches(clusters, self.mode, self.batch_size, rng, final=final)
         if not final and self.mode == "same_cluster" and rest.size > self.buffer_rows // 2:
@@ -169,18 +168,68 @@ class ClusterBatches(IterableDataset):
             more, more_bounds, _ = window_batches(clusters[rest], self.mode, self.batch_size, rng, final=True)
             bounds = np.concatenate([bounds, bounds[-1] + more_bounds[1:]])
             order, rest = np.concatenate([order, rest[more]]), rest[:0]
-        taken = table.take(pa.array(order))
+        names = held[0][0].schema.names
+        columns = gather([[b.column(i) for b, _ in held] for i in range(len(names))], np.concatenate([order, rest]))
         shard = pa.array(clusters[order], pa.int32())
         out = []
         for a, b in zip(bounds[:-1], bounds[1:]):
             if self.drop_last and b - a < self.batch_size:
                 continue
-            part = taken.slice(a, b - a)
-            out.append(pa.RecordBatch.from_arrays([c.combine_chunks() for c in part.columns] + [shard.slice(a, b - a)],
-                                                  names=[*part.column_names, SHARD]))
-        carry = table.take(pa.array(rest)).combine_chunks()
-        carry = pa.RecordBatch.from_arrays([c.combine_chunks() for c in carry.columns], names=carry.column_names)
+            out.append(pa.RecordBatch.from_arrays([c.slice(a, b - a) for c in columns] + [shard.slice(a, b - a)], names=[*names, SHARD]))
+        k = order.size
+        carry = pa.RecordBatch.from_arrays([c.slice(k) for c in columns], names=names)
         return (carry, clusters[rest]), out
+
+
+def _fixed_rows(chunks: list) -> Optional[list]:
+    """The chunks of a list column of equal-length numeric rows without nulls as (rows, d) numpy
+    views (no copy), else None."""
+    views, width = [], None
+    for chunk in chunks:
+        t = chunk.type
+        if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not (pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type)):
+            return None
+        if chunk.null_count or len(chunk) == 0:
+            if chunk.null_count:
+                return None
+            continue
+        offsets = chunk.offsets.to_numpy()
+        d = offsets[1] - offsets[0]
+        if width is None:
+            width = int(d)
+        if d != width or not np.all(np.diff(offsets) == width):
+            return None
+        values = chunk.flatten()
+        if values.null_count:
+            return None
+        views.append(values.to_numpy(zero_copy_only=True).reshape(len(chunk), width))
+    return views
+
+
+def gather(columns: list[list], order: np.ndarray) -> list:
+    """Each column (a list of chunks) taken in ``order`` as one array: a column of equal-length
+    numeric rows (embeddings) with one numpy scatter, any other with Arrow's take."""
+    out = []
+    for chunks in columns:
+        views = _fixed_rows(chunks)
+        if views is None or not views:
+            out.append(pa.concat_arrays(chunks).take(pa.array(order)) if chunks else pa.array([]))
+            continue
+        inverse = np.empty(order.size, np.int64)
+        inverse[order] = np.arange(order.size)
+        # from Arrow's memory pool (it keeps freed memory for the next window; fresh pages from the
+        # OS cost more than the copy on some machines); the batches share it, no copy
+        dtype, width = views[0].dtype, views[0].shape[1]
+        dense = np.frombuffer(pa.allocate_buffer(max(1, order.size * width * dtype.itemsize)), dtype,
+                              count=order.size * width).reshape(order.size, width)
+        at = 0
+        for v in views:
+            dense[inverse[at:at + v.shape[0]]] = v
+            at += v.shape[0]
+        offsets = pa.array(np.arange(0, (order.size + 1) * width, width, dtype=np.int32 if order.size * width < 2**31 else np.int64))
+        kind = pa.ListArray if offsets.type == pa.int32() else pa.LargeListArray
+        out.append(kind.from_arrays(offsets, pa.array(dense.reshape(-1))))
+    return out
 
 
 class ClusterBatchSampler(Sampler):
