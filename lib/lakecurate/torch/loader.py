@@ -11,6 +11,8 @@ file, whatever the table's size; the order is a pure function of (seed, epoch).
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from collections import deque
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -68,7 +70,7 @@ class ClusterBatches(IterableDataset):
     def __init__(self, table: str, *, mode: str = "mixed", batch_size: int = 256, columns: Optional[Sequence[str]] = None,
                  transform: Optional[Callable[[pa.RecordBatch], object]] = None, run_id: Optional[str] = None,
                  level: Optional[int] = None, one_shard: Optional[int] = None, seed: int = 0, buffer_rows: int = 65536,
-                 open_files: int = 32, slice_rows: int = 2048, drop_last: bool = False,
+                 open_files: int = 32, slice_rows: int = 2048, prefetch: int = 8, drop_last: bool = False,
                  cluster_weights: Optional[dict] = None, rank: Optional[int] = None, world_size: Optional[int] = None,
                  storage_options: Optional[dict] = None, version: Optional[int] = None):
         super().__init__()
@@ -79,6 +81,8 @@ class ClusterBatches(IterableDataset):
             raise ValueError(f"buffer_rows={buffer_rows} must be at least batch_size={batch_size}")
         self.open_files = _check_int(open_files, "open_files", 1)
         self.slice_rows = _check_int(slice_rows, "slice_rows", 1)
+        #: slices read ahead by a thread while batches are ordered and consumed (0: none)
+        self.prefetch = _check_int(prefetch, "prefetch", 0)
         self.seed = _check_int(seed, "seed", 0)
         self.weights = check_weights(cluster_weights)
         self.drop_last = bool(drop_last)
@@ -115,27 +119,30 @@ class ClusterBatches(IterableDataset):
 
     def batches(self, slot: int, n_slots: int) -> Iterator[pa.RecordBatch]:
         """Slot ``slot`` of ``n_slots``'s batches of the current epoch (no transform)."""
-        units = self.table.units
-        n_passes = passes(self.weights)
         held: list = []
         held_rows = 0
-        rng = epoch_generator(self.seed, self.epoch, n_passes, 1 + slot)
-        for p in range(n_passes):
-            live = [i for i, u in enumerate(units) if p == 0 or self.weights is None or u.shard is None
-                    or self.weights.get(u.shard, 1.0) > p]
-            order = np.asarray(live, np.int64)[epoch_generator(self.seed, self.epoch, p).permutation(len(live))]
-            share = split_rows([u.rows for u in units], order, n_slots, slot)
-            for part, clusters in self._slices(share, rng, p):
-                held.append((part, clusters))
-                held_rows += part.num_rows
-                if held_rows >= self.buffer_rows:
-                    carry, out = self._window(held, rng, final=False)
-                    yield from out
-                    held = [carry] if carry[0].num_rows else []
-                    held_rows = carry[0].num_rows
+        rng = epoch_generator(self.seed, self.epoch, 0, 1 + slot)  # the windows' orders
+        slices = self._all_slices(slot, n_slots, epoch_generator(self.seed, self.epoch, 1, 1 + slot))
+        for part, clusters in (prefetched(slices, self.prefetch) if self.prefetch else slices):
+            held.append((part, clusters))
+            held_rows += part.num_rows
+            if held_rows >= self.buffer_rows:
+                carry, out = self._window(held, rng, final=False)
+                yield from out
+                held = [carry] if carry[0].num_rows else []
+                held_rows = carry[0].num_rows
         if held_rows:
             _, out = self._window(held, rng, final=True)
             yield from out
+
+    def _all_slices(self, slot: int, n_slots: int, rng):
+        """The slot's rows of every pass of the epoch, as (batch, clusters) slices."""
+        units = self.table.units
+        for p in range(passes(self.weights)):
+            live = [i for i, u in enumerate(units) if p == 0 or self.weights is None or u.shard is None
+                    or self.weights.get(u.shard, 1.0) > p]
+            order = np.asarray(live, np.int64)[epoch_generator(self.seed, self.epoch, p).permutation(len(live))]
+            yield from self._slices(split_rows([u.rows for u in units], order, n_slots, slot), rng, p)
 
     def _slices(self, share, rng, pass_: int):
         pending = deque(share)
@@ -179,6 +186,43 @@ class ClusterBatches(IterableDataset):
         k = order.size
         carry = pa.RecordBatch.from_arrays([c.slice(k) for c in columns], names=names)
         return (carry, clusters[rest]), out
+
+
+def prefetched(items: Iterator, depth: int) -> Iterator:
+    """``items``, produced by a thread up to ``depth`` ahead (Parquet decoding releases the GIL,
+    so reading overlaps ordering and the training step); its errors are raised here, and it stops
+    when the consumer does."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((None, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((None, done))
+        except BaseException as exc:  # handed to the consumer
+            q.put((exc, None))
+
+    thread = threading.Thread(target=produce, name="lakecurate-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            exc, item = q.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 def _fixed_rows(chunks: list) -> Optional[list]:
