@@ -16,8 +16,9 @@ also pays for the process's first touch of its memory (see bench/RESULTS.md):
   default: threads on every core); ``scan_1_thread``: the same with ``use_threads=False``;
 * ``mixed`` / ``same_cluster`` / ``balanced``: :class:`lakecurate.torch.ClusterBatches` in one
   process (one slot: one core);
-* ``mixed_2_workers``: the same through ``DataLoader(num_workers=2)`` (both cores; the batches
-  cross process boundaries);
+* ``mixed_tensors``: ``mixed`` with ``transform=to_tensors`` (the embedding as an (n, d) tensor);
+* ``mixed_2_workers``: ``mixed_tensors`` through ``DataLoader(num_workers=2)`` (both cores; the
+  tensors cross to the main process in shared memory, as PyTorch sends them);
 * ``map_style``: the usual naive map-style dataset: the table read into memory, ``__getitem__``
   returns one row as a tensor, ``DataLoader(batch_size=256, shuffle=True)`` collates them.
 
@@ -176,7 +177,7 @@ WORKERS = {
     "same_cluster": lambda p: w_loader(p, "same_cluster"),
     "balanced": lambda p: w_loader(p, "balanced"),
     "mixed_tensors": lambda p: w_loader(p, "mixed", tensors=True),
-    "mixed_2_workers": lambda p: w_loader(p, "mixed", workers=2),
+    "mixed_2_workers": lambda p: w_loader(p, "mixed", workers=2, tensors=True),
     "map_style": w_map_style,
 }
 

@@ -93,6 +93,27 @@ def test_same_cluster_batches_are_harder_than_mixed_on_the_demo_pool(demo):
     assert same > mixed + 0.05, (same, mixed)
 
 
+def test_the_training_example_runs_on_the_shards(demo, capsys):
+    """examples/training/train_contrastive.py on this run's shards: harder negatives in same-cluster
+    batches, and an expert per shard that fits its shard better than the base model (before the
+    tests below rewrite the shards at level 1 and add another run)."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "training", "train_contrastive.py")
+    spec = importlib.util.spec_from_file_location("train_contrastive", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    root, result = demo
+    assert example.main(["--lake", str(root), "--epochs", "2", "--batch-size", "64", "--experts", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in out.splitlines()
+            if line.split() and line.split()[0] in ("mixed", "same_cluster")}
+    assert rows["same_cluster"][1] > rows["mixed"][1] + 0.1  # negatives' cosine in the input space
+    experts = [line.split() for line in out.split("experts")[1].splitlines()[2:] if line.strip()]
+    assert len(experts) == 2 and all(float(e[3]) < float(e[2]) for e in experts)  # expert beats base on its shard
+
+
 def test_shards_command_keeps_the_run_and_a_rerun_replaces_its_rows(spark, demo):
     root, result = demo
     cfg = demo_config(root)
@@ -141,3 +162,4 @@ def test_bad_settings_are_refused_before_any_write(spark, demo, tmp_path):
     with pytest.raises(InputDataError, match=r"shards.payload_columns\[1\]='caption' is not a column"):
         run(load_plan(data=demo_config(fresh, payload_columns=["embedding", "caption"])), spark=spark)
     assert not (fresh / SHARDS).exists() and not (fresh / "clusters").exists()  # refused before the first stage
+

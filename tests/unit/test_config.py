@@ -180,3 +180,14 @@ def test_a_coreset_section_outside_its_stage_leaves_the_run_id_alone():
     base = load_plan(os.path.join(ROOT, "conf", "demo.yaml"))
     with_section = load_plan(os.path.join(ROOT, "conf", "demo.yaml"), ["coreset.target.path=/t.parquet", "coreset.target.format=parquet"])
     assert with_section.run_id == base.run_id == "demo-fb41240049"  # the demo's run id since before the coreset stage
+
+
+def test_the_shards_stage_keeps_the_run_id_and_its_command_adds_it():
+    demo = os.path.join(ROOT, "conf", "demo.yaml")
+    base = load_plan(demo)
+    listed = load_plan(demo, ["stages=[cluster,sample,shards]", "shards.level=2"])
+    command = load_plan(demo, alone="shards")
+    assert base.run_id == listed.run_id == command.run_id == "demo-fb41240049"
+    assert command.stage_names == ["cluster", "sample", "shards", "report"]
+    assert listed.stage_fingerprints["sample"] == base.stage_fingerprints["sample"]  # cluster and sample resume
+    assert listed.stage_fingerprints["shards"] != command.stage_fingerprints["shards"]  # another level reruns shards
