@@ -11,9 +11,8 @@ file, whatever the table's size; the order is a pure function of (seed, epoch).
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -70,7 +69,7 @@ class ClusterBatches(IterableDataset):
     def __init__(self, table: str, *, mode: str = "mixed", batch_size: int = 256, columns: Optional[Sequence[str]] = None,
                  transform: Optional[Callable[[pa.RecordBatch], object]] = None, run_id: Optional[str] = None,
                  level: Optional[int] = None, one_shard: Optional[int] = None, seed: int = 0, buffer_rows: int = 65536,
-                 open_files: int = 32, slice_rows: int = 2048, prefetch: int = 8, drop_last: bool = False,
+                 open_files: Optional[int] = None, slice_rows: int = 2048, read_threads: int = 2, drop_last: bool = False,
                  cluster_weights: Optional[dict] = None, rank: Optional[int] = None, world_size: Optional[int] = None,
                  storage_options: Optional[dict] = None, version: Optional[int] = None):
         super().__init__()
@@ -79,10 +78,9 @@ class ClusterBatches(IterableDataset):
         self.buffer_rows = _check_int(buffer_rows, "buffer_rows", 1)
         if self.buffer_rows < self.batch_size:
             raise ValueError(f"buffer_rows={buffer_rows} must be at least batch_size={batch_size}")
-        self.open_files = _check_int(open_files, "open_files", 1)
         self.slice_rows = _check_int(slice_rows, "slice_rows", 1)
-        #: slices read ahead by a thread while batches are ordered and consumed (0: none)
-        self.prefetch = _check_int(prefetch, "prefetch", 0)
+        #: threads decoding row groups ahead of the consumer (Parquet decoding releases the GIL); 0: none
+        self.read_threads = _check_int(read_threads, "read_threads", 0)
         self.seed = _check_int(seed, "seed", 0)
         self.weights = check_weights(cluster_weights)
         self.drop_last = bool(drop_last)
@@ -90,6 +88,10 @@ class ClusterBatches(IterableDataset):
         self.rank, self.world_size = distributed_slot(rank, world_size)
         self.table = ShardTable(table, run_id=run_id, level=level, shard=one_shard, columns=columns,
                                 storage_options=storage_options, version=version)
+        #: row groups open (decoded, interleaved) at once: the shards stage writes ~4 MiB row
+        #: groups, other writers (a curated table) Spark's 128 MiB ones
+        self.open_files = _check_int(open_files if open_files is not None else (32 if self.table.kind == "shards" else 4),
+                                     "open_files", 1)
         self.epoch = 0
         log.info("%s table %s, run %s, level %d%s: %s rows in %d row groups of %d files; mode %s, batches of %d",
                  self.table.kind, table, self.table.run_id, self.table.level,
@@ -122,41 +124,56 @@ class ClusterBatches(IterableDataset):
         held: list = []
         held_rows = 0
         rng = epoch_generator(self.seed, self.epoch, 0, 1 + slot)  # the windows' orders
-        slices = self._all_slices(slot, n_slots, epoch_generator(self.seed, self.epoch, 1, 1 + slot))
-        for part, clusters in (prefetched(slices, self.prefetch) if self.prefetch else slices):
-            held.append((part, clusters))
-            held_rows += part.num_rows
-            if held_rows >= self.buffer_rows:
-                carry, out = self._window(held, rng, final=False)
+        pool = ThreadPoolExecutor(self.read_threads, thread_name_prefix="lakecurate-read") if self.read_threads else None
+        try:
+            for part, clusters in self._all_slices(slot, n_slots, epoch_generator(self.seed, self.epoch, 1, 1 + slot), pool):
+                held.append((part, clusters))
+                held_rows += part.num_rows
+                if held_rows >= self.buffer_rows:
+                    carry, out = self._window(held, rng, final=False)
+                    yield from out
+                    held = [carry] if carry[0].num_rows else []
+                    held_rows = carry[0].num_rows
+            if held_rows:
+                _, out = self._window(held, rng, final=True)
                 yield from out
-                held = [carry] if carry[0].num_rows else []
-                held_rows = carry[0].num_rows
-        if held_rows:
-            _, out = self._window(held, rng, final=True)
-            yield from out
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
-    def _all_slices(self, slot: int, n_slots: int, rng):
+    def _all_slices(self, slot: int, n_slots: int, rng, pool):
         """The slot's rows of every pass of the epoch, as (batch, clusters) slices."""
         units = self.table.units
         for p in range(passes(self.weights)):
             live = [i for i, u in enumerate(units) if p == 0 or self.weights is None or u.shard is None
                     or self.weights.get(u.shard, 1.0) > p]
             order = np.asarray(live, np.int64)[epoch_generator(self.seed, self.epoch, p).permutation(len(live))]
-            yield from self._slices(split_rows([u.rows for u in units], order, n_slots, slot), rng, p)
+            yield from self._slices(split_rows([u.rows for u in units], order, n_slots, slot), rng, p, pool)
 
-    def _slices(self, share, rng, pass_: int):
+    def _slices(self, share, rng, pass_: int, pool):
+        """The share's rows as slices, interleaved over ``open_files`` row groups at a time (chosen
+        by ``rng``); the row groups are decoded whole by ``pool``'s threads, ahead, in the order
+        they are opened, so the slices' order does not depend on the threads' timing."""
         pending = deque(share)
-        readers: list = []
+        readers: list = []  # per open row group: [future or list of slices, next slice]
+
+        def read(unit, lo, hi):
+            return list(self.table.read_unit(self.table.units[unit], lo, hi, slice_rows=self.slice_rows))
+
         while readers or pending:
             while len(readers) < self.open_files and pending:
                 u, lo, hi = pending.popleft()
-                readers.append(self.table.read_unit(self.table.units[u], lo, hi, slice_rows=self.slice_rows))
+                readers.append([pool.submit(read, u, lo, hi) if pool is not None else read(u, lo, hi), 0])
             k = int(rng.integers(len(readers)))
-            try:
-                part, clusters, rows = next(readers[k])
-            except StopIteration:
+            reader = readers[k]
+            if not isinstance(reader[0], list):
+                reader[0] = reader[0].result()
+            if reader[1] >= len(reader[0]):
                 readers.pop(k)
                 continue
+            part, clusters, rows = reader[0][reader[1]]
+            reader[0][reader[1]] = None  # handed on: held by the window alone
+            reader[1] += 1
             if self.weights is not None:
                 keep = weighted_pass(clusters, rows, self.weights, self.seed, self.epoch, pass_)
                 if not keep.all():
@@ -186,43 +203,6 @@ class ClusterBatches(IterableDataset):
         k = order.size
         carry = pa.RecordBatch.from_arrays([c.slice(k) for c in columns], names=names)
         return (carry, clusters[rest]), out
-
-
-def prefetched(items: Iterator, depth: int) -> Iterator:
-    """``items``, produced by a thread up to ``depth`` ahead (Parquet decoding releases the GIL,
-    so reading overlaps ordering and the training step); its errors are raised here, and it stops
-    when the consumer does."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def produce():
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put((None, item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put((None, done))
-        except BaseException as exc:  # handed to the consumer
-            q.put((exc, None))
-
-    thread = threading.Thread(target=produce, name="lakecurate-read-ahead", daemon=True)
-    thread.start()
-    try:
-        while True:
-            exc, item = q.get()
-            if exc is not None:
-                raise exc
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
 
 
 def _fixed_rows(chunks: list) -> Optional[list]:
