@@ -184,14 +184,15 @@ def test_every_row_once_across_two_ranks_and_two_workers(pool):
 
 
 def test_same_order_for_the_same_seed_and_epoch(pool):
-    def order(epoch, seed=0, mode="mixed"):
-        ds = loader(pool, mode=mode, batch_size=64, buffer_rows=700, seed=seed, columns=["id"])
+    def order(epoch, seed=0, mode="mixed", threads=2):
+        ds = loader(pool, mode=mode, batch_size=64, buffer_rows=700, seed=seed, columns=["id"], read_threads=threads)
         ds.set_epoch(epoch)
         return ids_of(list(ds))
 
     for mode in ("mixed", "same_cluster", "balanced"):
         a = order(0, mode=mode)
         np.testing.assert_array_equal(a, order(0, mode=mode))
+        np.testing.assert_array_equal(a, order(0, mode=mode, threads=0))  # the read threads' timing does not matter
         assert not np.array_equal(a, order(1, mode=mode))
         assert not np.array_equal(a, order(0, seed=9, mode=mode))
         assert sorted(a.tolist()) == list(range(N))
