@@ -40,22 +40,10 @@ RESULTS = os.path.join(HERE, "results")
 sys.path.insert(0, HERE)
 log = logging.getLogger("bench.coreset")
 
+from data import peak_mb, rss_mb  # noqa: E402
+
 TARGET_CONCEPTS = (10, 30, 100)
 N_CENTROIDS = 100
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_mb() -> float:
-    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited from the parent across exec)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def make_target(n: int, d: int, rows: int, seed: int = 0) -> np.ndarray:

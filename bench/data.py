@@ -65,3 +65,18 @@ def generate(root: str, n: int, d: int, *, n_concepts: int = 2000, alpha: float 
     os.replace(npy + ".tmp", npy)
     open(os.path.join(parquet, "_SUCCESS"), "w").close()
     return npy, parquet
+
+
+def rss_mb() -> float:
+    """This process's resident memory now (MB)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_mb() -> float:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited from the parent across exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")

@@ -44,18 +44,8 @@ N_SHARDS = 50
 BATCH = 256
 RUN_ID = "bench-loader"
 
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+sys.path.insert(0, HERE)
+from data import peak_mb, rss_mb  # noqa: E402
 
 
 def make_table(root: str, n: int, d: int, seed: int = 0) -> str:
