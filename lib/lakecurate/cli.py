@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     vac.add_argument("--older-than-hours", type=float, default=1.0,
                      help="leave younger files alone: a write still in flight has unreferenced files too (default 1)")
     where = sub.add_parser("where", help="print where the installed package keeps its spark-submit job files or bundled configs")
-    where.add_argument("what", choices=["jobs", "conf", "curate", "dedup", "embed"],
-                       help="jobs or conf: the folder; curate, dedup, embed: that job's spark-submit file")
+    where.add_argument("what", choices=["jobs", "conf", "curate", "dedup", "embed", "coreset", "shards", "assign"],
+                       help="jobs or conf: the folder; a job's name: its spark-submit file")
     return p
 
 

@@ -406,6 +406,24 @@ class CoresetConfig:
                              prefix=f"{where}.")
 
 
+@dataclass(frozen=True)
+class AssignConfig:
+    """The ``assign`` stage (nightly runs): rows of the input not yet in a tree's ``assignments``
+    get their nearest level-1 centroid and its path, appended to that tree's rows."""
+
+    #: the run whose tree the new rows join; None = the latest run in the lake whose cluster stage
+    #: succeeded with this config's ``clustering`` section
+    tree_run_id: Optional[str] = None
+    #: warn (re-cluster recommended) when more than this share of an increment's rows is farther
+    #: from its level-1 centroid than that cluster's 99th percentile distance at fit time
+    refit_threshold: float = 0.05
+
+    def validate(self, where: str) -> None:
+        if self.tree_run_id is not None:
+            check_name(self.tree_run_id, f"{where}.tree_run_id")
+        check_number(self.refit_threshold, f"{where}.refit_threshold", low=0.0, high=1.0)
+
+
 SHARD_ROWS = ("curated", "assigned")
 SHARD_SOURCES = ("auto", "input", "embed_source")
 #: columns of the shards table that a payload column may not be named
@@ -470,6 +488,8 @@ class RunConfig:
     coreset: Optional[CoresetConfig] = None
     #: the shards stage (rows + payload partitioned by cluster, for training)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
+    #: the assign stage (new rows into an existing tree)
+    assign: AssignConfig = field(default_factory=AssignConfig)
 
     def validate(self, where: str = "") -> None:
         """Every section on its own; what spans sections is checked by :func:`lakecurate.plan.plan_run`."""

@@ -50,3 +50,9 @@ def warn_degraded(message: str, category: type = LakecurateWarning, *, logger: O
     log shows it, a caller can catch it)."""
     (logger or logging.getLogger("lakecurate")).warning(message)
     warnings.warn(message, category, stacklevel=3)
+
+
+class StaleTreeWarning(LakecurateWarning):
+    """New rows fall outside the tree they were assigned to more often than ``assign.refit_threshold``
+    allows: a full re-cluster is due."""
+

@@ -385,16 +385,18 @@ class Lake:
         """Replace ``run_id``'s rows of table ``name`` with ``df``, atomically (one table version)."""
         return self._write(df, name, run_id=run_id, mode="replace_run", description=description, max_rows_per_file=max_rows_per_file)
 
-    def append_run(self, df, name: str, run_id: str, *, description: str = "") -> TableInfo:
-        """Append ``df`` as rows of ``run_id`` (the ``runs`` log, incremental tables)."""
-        return self._write(df, name, run_id=run_id, mode="append", description=description)
+    def append_run(self, df, name: str, run_id: str, *, description: str = "", commit_metadata: Optional[dict] = None) -> TableInfo:
+        """Append ``df`` as rows of ``run_id`` (the ``runs`` log, incremental tables); ``commit_metadata``
+        tags the commit (Delta ``commitInfo``: delta-rs custom metadata, Spark's ``userMetadata``)."""
+        return self._write(df, name, run_id=run_id, mode="append", description=description, commit_metadata=commit_metadata)
 
     def write_arrow(self, table: pa.Table, name: str, run_id: str, *, append: bool = False, description: str = "") -> TableInfo:
         """A small driver-side Arrow table (runs, clusters) written like a DataFrame."""
         df = self.spark.createDataFrame(table)
         return self._write(df, name, run_id=run_id, mode="append" if append else "replace_run", description=description)
 
-    def _write(self, df, name: str, *, run_id: str, mode: str, description: str, max_rows_per_file: Optional[int] = None) -> TableInfo:
+    def _write(self, df, name: str, *, run_id: str, mode: str, description: str, max_rows_per_file: Optional[int] = None,
+               commit_metadata: Optional[dict] = None) -> TableInfo:
         from pyspark.sql import functions as F
 
         description = description or DESCRIPTIONS.get(name, "")
@@ -406,15 +408,18 @@ class Lake:
 
         with progress(self.spark, f"writing table {name} (run {run_id})"):
             if self.backend == "native":
-                info = self._write_native(df, name, run_id, mode, max_rows_per_file)
+                info = self._write_native(df, name, run_id, mode, max_rows_per_file, commit_metadata)
             else:
-                info = self._write_embedded(df, name, run_id, mode, description, max_rows_per_file)
+                info = self._write_embedded(df, name, run_id, mode, description, max_rows_per_file, commit_metadata)
         log.info("committed %s version %s (%s, run %s) in %.2fs", name, info.version, mode, run_id, time.perf_counter() - t0)
         self.register(name)
         return info
 
-    def _write_native(self, df, name: str, run_id: str, mode: str, max_rows_per_file: Optional[int]) -> TableInfo:
+    def _write_native(self, df, name: str, run_id: str, mode: str, max_rows_per_file: Optional[int],
+                      commit_metadata: Optional[dict] = None) -> TableInfo:
         writer = _with_layout(df.write.format("delta").partitionBy(RUN_ID, *PARTITIONS.get(name, ())), name, max_rows_per_file)
+        if commit_metadata:
+            writer = writer.option("userMetadata", json.dumps(commit_metadata, sort_keys=True))
         if mode == "replace_run":
             writer = writer.mode("overwrite").option("replaceWhere", f"{RUN_ID} = '{run_id}'")
         else:
@@ -437,7 +442,8 @@ class Lake:
                 time.sleep(wait)
         return TableInfo(name, path, self.version(name), "native")
 
-    def _write_embedded(self, df, name: str, run_id: str, mode: str, description: str, max_rows_per_file: Optional[int]) -> TableInfo:
+    def _write_embedded(self, df, name: str, run_id: str, mode: str, description: str, max_rows_per_file: Optional[int],
+                        commit_metadata: Optional[dict] = None) -> TableInfo:
         """Spark writes Parquet into a fresh folder ``_data/run_id=<id>/<token>/`` of the table
         (never inside a live partition folder, never moved), then delta-rs commits those files.
 
@@ -481,7 +487,8 @@ class Lake:
                     )
                 )
             fault_point("commit:files_written", table=name)
-            version = self._commit_embedded(uri, name, adds, arrow_schema, run_id, mode, description, [RUN_ID, *parts])
+            version = self._commit_embedded(uri, name, adds, arrow_schema, run_id, mode, description, [RUN_ID, *parts],
+                                            commit_metadata)
             committed = True
             fault_point("commit:committed", table=name)
         except BaseException as exc:
@@ -499,7 +506,7 @@ class Lake:
         return TableInfo(name, path, version, "embedded")
 
     def _commit_embedded(self, uri: str, name: str, adds: list, schema: pa.Schema, run_id: str, mode: str, description: str,
-                         partition_by: list) -> int:
+                         partition_by: list, commit_metadata: Optional[dict] = None) -> int:
         """Commit ``adds`` on a fresh snapshot, retrying (bounded) when another writer committed first.
 
         delta-rs may not retry on its own (``max_commit_retries=0``): a replace of the run's rows
@@ -512,7 +519,7 @@ class Lake:
         from deltalake.exceptions import CommitFailedError
         from deltalake.transaction import create_table_with_add_actions
 
-        no_retry = CommitProperties(max_commit_retries=0)
+        no_retry = CommitProperties(max_commit_retries=0, custom_metadata={str(k): str(v) for k, v in (commit_metadata or {}).items()} or None)
         for attempt in range(COMMIT_ATTEMPTS):
             try:
                 if not self._is_delta(uri):

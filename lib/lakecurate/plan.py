@@ -96,7 +96,7 @@ def config_fingerprint(config: RunConfig) -> str:
         d.pop(k, None)
     d["lake"].pop("staging", None)
     d["lake"].pop("storage_options", None)  # credentials: where to read, not what
-    for section in ("dedup", "coreset"):  # a stage's section counts only in runs of the stage (old run ids stay)
+    for section in ("dedup", "coreset", "assign"):  # a stage's section counts only in runs of the stage (old run ids stay)
         if section not in config.stages:
             d.pop(section, None)
     # the shards stage only lays out rows the run already chose: adding it keeps the run (its own

@@ -36,7 +36,7 @@ def test_core_imports_no_spark():
 
 def test_stage_records_are_complete_and_in_run_order():
     names = [s.name for s in STAGES]
-    assert names == ["embed", "dedup", "coreset", "cluster", "sample", "shards", "report"]
+    assert names == ["embed", "dedup", "coreset", "cluster", "assign", "sample", "shards", "report"]
     assert len(set(names)) == len(names)
     from lakecurate.config import RunConfig, EmbedConfig
 

@@ -5,10 +5,10 @@ stage's module and listed here: the pipeline runs them in this order, the config
 must keep it, the command line offers ``lakecurate <name>`` for those with ``command=True``.
 """
 
-from lakecurate.stages import cluster, coreset, dedup, embed, report, sample, shards
+from lakecurate.stages import assign, cluster, coreset, dedup, embed, report, sample, shards
 from lakecurate.stages.context import Stage, StageContext
 
-STAGES: tuple[Stage, ...] = (embed.STAGE, dedup.STAGE, coreset.STAGE, cluster.STAGE, sample.STAGE, shards.STAGE, report.STAGE)
+STAGES: tuple[Stage, ...] = (embed.STAGE, dedup.STAGE, coreset.STAGE, cluster.STAGE, assign.STAGE, sample.STAGE, shards.STAGE, report.STAGE)
 
 
 def stage(name: str) -> Stage:

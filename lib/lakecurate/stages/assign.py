@@ -1,0 +1,227 @@
+"""Assign stage (nightly runs): the input's new rows join an existing tree -> ``assignments`` + ``clusters``.
+
+A grown pool is not re-clustered every night: a new tree would renumber every cluster and reshuffle
+every curated row downstream. Instead:
+
+1. the tree: ``assign.tree_run_id``, or the latest run in the lake whose cluster stage succeeded
+   with this config's ``clustering`` section (the same metric, the same levels);
+2. the new rows: the input as this stage sees it (after dedup when the run de-duplicates) minus
+   the ids already in the tree's ``assignments`` (an anti-join on id); none: nothing is written;
+3. each new row gets its nearest level-1 centroid with the kernel the fit used
+   (:func:`~lakecurate.spark.assignments.assignment_rows`: a row of the fitted pool gets the label
+   the fit gave it) and the path up the tree; the rows are appended to the tree's rows of
+   ``assignments`` as one table version, its commit tagged with this run's id (the increment);
+4. ``clusters``: the tree's rows again as one new version, centroids unchanged, ``size`` and
+   level-1 ``n_children`` counted from its assignments (so a rerun after a kill between the two
+   commits repairs the counts);
+5. staleness: the share of the increment's rows farther from their level-1 centroid than that
+   cluster's 99th-percentile distance at fit time (kept with the tree under
+   ``<lake>/_trees/<tree run>/``), overall and per top-level cluster, in ``runs.metrics``; above
+   ``assign.refit_threshold`` a :class:`~lakecurate.errors.StaleTreeWarning` recommends a re-cluster.
+
+Re-running the same increment changes nothing: the same input has the same run id (the stage is
+skipped); under another run id its rows are already assigned.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+import warnings
+
+import numpy as np
+
+from lakecurate.config import RunConfig, to_dict
+from lakecurate.core.kmeans import normalize_rows
+from lakecurate.errors import ConfigError, StaleTreeWarning, TableError
+from lakecurate.faults import fault_point
+from lakecurate.spark.arrow import matrix_to_list_array
+from lakecurate.spark.assignments import assignment_rows
+from lakecurate.stages.context import Stage, StageContext
+from lakecurate.tables import ASSIGNMENTS, CLUSTERS, RUNS
+
+log = logging.getLogger(__name__)
+
+#: the quantile of fit-time distances a new row is compared with
+STALE_QUANTILE = 0.99
+
+
+def check(cfg: RunConfig) -> None:
+    clash = [s for s in ("cluster", "sample", "shards") if s in cfg.stages]
+    if "assign" in cfg.stages and clash:
+        raise ConfigError(f"stages={list(cfg.stages)}: 'assign' adds rows to an existing tree and cannot run with {clash} "
+                          "in one run yet (the cluster stage fits a new tree; top-up sampling of a grown tree is not built)")
+
+
+def find_tree(ctx: StageContext) -> str:
+    """The run whose tree the new rows join (``assign.tree_run_id``, else the latest with this clustering)."""
+    cfg = ctx.config
+    want = cfg.assign.tree_run_id
+    rows = [r for r in ctx.lake.read_small(RUNS, columns=["run_id", "stage", "status", "finished_at", "config", "metrics"])
+            if r["stage"] == "cluster" and r["status"] == "succeeded"] if ctx.lake.exists(RUNS) else []
+    if want is not None:
+        mine = [r for r in rows if r["run_id"] == want]
+        if not mine:
+            raise TableError(f"assign.tree_run_id={want!r}: no run of that id committed a tree in {ctx.lake.root!r}")
+        row = max(mine, key=lambda r: r["finished_at"])
+        fitted = json.loads(row["config"] or "{}").get("clustering")
+        if fitted is not None and fitted != to_dict(cfg.clustering):
+            raise ConfigError(f"assign.tree_run_id={want!r} was fitted with clustering={fitted}, not this config's "
+                              f"{to_dict(cfg.clustering)}: the new rows must be assigned with the fit's settings")
+    else:
+        same = [r for r in rows if json.loads(r["config"] or "{}").get("clustering") == to_dict(cfg.clustering)]
+        if not same:
+            raise TableError(f"no run in {ctx.lake.root!r} committed a tree with this config's clustering section: run the "
+                             "cluster stage first, or give assign.tree_run_id")
+        row = max(same, key=lambda r: r["finished_at"])
+    reused = json.loads(row["metrics"] or "{}").get("reused_from")
+    return reused or row["run_id"]
+
+
+def read_tree(ctx: StageContext, tree_run: str):
+    """(level-1 centroids float32, parents per level above 1, the clusters table as pandas)."""
+    pdf = ctx.lake.read(CLUSTERS, tree_run).toPandas()
+    if pdf.empty:
+        raise TableError(f"table {CLUSTERS!r} has no rows for run {tree_run!r}")
+    pdf = pdf.sort_values(["level", "cluster_id"]).reset_index(drop=True)
+    levels = sorted(pdf["level"].unique())
+    first = pdf[pdf["level"] == 1]
+    centroids = np.stack(first["centroid"].to_numpy()).astype(np.float32)
+    parents = [pdf[pdf["level"] == t]["parent_id"].to_numpy(np.int64) for t in levels[:-1]]
+    return centroids, parents, pdf
+
+
+def fit_quantiles(ctx: StageContext, tree_run: str, k: int) -> np.ndarray:
+    """Each level-1 cluster's 99th-percentile distance at fit time, kept with the tree (computed
+    from the tree's assignments, which are the fit's rows, the first time a tree is extended)."""
+    from pyspark.sql import functions as F
+
+    rel = f"_trees/{tree_run}/distance_p{int(STALE_QUANTILE * 100)}.npy"
+    data = ctx.lake.get_file(rel)
+    if data is not None:
+        return np.load(io.BytesIO(data))
+    q = np.full(k, np.inf)
+    rows = ctx.lake.read(ASSIGNMENTS, tree_run).groupBy("cluster").agg(
+        F.percentile_approx("distance", STALE_QUANTILE, 10000).alias("q")).collect()
+    for r in rows:
+        q[int(r["cluster"])] = float(r["q"])
+    buf = io.BytesIO()
+    np.save(buf, q)
+    ctx.lake.put_file(rel, buf.getvalue())
+    return q
+
+
+def recount(ctx: StageContext, tree_run: str, pdf, parents) -> None:
+    """The tree's ``clusters`` rows again, ``size`` and level-1 ``n_children`` counted from its assignments."""
+    import pyarrow as pa
+
+    counts = {int(r["cluster"]): int(r["count"]) for r in ctx.lake.read(ASSIGNMENTS, tree_run).groupBy("cluster").count().collect()}
+    k = int((pdf["level"] == 1).sum())
+    size = np.zeros(k, np.int64)
+    for c, n in counts.items():
+        size[c] = n
+    pdf = pdf.copy()
+    sizes = [size]
+    for par in parents:
+        up = np.zeros(int(par.max()) + 1 if par.size else 0, np.int64)
+        np.add.at(up, par, sizes[-1])
+        sizes.append(up)
+    for t, s in enumerate(sizes, start=1):
+        rows = pdf.index[pdf["level"] == t]
+        if len(rows) != s.size:
+            s = np.pad(s, (0, len(rows) - s.size))
+        pdf.loc[rows, "size"] = s
+    pdf.loc[pdf.index[pdf["level"] == 1], "n_children"] = size
+    parent = pdf["parent_id"]
+    table = pa.table({
+        "level": pa.array(pdf["level"].to_numpy(np.int32)),
+        "cluster_id": pa.array(pdf["cluster_id"].to_numpy(np.int32)),
+        "parent_id": pa.array([None if v != v else int(v) for v in parent.to_numpy(np.float64)], pa.int32()),
+        "n_children": pa.array(pdf["n_children"].to_numpy(np.int64)),
+        "size": pa.array(pdf["size"].to_numpy(np.int64)),
+        "centroid": matrix_to_list_array(np.stack(pdf["centroid"].to_numpy()).astype(np.float32)),
+        "inertia": pa.array(pdf["inertia"].to_numpy(np.float64)),
+        "radius": pa.array(pdf["radius"].to_numpy(np.float64)),
+    })
+    ctx.lake.write_arrow(table, CLUSTERS, tree_run)
+
+
+def run_assign(ctx: StageContext, metrics: dict) -> None:
+    from pyspark.sql import functions as F
+
+    cfg = ctx.config
+    id_col = cfg.input.id_column
+    t0 = time.perf_counter()
+    tree_run = find_tree(ctx)
+    centroids, parents, pdf = read_tree(ctx, tree_run)
+    k = centroids.shape[0]
+    metrics.update(tree_run_id=tree_run, increment=ctx.run_id)
+    known = ctx.lake.read(ASSIGNMENTS, tree_run).select(id_col)
+    new = ctx.input_frame("assign").join(known, on=id_col, how="left_anti")
+    quantiles = fit_quantiles(ctx, tree_run, k)
+    n_new = new.count()
+    metrics["new_rows"] = n_new
+    if n_new == 0:
+        log.info("assign: every row of the input is already in the tree of run %s: nothing to add", tree_run)
+        metrics.update(stale_share=0.0, seconds=round(time.perf_counter() - t0, 3))
+        return
+    from lakecurate.spark.blocks import EmbeddingBlocks
+
+    blocks = EmbeddingBlocks.from_dataframe(
+        ctx.spark, new, id_column=id_col, embedding_column=cfg.input.embedding_column, partitions=cfg.spark.partitions,
+        transform=normalize_rows if cfg.clustering.metric == "cosine" else None, where=f"assign input {cfg.input.location}",
+        cache=cfg.spark.block_cache, lake=ctx.lake,
+    )
+    try:
+        if blocks.d != centroids.shape[1]:
+            raise TableError(f"the input {cfg.input.location} has dimension {blocks.d} but the tree of run {tree_run!r} has "
+                             f"dimension {centroids.shape[1]}")
+        rows = assignment_rows(blocks, centroids, parents, id_column=id_col)
+        info = ctx.lake.append_run(rows, ASSIGNMENTS, tree_run, commit_metadata={"lakecurate.increment": ctx.run_id})
+        fault_point("assign:appended")
+        recount(ctx, tree_run, pdf, parents)
+    finally:
+        blocks.release()
+    added = ctx.lake.read(ASSIGNMENTS, tree_run).join(new.select(id_col), on=id_col, how="left_semi")
+    limits = ctx.spark.createDataFrame([(int(c), float(v)) for c, v in enumerate(quantiles)], "cluster INT, fit_q DOUBLE")
+    top = F.element_at("path", len(parents) + 1)
+    stats = (added.join(F.broadcast(limits), on="cluster", how="left")
+             .withColumn("stale", (F.col("distance") > F.col("fit_q")).cast("int")).withColumn("top", top)
+             .groupBy("top").agg(F.count("*").alias("n"), F.sum("stale").alias("stale")).collect())
+    n = sum(int(r["n"]) for r in stats)
+    stale = sum(int(r["stale"]) for r in stats)
+    share = stale / n if n else 0.0
+    metrics.update(
+        assigned=n, stale_rows=stale, stale_share=round(share, 6), refit_threshold=cfg.assign.refit_threshold,
+        stale_share_by_top_cluster={str(int(r["top"])): round(int(r["stale"]) / int(r["n"]), 6) for r in sorted(stats, key=lambda r: r["top"])},
+        assignments_version=info.version, seconds=round(time.perf_counter() - t0, 3),
+    )
+    if n != n_new:
+        raise TableError(f"assign: {n} of the {n_new} new rows are in {ASSIGNMENTS!r} for run {tree_run!r} after the append")
+    log.info("assign: %d new rows joined the tree of run %s; %.1f%% are beyond their cluster's fit-time p99 distance",
+             n, tree_run, 100 * share)
+    if share > cfg.assign.refit_threshold:
+        warnings.warn(StaleTreeWarning(
+            f"{100 * share:.1f}% of the {n} new rows are farther from their level-1 centroid than that cluster's 99th-percentile "
+            f"distance at fit time, above assign.refit_threshold={cfg.assign.refit_threshold}: the tree of run {tree_run!r} "
+            "no longer fits the pool; re-cluster (run the cluster stage on the grown pool)"), stacklevel=2)
+
+
+def summarize(m: dict) -> list[str]:
+    return [f"  assign: {m.get('new_rows')} new rows into the tree of run {m.get('tree_run_id')}; "
+            f"{100 * (m.get('stale_share') or 0):.1f}% beyond their cluster's fit-time p99 distance "
+            f"(re-cluster above {100 * (m.get('refit_threshold') or 0):.0f}%)"]
+
+
+STAGE = Stage(
+    name="assign",
+    config_sections=("assign", "clustering"),
+    run=run_assign,
+    help="rows of the input not yet in a tree's assignments join it (nearest centroid, same kernel); staleness in runs.metrics",
+    writes=lambda cfg: (ASSIGNMENTS, CLUSTERS),
+    summary=summarize,
+    check=check,
+    command=True,
+)
