@@ -218,18 +218,27 @@ class DedupConfig:
         check_int(self.seed, f"{where}.seed", minimum=0)
 
 
+SAMPLING_MODES = ("fresh", "top_up")
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     target_size: int = 10_000
     strategy: str = "random"
     max_repeats: int = 1  # >1 lets a row be drawn that many times when the target exceeds the pool
     seed: int = 0
+    #: "fresh": sample the tree anew; "top_up": keep every row of the tree's previous curated set
+    #: that its cluster's new quota allows, add rows only where quotas grew (nightly runs)
+    mode: str = "fresh"
 
     def validate(self, where: str) -> None:
         check_int(self.target_size, f"{where}.target_size", minimum=1)
         check_choice(self.strategy, STRATEGIES, f"{where}.strategy")
         check_int(self.max_repeats, f"{where}.max_repeats", minimum=1)
         check_int(self.seed, f"{where}.seed", minimum=0)
+        check_choice(self.mode, SAMPLING_MODES, f"{where}.mode")
+        if self.mode == "top_up" and self.max_repeats > 1:
+            raise ConfigError(f"{where}.mode='top_up' keeps rows of an earlier curated set once each: it needs {where}.max_repeats=1")
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,8 @@ def run(plan: Union[RunPlan, RunConfig], spark=None) -> RunResult:
             result.stages[stage.name] = done
             if "reused_from" in done:
                 ctx.output_runs[stage.name] = result.reused[stage.name] = done["reused_from"]
+            if stage.extends is not None and done.get("tree_run_id"):
+                ctx.output_runs[stage.extends] = done["tree_run_id"]
             continue
         elsewhere = runlog.committed_elsewhere(stage.name) if stage.reusable else None
         if elsewhere is not None:
@@ -97,6 +99,8 @@ def run(plan: Union[RunPlan, RunConfig], spark=None) -> RunResult:
             stage.run(ctx, metrics)
         result.stages[stage.name] = metrics
         result.stage_seconds[stage.name] = time.perf_counter() - started
+        if stage.extends is not None and metrics.get("tree_run_id"):
+            ctx.output_runs[stage.extends] = metrics["tree_run_id"]
     for name in [*plan.tables(), RUNS]:
         if lake.exists(name):
             lake.register(name)

@@ -91,7 +91,7 @@ class RunPlan:
 def config_fingerprint(config: RunConfig) -> str:
     """Hash of everything that changes the result: not Spark tuning, not the run id, not the
     report, not where temporary files are staged, not the shards stage; the dedup and coreset settings only for runs of those stages."""
-    d = to_dict(config)
+    d = _without_new_defaults(to_dict(config))
     for k in ("run_id", "spark", "report"):
         d.pop(k, None)
     d["lake"].pop("staging", None)
@@ -111,7 +111,7 @@ def config_fingerprint(config: RunConfig) -> str:
 def stage_fingerprints(config: RunConfig, records: Sequence[Stage], inputs: Optional[dict] = None) -> dict[str, str]:
     """Each stage's fingerprint: the input (config and recorded fingerprints), then, stage by
     stage up to and including it, the stage's name and the config sections it reads."""
-    d = to_dict(config)
+    d = _without_new_defaults(to_dict(config))
     if config.input.format == "synthetic" and d["input"]["synthetic"] is None:
         d["input"]["synthetic"] = to_dict(SyntheticConfig())
     chain: list = [{"input": d["input"], "inputs": inputs or {}}]
@@ -188,6 +188,18 @@ def load_plan(
     config.validate()
     return plan_run(config, alone=alone)
 
+
+
+#: keys added to a section after runs were committed, at the value that changes nothing: left out
+#: of fingerprints at that value, so existing runs keep their ids and their committed stages
+_NEW_DEFAULTS = {("sampling", "mode"): "fresh"}
+
+
+def _without_new_defaults(d: dict) -> dict:
+    for (section, key), value in _NEW_DEFAULTS.items():
+        if isinstance(d.get(section), dict) and d[section].get(key) == value:
+            d[section].pop(key)
+    return d
 
 
 def _without_listings(inputs: dict) -> dict:

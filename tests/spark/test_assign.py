@@ -55,7 +55,9 @@ def lake(spark, tmp_path_factory):
     far = (8.0 * rng.standard_normal(D) + 0.3 * rng.standard_normal((NEW, D))).astype(np.float32)  # a concept never seen
     pq.write_table(embeddings_table(far, ids=ids[N:] + 10_000), novel / "part-1.parquet")
     root = base / "lake"
-    fit = run(load_plan(data=config(root, first, stages=("cluster",))), spark=spark)
+    fit_cfg = config(root, first, stages=("cluster", "sample"))
+    fit_cfg["sampling"] = {"target_size": 600}
+    fit = run(load_plan(data=fit_cfg), spark=spark)
     return {"root": root, "tree": fit.run_id, "x": x, "far": far, "grown": grown, "novel": novel}
 
 
@@ -117,9 +119,33 @@ def test_a_new_concept_says_a_recluster_is_due(spark, lake):
     assert by_top and set(by_top) <= {str(c) for c in range(5)} and max(by_top.values()) > 0.5  # per top-level cluster
 
 
+def test_top_up_keeps_the_earlier_curated_rows_the_quotas_allow(spark, lake):
+    root, tree = lake["root"], lake["tree"]
+    earlier = set(rows_of(root, "curated", tree)["id"])
+    assert len(earlier) == 600
+
+    def nightly(mode, run_id):
+        cfg = config(root, lake["grown"], stages=("assign", "sample"))
+        cfg["sampling"] = {"target_size": 660, "mode": mode}
+        cfg["run_id"] = run_id
+        return run(load_plan(data=cfg), spark=spark)
+
+    res = nightly("top_up", "nightly-top-up")
+    m = res.stages["sample"]
+    now = set(rows_of(root, "curated", "nightly-top-up")["id"])
+    assert len(now) == 660 and m["tree_run_id"] == tree and m["previous_run_id"] == tree
+    assert m["kept"] == len(now & earlier) and m["added"] == len(now - earlier) and m["dropped"] == len(earlier - now)
+    assert (m["dropped"], m["added"]) == (m["dropped_least"], m["added_least"])  # the least churn the new quotas force
+    assert m["added"] - m["dropped"] == 60
+    fresh = nightly("fresh", "nightly-fresh")
+    resampled = set(rows_of(root, "curated", "nightly-fresh")["id"])
+    assert fresh.stages["sample"]["tree_run_id"] == tree and len(resampled) == 660
+    assert len(earlier - resampled) >= m["dropped"] and len(resampled ^ earlier) > len(now ^ earlier)
+
+
 def test_bad_settings(spark, lake):
     root = lake["root"]
-    with pytest.raises(ConfigError, match="cannot run with"):
+    with pytest.raises(ConfigError, match="list one of them"):
         load_plan(data=config(root, lake["grown"], stages=("cluster", "assign")))
     with pytest.raises(TableError, match="no run of that id"):
         run(load_plan(data=config(root, lake["grown"], tree_run_id="nope")), spark=spark)

@@ -49,10 +49,9 @@ STALE_QUANTILE = 0.99
 
 
 def check(cfg: RunConfig) -> None:
-    clash = [s for s in ("cluster", "sample", "shards") if s in cfg.stages]
-    if "assign" in cfg.stages and clash:
-        raise ConfigError(f"stages={list(cfg.stages)}: 'assign' adds rows to an existing tree and cannot run with {clash} "
-                          "in one run yet (the cluster stage fits a new tree; top-up sampling of a grown tree is not built)")
+    if "assign" in cfg.stages and "cluster" in cfg.stages:
+        raise ConfigError(f"stages={list(cfg.stages)}: 'assign' adds rows to an existing tree and 'cluster' fits a new one: "
+                          "list one of them")
 
 
 def find_tree(ctx: StageContext) -> str:
@@ -224,4 +223,5 @@ STAGE = Stage(
     summary=summarize,
     check=check,
     command=True,
+    extends="cluster",
 )

@@ -52,6 +52,9 @@ class Stage:
     #: ``lakecurate <name> CONFIG`` runs the config's stages with this one added, not this one
     #: alone (committed stages are skipped): for a stage that lays out what the others wrote
     command_adds: bool = False
+    #: the stage whose tables this one adds rows to, in the run its metrics name as ``tree_run_id``:
+    #: the stages after it read that stage's tables there (``ctx.output_run``), e.g. assign -> cluster
+    extends: Optional[str] = None
     #: ``check(config)``: what spans config sections, checked when the run is planned (no Spark)
     check: Optional[Callable[["RunConfig"], None]] = None
     #: run alone without a ``run_id``, every call is a new run (an incremental stage: a rerun

@@ -8,6 +8,7 @@ ranks rows within their cluster, and the first ``quota`` rows are kept.
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -22,9 +23,27 @@ from lakecurate.tables import ASSIGNMENTS, CLUSTERS, CURATED
 log = logging.getLogger(__name__)
 
 
+def tree_stage(ctx: StageContext) -> str:
+    """The stage of this run that gives it its tree: assign (an existing tree, grown) or cluster."""
+    return "assign" if ctx.plan.has("assign") else "cluster"
+
+
+def previous_curated(ctx: StageContext, tree_run: str):
+    """``(run id, DataFrame of ids)`` of the latest other run's curated set of the tree ``tree_run``, or None."""
+    from lakecurate.tables import RUNS
+
+    rows = [r for r in ctx.lake.read_small(RUNS, columns=["run_id", "stage", "status", "finished_at", "metrics"])
+            if r["stage"] == "sample" and r["status"] == "succeeded" and r["run_id"] != ctx.run_id
+            and json.loads(r["metrics"] or "{}").get("tree_run_id") == tree_run]
+    if not rows:
+        return None
+    run = max(rows, key=lambda r: r["finished_at"])["run_id"]
+    return run, ctx.lake.read(CURATED, run).where("copy = 0").select(ctx.config.input.id_column)
+
+
 def read_tree(ctx: StageContext) -> ClusterTree:
     """The run's cluster tree (sizes and parents per level) from the ``clusters`` table."""
-    ctx.runlog.require("cluster", by="sample")
+    ctx.runlog.require(tree_stage(ctx), by="sample")
     if not ctx.lake.exists(CLUSTERS):
         raise TableError(f"table {CLUSTERS!r} does not exist under {ctx.lake.root!r}: run the cluster stage first")
     tree_run = ctx.output_run("cluster")
@@ -87,9 +106,18 @@ def run_sample(ctx: StageContext, metrics: dict) -> None:
         "cluster INT, quota LONG, cluster_size LONG",
     )
     assignments = ctx.lake.read(ASSIGNMENTS, ctx.output_run("cluster"))
-    ranked = _keyed(assignments, scfg.strategy, scfg.seed).withColumn(
-        "rank", F.row_number().over(Window.partitionBy("cluster").orderBy("sel_key", "row_key")) - 1
-    )
+    keyed = _keyed(assignments, scfg.strategy, scfg.seed)
+    order = [F.col("sel_key"), F.col("row_key")]
+    previous = previous_curated(ctx, ctx.output_run("cluster")) if scfg.mode == "top_up" else None
+    id_col = cfg.input.id_column
+    if scfg.mode == "top_up" and previous is None:
+        log.info("sample: no earlier curated set of the tree of run %s: sampling it afresh", ctx.output_run("cluster"))
+    if previous is not None:
+        # the earlier set's rows first in every cluster: a cluster keeps min(quota, its earlier rows)
+        # of them (the best by the strategy) and adds rows only where its quota grew
+        keyed = keyed.join(previous[1].withColumn("earlier", F.lit(1)), on=id_col, how="left").fillna(0, ["earlier"])
+        order = [F.col("earlier").desc()] + order
+    ranked = keyed.withColumn("rank", F.row_number().over(Window.partitionBy("cluster").orderBy(*order)) - 1)
     chosen = ranked.join(F.broadcast(quota_df), on="cluster", how="inner")
     times = (F.col("quota") / F.col("cluster_size")).cast("long") + F.when(
         F.col("rank") < F.col("quota") % F.col("cluster_size"), 1
@@ -99,7 +127,6 @@ def run_sample(ctx: StageContext, metrics: dict) -> None:
         chosen = chosen.withColumn("copy", F.explode(F.sequence(F.lit(0), F.col("times").cast("int") - 1)))
     else:
         chosen = chosen.withColumn("copy", F.lit(0))
-    id_col = cfg.input.id_column
     curated = chosen.select(
         id_col, "cluster", "path", F.col("rank").cast("int").alias("rank"), F.col("copy").cast("int").alias("copy"),
         F.lit(scfg.strategy).alias("strategy"), F.lit(ctx.output_run("cluster")).alias("tree_run_id"),
@@ -111,8 +138,11 @@ def run_sample(ctx: StageContext, metrics: dict) -> None:
     n_written = ctx.lake.read(CURATED, ctx.run_id).count()
     if n_written != scfg.target_size:
         raise TableError(f"curated table holds {n_written} rows for run {ctx.run_id!r}, expected {scfg.target_size}")
+    if previous is not None:
+        metrics.update(top_up_churn(ctx, previous, quota_df))
     metrics.update(
         {
+            "mode": scfg.mode,
             "pool": pool,
             "target_size": scfg.target_size,
             "selected": n_written,
@@ -125,9 +155,37 @@ def run_sample(ctx: StageContext, metrics: dict) -> None:
     )
 
 
+def top_up_churn(ctx: StageContext, previous, quota_df) -> dict:
+    """Rows kept, added and dropped against the earlier set, and the least the quotas force
+    (per cluster: what its earlier rows exceed its quota by, what its quota exceeds them by)."""
+    from pyspark.sql import functions as F
+
+    id_col = ctx.config.input.id_column
+    run, earlier = previous
+    now = ctx.lake.read(CURATED, ctx.run_id).select(id_col)
+    n_earlier = earlier.count()
+    kept = now.join(earlier, on=id_col, how="left_semi").count()
+    n_now = now.count()
+    per_cluster = (ctx.lake.read(ASSIGNMENTS, ctx.output_run("cluster")).join(earlier, on=id_col, how="left_semi")
+                   .groupBy("cluster").agg(F.count("*").alias("earlier"))
+                   .join(quota_df.select("cluster", "quota"), on="cluster", how="full").fillna(0, ["earlier", "quota"]))
+    least = per_cluster.agg(F.sum(F.greatest(F.col("earlier") - F.col("quota"), F.lit(0))).alias("drop"),
+                            F.sum(F.greatest(F.col("quota") - F.col("earlier"), F.lit(0))).alias("add")).first()
+    out = {"previous_run_id": run, "kept": kept, "added": n_now - kept, "dropped": n_earlier - kept,
+           "dropped_least": int(least["drop"] or 0), "added_least": int(least["add"] or 0)}
+    if out["dropped"] != out["dropped_least"] or out["added"] != out["added_least"]:
+        raise TableError(f"top-up of run {ctx.run_id!r} changed more rows than its quotas force: {out}")
+    log.info("sample (top-up of run %s's %d rows): kept %d, added %d, dropped %d", run, n_earlier, kept, out["added"], out["dropped"])
+    return out
+
+
 def summarize(m: dict) -> list[str]:
-    return [f"  curated {m.get('selected')} of {m.get('pool')} rows ({m.get('strategy')}), "
-            f"from {m.get('level1_clusters_used')} level-1 clusters"]
+    lines = [f"  curated {m.get('selected')} of {m.get('pool')} rows ({m.get('strategy')}), "
+             f"from {m.get('level1_clusters_used')} level-1 clusters"]
+    if "kept" in m:
+        lines.append(f"  top-up of run {m.get('previous_run_id')}: kept {m['kept']}, added {m['added']}, dropped {m['dropped']} "
+                     "(the least the new quotas force)")
+    return lines
 
 
 STAGE = Stage(

@@ -50,7 +50,7 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError(f"shards.level={scfg.level} but the tree has {levels} level(s) (clustering.n_clusters="
                           f"{list(cfg.clustering.n_clusters)}): give a level in 1..{levels}")
     needs = "sample" if scfg.rows == "curated" else "cluster"
-    if needs not in cfg.stages:
+    if needs not in cfg.stages and not (needs == "cluster" and "assign" in cfg.stages):
         hint = " (or shards.rows=assigned for every row of the tree)" if needs == "sample" else ""
         raise ConfigError(f"shards.rows={scfg.rows!r} reads the tables of the {needs} stage: list {needs!r} in stages{hint}")
     if scfg.source == "embed_source" and cfg.embed is None:
@@ -109,7 +109,9 @@ def shard_rows(ctx: StageContext):
         ctx.runlog.require("sample", by="shards")
         rows = ctx.lake.read(CURATED, ctx.run_id).select(id_col, "cluster", "path", "copy", "tree_run_id")
     else:
-        if ctx.output_run("cluster") == ctx.run_id:
+        if ctx.plan.has("assign"):
+            ctx.runlog.require("assign", by="shards")
+        elif ctx.output_run("cluster") == ctx.run_id:
             ctx.runlog.require("cluster", by="shards")
         rows = ctx.lake.read(ASSIGNMENTS, tree_run).select(id_col, "cluster", "path", F.lit(0).alias("copy"),
                                                            F.lit(tree_run).alias("tree_run_id"))
