@@ -58,3 +58,46 @@ def test_emr_step_submits_a_shipped_job_file_with_a_valid_config():
 def test_airflow_dag_compiles():
     path = os.path.join(EXAMPLES, "airflow", "lakecurate_dag.py")
     compile(open(path).read(), path, "exec")
+
+
+def _bundle_commands(path: str, variables: dict) -> dict:
+    jobs = yaml.safe_load(open(path))["resources"]["jobs"]
+    out = {}
+    for name, job in jobs.items():
+        for task in job["tasks"]:
+            wheel_task = task["python_wheel_task"]
+            assert wheel_task["package_name"] == "lakecurate" and wheel_task["entry_point"] == "lakecurate"
+            out[(name, task["task_key"])] = [re.sub(r"\$\{var\.(\w+)\}", lambda m: variables[m.group(1)], str(p))
+                                             for p in wheel_task["parameters"]]
+    return out
+
+
+def test_the_nightly_recipes_call_commands_that_exist():
+    """The Airflow DAG and the Databricks jobs of the nightly path: every command line is a valid
+    lakecurate run, the nightly one assigns and tops up, the re-cluster fits a tree with the same
+    clustering section the nightly assign looks for."""
+    import ast
+
+    path = os.path.join(EXAMPLES, "airflow", "nightly_dag.py")
+    tree = ast.parse(open(path).read())
+    compile(tree, path, "exec")
+    commands = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "COMMANDS")
+    assert set(commands) == {"embed", "nightly", "recluster"}
+    plans = {}
+    for name, args in commands.items():
+        _check_command_line(args)
+        plans[name] = load_plan(args[1], args[2:], alone=None if args[0] == "run" else args[0])
+    assert plans["nightly"].stage_names == ["assign", "sample"] and plans["nightly"].config.sampling.mode == "top_up"
+    assert plans["recluster"].has("cluster")
+    assert plans["nightly"].config.clustering == plans["recluster"].config.clustering  # the tree the nightly run finds
+    bundle = yaml.safe_load(open(os.path.join(EXAMPLES, "databricks", "databricks.yml")))
+    assert "nightly.yml" in bundle["include"]
+    variables = {k: v["default"] for k, v in bundle["variables"].items()}
+    jobs = _bundle_commands(os.path.join(EXAMPLES, "databricks", "nightly.yml"), variables)
+    assert set(jobs) == {("nightly", "embed"), ("nightly", "assign_and_top_up"), ("weekly", "recluster")}
+    for args in jobs.values():
+        _check_command_line(args)
+    nightly = load_plan(jobs[("nightly", "assign_and_top_up")][1], jobs[("nightly", "assign_and_top_up")][2:])
+    weekly = load_plan(jobs[("weekly", "recluster")][1], jobs[("weekly", "recluster")][2:])
+    assert nightly.stage_names == ["assign", "sample"] and weekly.config.clustering == nightly.config.clustering
+
