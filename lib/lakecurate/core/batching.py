@@ -93,6 +93,14 @@ def check_weights(weights: Optional[dict], where: str = "cluster_weights") -> Op
     return out
 
 
+def _by_cluster(clusters: np.ndarray, rng: np.random.Generator):
+    """``(clusters present, each row's index among them, rows grouped by cluster and in a random
+    order within it, where each cluster's group starts)``."""
+    uniq, inv = np.unique(clusters, return_inverse=True)
+    grouped = np.lexsort((rng.random(clusters.shape[0]), inv))
+    return uniq, inv, grouped, np.searchsorted(inv[grouped], np.arange(uniq.size))
+
+
 def window_batches(clusters: np.ndarray, mode: str, batch_size: int, rng: np.random.Generator, *,
                    final: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(order, bounds, rest)`` for one window of rows with cluster ids ``clusters``: batch i is
@@ -109,9 +117,7 @@ def window_batches(clusters: np.ndarray, mode: str, batch_size: int, rng: np.ran
         if mode == "mixed":
             order = rng.permutation(n)
         else:
-            uniq, inv = np.unique(clusters, return_inverse=True)
-            grouped = np.lexsort((rng.random(n), inv))  # by cluster, randomly within it
-            starts = np.searchsorted(inv[grouped], np.arange(uniq.size))
+            uniq, inv, grouped, starts = _by_cluster(clusters, rng)
             rank = np.empty(n, np.int64)
             rank[grouped] = np.arange(n) - starts[inv[grouped]]
             order = np.lexsort((rng.permutation(uniq.size)[inv], rank))  # every cluster's 1st row, then 2nd, ...
@@ -122,9 +128,7 @@ def window_batches(clusters: np.ndarray, mode: str, batch_size: int, rng: np.ran
         return order[:full].astype(np.int64), bounds, order[full:].astype(np.int64)
     if mode != "same_cluster":
         check_mode(mode)
-    uniq, inv = np.unique(clusters, return_inverse=True)
-    grouped = np.lexsort((rng.random(n), inv))
-    starts = np.searchsorted(inv[grouped], np.arange(uniq.size))
+    uniq, inv, grouped, starts = _by_cluster(clusters, rng)
     ends = np.append(starts[1:], n)
     pieces, rest = [], []
     for s, e in zip(starts, ends):

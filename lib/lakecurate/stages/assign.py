@@ -123,15 +123,10 @@ def recount(ctx: StageContext, tree_run: str, pdf, parents) -> None:
         size[c] = n
     pdf = pdf.copy()
     sizes = [size]
-    for par in parents:
-        up = np.zeros(int(par.max()) + 1 if par.size else 0, np.int64)
-        np.add.at(up, par, sizes[-1])
-        sizes.append(up)
+    for t, par in enumerate(parents, start=2):  # a cluster's size: the sum of its children's
+        sizes.append(np.bincount(par, weights=sizes[-1], minlength=int((pdf["level"] == t).sum())).astype(np.int64))
     for t, s in enumerate(sizes, start=1):
-        rows = pdf.index[pdf["level"] == t]
-        if len(rows) != s.size:
-            s = np.pad(s, (0, len(rows) - s.size))
-        pdf.loc[rows, "size"] = s
+        pdf.loc[pdf.index[pdf["level"] == t], "size"] = s
     pdf.loc[pdf.index[pdf["level"] == 1], "n_children"] = size
     parent = pdf["parent_id"]
     table = pa.table({

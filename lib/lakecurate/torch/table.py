@@ -78,7 +78,6 @@ class ShardTable:
         self.shard = shard
         self.level = self._resolve_level(files, level)
         self.files = files
-        self.fs, _ = filesystem(files[0].uri if files else path, storage_options)
         self.columns = self._resolve_columns(columns)
         self.units = self._units()
         self.num_rows = sum(u.rows for u in self.units) if self.shard is None or self.kind == "shards" else None
@@ -119,9 +118,11 @@ class ShardTable:
 
     def _units(self) -> list[Unit]:
         units, first = [], 0
+        self._metadata = []  # each file's footer, parsed once: read_unit opens the file with it
         for i, f in enumerate(self.files):
             with self._open(f.uri) as handle:
                 meta = pq.ParquetFile(handle).metadata
+            self._metadata.append(meta)
             shard = int(f.partition[SHARD]) if self.kind == "shards" else None
             for g in range(meta.num_row_groups):
                 rows = meta.row_group(g).num_rows
@@ -149,7 +150,7 @@ class ShardTable:
         """Rows ``[lo, hi)`` of ``unit`` as ``(batch of the chosen columns, cluster per row, row number per row)``
         slices of at most ``slice_rows`` rows (rows not of ``shard`` dropped on curated tables)."""
         with self._open(self.files[unit.file].uri) as handle:
-            reader = pq.ParquetFile(handle)
+            reader = pq.ParquetFile(handle, metadata=self._metadata[unit.file])
             at = 0
             for batch in reader.iter_batches(batch_size=slice_rows, row_groups=[unit.row_group], columns=self.read_columns,
                                              use_threads=False):
