@@ -192,6 +192,9 @@ class ClusteringConfig:
             raise ConfigError(f"{where}.level1_coarse_clusters={coarse} needs resample_size[0] <= 1 (no resampling at a two-step level 1)")
 
 
+DEDUP_MODES = ("full", "incremental")
+
+
 @dataclass(frozen=True)
 class DedupConfig:
     """The dedup stage: rows whose cosine similarity is >= 1 - eps are near-duplicates; one per group is kept."""
@@ -206,9 +209,13 @@ class DedupConfig:
     max_cluster_rows: int = 100_000
     n_iter: int = 20  # Lloyd iterations of the coarse clustering
     seed: int = 0
+    #: "full": de-duplicate the whole input; "incremental" (runs that assign): only the rows not yet
+    #: in the tree, against its kept rows and each other (the kept rows all stay)
+    mode: str = "full"
 
     def validate(self, where: str) -> None:
         check_eps(self.eps, key=f"{where}.eps")
+        check_choice(self.mode, DEDUP_MODES, f"{where}.mode")
         if self.n_clusters is not None:
             check_int(self.n_clusters, f"{where}.n_clusters", minimum=1)
         check_int(self.n_neighbor_clusters, f"{where}.n_neighbor_clusters", minimum=0)

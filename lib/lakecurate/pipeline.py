@@ -84,7 +84,7 @@ def run(plan: Union[RunPlan, RunConfig], spark=None) -> RunResult:
             if stage.extends is not None and done.get("tree_run_id"):
                 ctx.output_runs[stage.extends] = done["tree_run_id"]
             continue
-        elsewhere = runlog.committed_elsewhere(stage.name) if stage.reusable else None
+        elsewhere = runlog.committed_elsewhere(stage.name) if stage.reused_for(config) else None
         if elsewhere is not None:
             source, metrics = elsewhere
             log.info("stage %s: run %s committed it with the same input and settings: its tables are reused, not computed again",

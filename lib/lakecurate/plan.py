@@ -192,7 +192,7 @@ def load_plan(
 
 #: keys added to a section after runs were committed, at the value that changes nothing: left out
 #: of fingerprints at that value, so existing runs keep their ids and their committed stages
-_NEW_DEFAULTS = {("sampling", "mode"): "fresh"}
+_NEW_DEFAULTS = {("sampling", "mode"): "fresh", ("dedup", "mode"): "full"}
 
 
 def _without_new_defaults(d: dict) -> dict:

@@ -770,3 +770,148 @@ def deduplicate(
         n_iter=n_iter,
         seed=seed,
     ).keep
+
+
+# ---------------------------------------------------------------- increments (nightly runs)
+
+
+def best_links(rows: np.ndarray, old_rows: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One link per row: its most similar old row, ties to the smaller old row; sorted by row."""
+    rows = np.asarray(rows, np.int64)
+    old_rows = np.asarray(old_rows, np.int64)
+    sims = np.asarray(sims, np.float64)
+    order = np.lexsort((old_rows, -sims, rows))
+    rows, old_rows, sims = rows[order], old_rows[order], sims[order]
+    head = np.r_[True, rows[1:] != rows[:-1]] if rows.size else np.zeros(0, bool)
+    return rows[head], old_rows[head], sims[head]
+
+
+def match_old_rows(
+    probe_x: np.ndarray, probe_rows: np.ndarray, old_x: np.ndarray, old_rows: np.ndarray, eps: float, *,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probe rows, old rows, similarities): each probe's most similar old row among those that
+    are its duplicates (similarity >= 1 - eps), ties to the smaller old row; probes with none are
+    left out. Old rows are not compared with each other (they were de-duplicated when they came).
+    A zero probe is a duplicate of the smallest zero old row (the rule's zero vectors)."""
+    probe_rows = np.asarray(probe_rows, np.int64)
+    old_rows = np.asarray(old_rows, np.int64)
+    ci, cj, cs = find_cross_pairs(probe_x, probe_rows, old_x, old_rows, eps, block_size=block_size)
+    zero_old = old_rows[~np.any(np.asarray(old_x) != 0.0, axis=1)]
+    zero_probe = probe_rows[~np.any(np.asarray(probe_x) != 0.0, axis=1)]
+    if zero_old.size and zero_probe.size:
+        ci = np.r_[ci, zero_probe]
+        cj = np.r_[cj, np.full(zero_probe.size, zero_old.min(), np.int64)]
+        cs = np.r_[cs, np.ones(zero_probe.size)]
+    return best_links(ci, cj, cs)
+
+
+def resolve_increment(kept_row: np.ndarray, link_row: np.ndarray, link_old: np.ndarray, link_sim: np.ndarray) -> np.ndarray:
+    """(m,) int64: the old row that stands for each new row, -1 where none does.
+
+    ``kept_row``: each new row's representative among the new rows (a group's members share it);
+    ``link_*``: new rows (positions 0..m-1) linked to an old row (:func:`match_old_rows`). A group
+    with any link is represented by the old row of its most similar link (ties: the smaller old
+    row): the whole group goes, the old row stays. Old rows are never removed.
+    """
+    kept_row = np.asarray(kept_row, np.int64)
+    out = np.full(kept_row.size, -1, np.int64)
+    if np.asarray(link_row).size == 0:
+        return out
+    group = kept_row[np.asarray(link_row, np.int64)]
+    g, chosen, _ = best_links(group, link_old, link_sim)
+    pos = np.clip(np.searchsorted(g, kept_row), 0, g.size - 1)
+    hit = g[pos] == kept_row
+    out[hit] = chosen[pos[hit]]
+    return out
+
+
+def increment_n_clusters(n_new: int, n_old: int, n_clusters: Optional[int]) -> int:
+    """Coarse clusters of an increment: the configured number, else about sqrt(old + new) rows;
+    never more than the new rows, which the coarse clustering is fitted on."""
+    k = n_clusters if n_clusters is not None else default_n_clusters(n_new + n_old)
+    return int(max(1, min(k, n_new)))
+
+
+@dataclass
+class IncrementDuplicates:
+    """What :func:`find_increment_duplicates` decided, row-aligned with the new rows."""
+
+    within: DuplicateResult  # the new rows de-duplicated among themselves (its coarse clustering is the increment's)
+    old_row: np.ndarray  # (m,) int64 old row standing for each new row (a duplicate of a kept old row), -1 when none
+    similarity: np.ndarray  # (m,) float64 exact cosine to the row standing for it (old or new; 1.0 when kept)
+
+    @property
+    def keep(self) -> np.ndarray:
+        """Sorted new rows kept: no old row stands for them and they represent their group."""
+        m = self.old_row.size
+        return np.flatnonzero((self.within.kept_row == np.arange(m)) & (self.old_row < 0)).astype(np.int64)
+
+
+def find_increment_duplicates(
+    old_X: np.ndarray,
+    new_X: np.ndarray,
+    *,
+    eps: float,
+    old_rows: Optional[np.ndarray] = None,
+    n_clusters: Optional[int] = None,
+    n_neighbor_clusters: int = 0,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    n_iter: int = DEFAULT_COARSE_N_ITER,
+    seed: Union[int, np.random.Generator] = 0,
+) -> IncrementDuplicates:
+    """De-duplicate new rows against kept old rows and each other (a nightly increment).
+
+    The old rows (a tree's kept rows) stay, all of them. The new rows are de-duplicated among
+    themselves by :func:`find_duplicates` (its coarse clustering fitted on the new rows with
+    :func:`increment_n_clusters` clusters); every old row gets its nearest of those coarse centroids,
+    and each new row is compared with the old rows of its own coarse cluster and of its
+    ``n_neighbor_clusters`` nearest other ones (:func:`match_old_rows`). A group of new duplicates
+    any of whose members matches an old row goes whole, pointing at that old row
+    (:func:`resolve_increment`): a new row is never kept when an old kept row stands for it.
+
+    ``old_rows``: int64 keys of the old rows (ties between equally similar old rows go to the
+    smaller key); default 0..n_old-1. The Spark ``dedup`` stage with ``dedup.mode: incremental``
+    gives the same answer with the ids as keys.
+    """
+    from lakecurate.core.assign import nearest_centroid
+
+    new = check_embeddings(new_X, name="new_X")
+    old = check_embeddings(old_X, name="old_X") if np.asarray(old_X).size else np.zeros((0, new.shape[1]), np.float32)
+    if old.shape[1] != new.shape[1]:
+        raise InputDataError(f"old_X has dimension {old.shape[1]} but new_X has {new.shape[1]}")
+    m = new.shape[0]
+    old_rows = np.arange(old.shape[0], dtype=np.int64) if old_rows is None else np.asarray(old_rows, np.int64)
+    if old_rows.shape != (old.shape[0],):
+        raise InputDataError(f"old_rows has {old_rows.size} keys for {old.shape[0]} old rows")
+    k = increment_n_clusters(m, old.shape[0], n_clusters)
+    within = find_duplicates(new, eps=eps, n_clusters=k, n_neighbor_clusters=n_neighbor_clusters,
+                             block_size=block_size, n_iter=n_iter, seed=seed)
+    x_new, x_old = unit_rows(new), unit_rows(old)
+    r = within.n_neighbor_clusters
+    old_lab = nearest_centroid(x_old, within.centroids)[0]
+    nbr = neighbor_clusters(x_new, within.centroids, within.cluster, r) if r > 0 else np.zeros((m, 0), np.int64)
+    probe_row = np.r_[np.arange(m, dtype=np.int64), np.repeat(np.arange(m, dtype=np.int64), r)]
+    probe_cluster = np.r_[within.cluster, nbr.ravel()]
+    links: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for c in np.unique(old_lab):
+        members = np.flatnonzero(old_lab == c)
+        probes = np.sort(probe_row[probe_cluster == c])
+        if probes.size:
+            links.append(match_old_rows(x_new[probes], probes, x_old[members], old_rows[members], eps, block_size=block_size))
+    if links:
+        li, lo, ls = best_links(*(np.concatenate(p) for p in zip(*links)))
+    else:
+        li = lo = np.zeros(0, np.int64)
+        ls = np.zeros(0)
+    old_row = resolve_increment(within.kept_row, li, lo, ls)
+    similarity = within.similarity.copy()
+    gone = np.flatnonzero(old_row >= 0)
+    if gone.size:
+        sorter = np.argsort(old_rows, kind="stable")
+        pos = sorter[np.searchsorted(old_rows[sorter], old_row[gone])]
+        similarity[gone] = exact_cosine(x_new[gone], x_old[pos])
+    log.info("dedup increment: %d new rows against %d old: %d duplicates of old rows, %d among the new, %d kept",
+             m, old.shape[0], gone.size, int(((within.kept_row != np.arange(m)) & (old_row < 0)).sum()),
+             int(((within.kept_row == np.arange(m)) & (old_row < 0)).sum()))
+    return IncrementDuplicates(within=within, old_row=old_row, similarity=similarity)

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from lakecurate.core.assign import nearest_centroid
 from lakecurate.core.dedup import (
+    match_old_rows,
     centroid_similarity,
     dedup_cluster,
     exact_cosine,
@@ -343,3 +344,160 @@ def resolve_removed(blocks: EmbeddingBlocks, results, shipped: list) -> tuple[ob
         return removed_within_clusters(results).select(*schema.fieldNames()), n_cross, 0
     removed, n_became = _apply_merge(blocks, results, merge, schema, _spark_to_arrow_type(blocks.id_type), shipped)
     return _fill_similarities(blocks, removed), n_cross, n_became
+
+
+# ---------------------------------------------------------------- increments (dedup.mode: incremental)
+
+
+def _link_route_fn(r: int, names: list[str], as_probe: bool):
+    """New rows go to their own coarse cluster and their r nearest other ones as probes; old rows
+    to their own as members."""
+
+    def route(blocks, c):
+        for b in blocks:
+            if b.n == 0:
+                continue
+            x = b.vectors
+            lab, _ = nearest_centroid(x, c)
+            if as_probe and r > 0:
+                nbr = neighbor_clusters(x, c, lab, r)
+                pos = np.r_[np.arange(b.n), np.repeat(np.arange(b.n), r)]
+                cl = np.r_[lab, nbr.ravel()]
+            else:
+                pos, cl = np.arange(b.n), lab
+            yield pa.record_batch(
+                [
+                    pa.array(cl.astype(np.int32)),
+                    pa.array(np.full(pos.size, ROLE_PROBE if as_probe else ROLE_MEMBER, np.int8)),
+                    pa.array(b.keys[pos]),
+                    b.ids.take(pa.array(pos)),
+                    pa.array(lab[pos].astype(np.int32)),
+                    matrix_to_list_array(x[pos]),
+                ],
+                names=names,
+            )
+
+    return route
+
+
+def _link_schema(id_type):
+    from pyspark.sql import types as T
+
+    return T.StructType(
+        [
+            T.StructField("row", T.LongType()),
+            T.StructField("id", id_type),
+            T.StructField("cluster", T.IntegerType()),  # the new row's own coarse cluster
+            T.StructField("old_row", T.LongType()),
+            T.StructField("old_id", id_type),
+            T.StructField("similarity", T.DoubleType()),
+        ]
+    )
+
+
+def old_links(new_blocks: EmbeddingBlocks, old_blocks: EmbeddingBlocks, centroids: np.ndarray, *, n_neighbors: int,
+              eps: float, block_size: int):
+    """(row, id, cluster, old_row, old_id, similarity) of every new row that duplicates an old kept
+    row: its most similar one (:func:`~lakecurate.core.dedup.match_old_rows` in one task per coarse
+    cluster, then :func:`~lakecurate.core.dedup.best_links` across the clusters it probed). Lazy."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    c = np.asarray(centroids, np.float32)
+    routed = T.StructType([
+        T.StructField("cluster", T.IntegerType()), T.StructField("role", T.ByteType()), T.StructField("row", T.LongType()),
+        T.StructField("id", new_blocks.id_type), T.StructField("own_cluster", T.IntegerType()),
+        T.StructField("vector", T.ArrayType(T.FloatType())),
+    ])
+    names = routed.fieldNames()
+    probes = new_blocks.map(_link_route_fn(n_neighbors, names, True), routed, c)
+    members = old_blocks.map(_link_route_fn(0, names, False), routed, c)
+    schema = _link_schema(new_blocks.id_type)
+    out_names = schema.fieldNames()
+    id_arrow = _spark_to_arrow_type(new_blocks.id_type)
+    dim, threads = new_blocks.d, new_blocks.faiss_threads
+
+    def link_task(key, table):  # no annotations: pyspark infers the UDF form from them
+        configure_faiss(threads)
+        role = table.column("role").to_numpy()
+        mem, prb = np.flatnonzero(role == ROLE_MEMBER), np.flatnonzero(role == ROLE_PROBE)
+        empty = pa.table({n: pa.array([], t) for n, t in zip(out_names, [pa.int64(), id_arrow, pa.int32(), pa.int64(), id_arrow, pa.float64()])})
+        if mem.size == 0 or prb.size == 0:
+            return empty
+        rows = table.column("row").to_numpy()
+        prb = prb[np.argsort(rows[prb], kind="stable")]
+        x = list_column_to_matrix(table.column("vector"), dim)
+        li, lo, ls = match_old_rows(x[prb], rows[prb], x[mem], rows[mem], eps, block_size=block_size)
+        if li.size == 0:
+            return empty
+        ids = table.column("id").combine_chunks()
+        own = table.column("own_cluster").to_numpy()
+        ppos = prb[np.searchsorted(rows[prb], li)]
+        msort = mem[np.argsort(rows[mem], kind="stable")]
+        opos = msort[np.searchsorted(rows[msort], lo)]
+        return pa.table({"row": pa.array(li), "id": ids.take(pa.array(ppos)), "cluster": pa.array(own[ppos].astype(np.int32)),
+                         "old_row": pa.array(lo), "old_id": ids.take(pa.array(opos)), "similarity": pa.array(ls)})
+
+    found = probes.unionByName(members).groupBy("cluster").applyInArrow(link_task, schema)
+    # best_links across the clusters a row probed: the most similar, ties to the smaller old row
+    best = found.groupBy("row").agg(F.min(F.struct(F.negative("similarity").alias("neg"), "old_row", "old_id", "id", "cluster")).alias("b"))
+    return best.select("row", "b.id", "b.cluster", "b.old_row", "b.old_id", F.negative("b.neg").alias("similarity"))
+
+
+def _vectors(blocks: EmbeddingBlocks):
+    """(row, vector bytes) of every row of ``blocks`` (lazy)."""
+
+    def explode(batches, _):
+        for b in batches:
+            yield pa.record_batch({"row": pa.array(b.keys), "vector": pa.array([v.tobytes() for v in b.vectors], pa.binary())})
+
+    return blocks.map(explode, "row LONG, vector BINARY")
+
+
+def _pair_cosines(pairs, a_vectors, b_vectors, dim: int):
+    """(row, similarity): exact cosine of each pair (row in a, kept in b) of ``pairs``."""
+    from pyspark.sql import functions as F
+
+    joined = pairs.select("row", "kept").join(a_vectors, on="row").join(
+        b_vectors.select(F.col("row").alias("kept"), F.col("vector").alias("kept_vector")), on="kept")
+
+    def cosine(batches):
+        for batch in batches:
+            xa = np.frombuffer(b"".join(batch.column("vector").to_pylist()), np.float32).reshape(-1, dim)
+            xb = np.frombuffer(b"".join(batch.column("kept_vector").to_pylist()), np.float32).reshape(-1, dim)
+            yield pa.record_batch({"row": batch.column("row"), "sim2": pa.array(exact_cosine(xa, xb))})
+
+    return joined.select("row", "vector", "kept_vector").mapInArrow(cosine, "row LONG, sim2 DOUBLE")
+
+
+def increment_removed(new_blocks: EmbeddingBlocks, old_blocks: EmbeddingBlocks, centroids: np.ndarray, removed_new, links):
+    """The increment's removed rows, (id, kept_id, similarity, cluster) (lazy), and how many an old row stands for.
+
+    :func:`~lakecurate.core.dedup.resolve_increment` on Spark: a group of new duplicates (its
+    members share ``kept`` in ``removed_new``) with any link is removed whole, pointing at the old
+    row of its most similar link; the other removals among the new rows stand as they are.
+    """
+    from pyspark.sql import functions as F
+
+    rep = links.join(removed_new.select("row", "kept"), on="row", how="left").withColumn("rep", F.coalesce("kept", "row"))
+    best = rep.groupBy("rep").agg(F.min(F.struct(F.negative("similarity").alias("neg"), "old_row", "old_id")).alias("b")).select(
+        "rep", "b.old_row", "b.old_id")
+    c = np.asarray(centroids, np.float32)
+
+    def label(batches, cent):
+        for b in batches:
+            if b.n:
+                yield pa.record_batch({"row": pa.array(b.keys), "id": b.ids, "cluster": pa.array(nearest_centroid(b.vectors, cent)[0].astype(np.int32))})
+
+    from pyspark.sql import types as T
+
+    labels = new_blocks.map(label, T.StructType([T.StructField("row", T.LongType()), T.StructField("id", new_blocks.id_type),
+                                                  T.StructField("cluster", T.IntegerType())]), c)
+    by_old = (labels.join(removed_new.select("row", "kept"), on="row", how="left")
+              .withColumn("rep", F.coalesce("kept", "row")).drop("kept")
+              .join(best, on="rep").select("row", "id", "cluster", F.col("old_row").alias("kept"), F.col("old_id").alias("kept_id")))
+    sims = _pair_cosines(by_old, _vectors(new_blocks), _vectors(old_blocks), new_blocks.d)
+    by_old = by_old.join(sims, on="row").withColumnRenamed("sim2", "similarity")
+    among_new = removed_new.join(by_old.select("row"), on="row", how="left_anti")
+    cols = ["id", "kept_id", "similarity", "cluster"]
+    return among_new.select(*cols).unionByName(by_old.select(*cols)), by_old

@@ -6,7 +6,9 @@ every curated row downstream. Instead:
 1. the tree: ``assign.tree_run_id``, or the latest run in the lake whose cluster stage succeeded
    with this config's ``clustering`` section (the same metric, the same levels);
 2. the new rows: the input as this stage sees it (after dedup when the run de-duplicates) minus
-   the ids already in the tree's ``assignments`` (an anti-join on id); none: nothing is written;
+   the ids already in the tree's ``assignments`` and the ids its pool lost as duplicates (when it
+   was fitted, and in every increment since: :func:`tree_lineage`), anti-joins on id; none:
+   nothing is written;
 3. each new row gets its nearest level-1 centroid with the kernel the fit used
    (:func:`~lakecurate.spark.assignments.assignment_rows`: a row of the fitted pool gets the label
    the fit gave it) and the path up the tree; the rows are appended to the tree's rows of
@@ -40,7 +42,7 @@ from lakecurate.faults import fault_point
 from lakecurate.spark.arrow import matrix_to_list_array
 from lakecurate.spark.assignments import assignment_rows
 from lakecurate.stages.context import Stage, StageContext
-from lakecurate.tables import ASSIGNMENTS, CLUSTERS, RUNS
+from lakecurate.tables import ASSIGNMENTS, CLUSTERS, DUPLICATES, RUNS
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,35 @@ def find_tree(ctx: StageContext) -> str:
         row = max(same, key=lambda r: r["finished_at"])
     reused = json.loads(row["metrics"] or "{}").get("reused_from")
     return reused or row["run_id"]
+
+
+def tree_lineage(ctx: StageContext, tree_run: str) -> list[str]:
+    """The run ids under which ``duplicates`` holds the rows removed from the tree ``tree_run``'s
+    pool: the dedup output of the run that fitted it (or reused its fit) and of every increment
+    assigned into it. Those rows are in the input but are not new: they never join the tree."""
+    rows = ctx.lake.read_small(RUNS, columns=["run_id", "stage", "status", "metrics"]) if ctx.lake.exists(RUNS) else []
+    done = [(r["run_id"], r["stage"], json.loads(r["metrics"] or "{}")) for r in rows if r["status"] == "succeeded"]
+    runs = {tree_run} | {run for run, stage, m in done if (stage == "assign" and m.get("tree_run_id") == tree_run)
+                         or (stage == "cluster" and m.get("reused_from") == tree_run)}
+    return sorted({m.get("reused_from", run) for run, stage, m in done if stage == "dedup" and run in runs})
+
+
+def old_duplicates(ctx: StageContext, tree_run: str):
+    """The ids of :func:`tree_lineage`'s duplicates, or None when there are none."""
+    from pyspark.sql import functions as F
+
+    runs = tree_lineage(ctx, tree_run)
+    if not runs or not ctx.lake.exists(DUPLICATES):
+        return None
+    return ctx.lake.read(DUPLICATES).where(F.col("run_id").isin(runs)).select(ctx.config.input.id_column)
+
+
+def new_rows(ctx: StageContext, tree_run: str, frame):
+    """``frame``'s rows that are neither in the tree's assignments nor removed from its pool as duplicates."""
+    id_col = ctx.config.input.id_column
+    new = frame.join(ctx.lake.read(ASSIGNMENTS, tree_run).select(id_col), on=id_col, how="left_anti")
+    gone = old_duplicates(ctx, tree_run)
+    return new if gone is None else new.join(gone, on=id_col, how="left_anti")
 
 
 def read_tree(ctx: StageContext, tree_run: str):
@@ -152,8 +183,7 @@ def run_assign(ctx: StageContext, metrics: dict) -> None:
     centroids, parents, pdf = read_tree(ctx, tree_run)
     k = centroids.shape[0]
     metrics.update(tree_run_id=tree_run, increment=ctx.run_id)
-    known = ctx.lake.read(ASSIGNMENTS, tree_run).select(id_col)
-    new = ctx.input_frame("assign").join(known, on=id_col, how="left_anti")
+    new = new_rows(ctx, tree_run, ctx.input_frame("assign"))
     quantiles = fit_quantiles(ctx, tree_run, k)
     n_new = new.count()
     metrics["new_rows"] = n_new

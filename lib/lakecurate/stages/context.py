@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 if TYPE_CHECKING:
     from lakecurate.config import RunConfig
@@ -72,8 +72,13 @@ class Stage:
     #: the config sections its result depends on (with the stages before it: its fingerprint)
     config_sections: tuple[str, ...] = ()
     #: when another run committed this stage with the same fingerprint, that run's tables are
-    #: used instead of computing them again (for stages whose tables are a pure function of it)
-    reusable: bool = False
+    #: used instead of computing them again (for stages whose tables are a pure function of it);
+    #: ``reusable(config)`` where that depends on the config
+    reusable: Union[bool, Callable[["RunConfig"], bool]] = False
+
+    def reused_for(self, config: "RunConfig") -> bool:
+        """Whether another run's commit of this stage can stand for this config's (:attr:`reusable`)."""
+        return self.reusable(config) if callable(self.reusable) else self.reusable
 
 
 @dataclass

@@ -23,16 +23,16 @@ import time
 
 import numpy as np
 
-from lakecurate.core.dedup import coarse_clustering, default_n_clusters, removal_by_band, unit_rows
+from lakecurate.core.dedup import coarse_clustering, default_n_clusters, increment_n_clusters, removal_by_band, unit_rows
 from lakecurate.core.dedup_routing import chunks_per_cluster, n_tasks
-from lakecurate.errors import InputDataError
+from lakecurate.errors import ConfigError, InputDataError
 from lakecurate.faults import fault_point
 from lakecurate.spark.assigner import SparkAssigner
 from lakecurate.spark.cache import keep
 from lakecurate.spark.progress import progress
 from lakecurate.spark.dedup import pairwise_results, removed_within_clusters, resolve_removed
 from lakecurate.stages.context import Stage, StageContext
-from lakecurate.tables import DUPLICATES
+from lakecurate.tables import ASSIGNMENTS, DUPLICATES
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ def run_dedup(ctx: StageContext, metrics: dict) -> None:
     """The dedup stage (see module docstring); writes ``duplicates`` for ``ctx.run_id``."""
     from pyspark.sql import functions as F
 
+    if ctx.config.dedup.mode == "incremental":
+        return run_increment(ctx, metrics)
     cfg = ctx.config
     dcfg = cfg.dedup
     id_col = cfg.input.id_column
@@ -105,6 +107,104 @@ def run_dedup(ctx: StageContext, metrics: dict) -> None:
         blocks.release()
 
 
+def run_increment(ctx: StageContext, metrics: dict) -> None:
+    """``dedup.mode: incremental`` (nightly runs that assign): the rows not yet in the tree,
+    against its kept rows and each other, as :func:`lakecurate.core.dedup.find_increment_duplicates`.
+
+    The old rows are the input's rows in the tree's ``assignments`` (the kept rows of the fit and
+    of every increment since); they all stay. The new rows are the input's other rows, less those
+    the tree's pool already lost as duplicates. The coarse clustering is fitted on the new rows;
+    the old rows only get their nearest coarse centroid, and are compared with new rows only.
+    """
+    from pyspark.sql import functions as F
+
+    from lakecurate.spark.blocks import EmbeddingBlocks
+    from lakecurate.spark.dedup import increment_removed, old_links
+    from lakecurate.stages.assign import find_tree, new_rows
+
+    cfg = ctx.config
+    dcfg = cfg.dedup
+    id_col = cfg.input.id_column
+    t0 = time.perf_counter()
+    tree_run = find_tree(ctx)
+    source = ctx.input_frame("dedup")
+    new = new_rows(ctx, tree_run, source)
+    old = source.join(ctx.lake.read(ASSIGNMENTS, tree_run).select(id_col), on=id_col, how="left_semi")
+    n_new, n_old = new.count(), old.count()
+    metrics.update(mode="incremental", tree_run_id=tree_run, new_rows=n_new, old_rows=n_old, eps=dcfg.eps)
+    if n_new == 0:
+        log.info("dedup: every row of the input is in the tree of run %s or was removed from its pool: nothing to compare", tree_run)
+        metrics.update(n_rows=0, removed=0, removed_as_old=0, kept=0, seconds=round(time.perf_counter() - t0, 3))
+        return
+
+    def cache(frame, what):
+        return EmbeddingBlocks.from_dataframe(
+            ctx.spark, frame, id_column=id_col, embedding_column=cfg.input.embedding_column, partitions=cfg.spark.partitions,
+            transform=unit_rows, where=f"dedup {what} of {cfg.input.location}", cache=cfg.spark.block_cache, lake=ctx.lake)
+
+    blocks = cache(new, "new rows")
+    olds = cache(old, "rows of the tree") if n_old else None
+    kept = None
+    shipped: list = []
+    try:
+        n = blocks.n
+        k = increment_n_clusters(n, olds.n if olds is not None else 0, dcfg.n_clusters)
+        r = min(dcfg.n_neighbor_clusters, k - 1)
+        metrics.update(n_rows=n, n_clusters=k, n_neighbor_clusters=r, cache_seconds=round(time.perf_counter() - t0, 3))
+        t1 = time.perf_counter()
+        fit, _ = coarse_clustering(SparkAssigner(blocks), k, n_iter=dcfg.n_iter, seed=dcfg.seed)
+        sizes = fit.counts.astype(np.int64)
+        q = chunks_per_cluster(sizes, dcfg.max_cluster_rows)
+        metrics.update(coarse_seconds=round(time.perf_counter() - t1, 3), largest_cluster=int(sizes.max()))
+        fault_point("dedup:pairwise")
+        t2 = time.perf_counter()
+        results = pairwise_results(blocks, fit.centroids, q, n_neighbors=r, eps=dcfg.eps, block_size=dcfg.block_size)
+        with progress(ctx.spark, f"dedup: the {n} new rows among themselves, in {k} coarse clusters", rows=n):
+            kept = keep(results, spark=ctx.spark, lake=ctx.lake, mode=cfg.spark.block_cache, what="pairwise results")
+            results = kept.frame
+            removed, metrics["cross_pairs"], metrics["merged_representatives"] = resolve_removed(blocks, results, shipped)
+        metrics["pairwise_seconds"] = round(time.perf_counter() - t2, 3)
+        t3 = time.perf_counter()
+        with progress(ctx.spark, f"dedup: the new rows against the tree's {n_old} kept rows, and writing the duplicates table",
+                      rows=n + n_old):
+            if olds is not None:
+                links = old_links(blocks, olds, fit.centroids, n_neighbors=r, eps=dcfg.eps, block_size=dcfg.block_size)
+                removed, _ = increment_removed(blocks, olds, fit.centroids, removed, links)
+            else:
+                removed = removed.select("id", "kept_id", "similarity", "cluster")
+            table = removed.select(F.col("id").alias(id_col), "kept_id", "similarity", "cluster")
+            ctx.lake.write_run(table, DUPLICATES, ctx.run_id)
+        metrics["old_rows_seconds"] = round(time.perf_counter() - t3, 3)
+        written = ctx.lake.read(DUPLICATES, ctx.run_id).join(
+            old.select(F.col(id_col).alias("kept_id")).withColumn("old", F.lit(1)), on="kept_id", how="left")
+        counts = written.groupBy("old").count().collect()
+        as_old = sum(int(c["count"]) for c in counts if c["old"] == 1)
+        n_removed = sum(int(c["count"]) for c in counts)
+        metrics.update(removed=n_removed, removed_as_old=as_old, removed_among_new=n_removed - as_old, kept=n - n_removed,
+                       seconds=round(time.perf_counter() - t0, 3))
+        log.info("dedup: %d new rows against the %d kept rows of the tree of run %s (eps=%g, %d coarse clusters): "
+                 "%d duplicates of kept rows, %d among the new, %d kept in %.1fs",
+                 n, n_old, tree_run, dcfg.eps, k, as_old, n_removed - as_old, n - n_removed, metrics["seconds"])
+    finally:
+        if kept is not None:
+            kept.release()
+        for free in shipped:
+            free()
+        blocks.release()
+        if olds is not None:
+            olds.release()
+
+
+def check(cfg) -> None:
+    incremental = cfg.dedup is not None and cfg.dedup.mode == "incremental"
+    if "dedup" in cfg.stages and "assign" in cfg.stages and not incremental:
+        raise ConfigError("stages include 'dedup' and 'assign' but dedup.mode is 'full': a full de-duplication of the grown "
+                          "pool could remove rows the tree holds; set dedup.mode: incremental")
+    if "dedup" in cfg.stages and incremental and "assign" not in cfg.stages:
+        raise ConfigError(f"dedup.mode: incremental compares the rows new to a tree with its kept rows, but stages={list(cfg.stages)} "
+                          "do not assign: add 'assign' (and no 'cluster'), or set dedup.mode: full")
+
+
 def preflight(cfg, facts) -> None:
     k = cfg.dedup.n_clusters
     if k is not None and facts.rows is not None and k > facts.rows:
@@ -134,7 +234,7 @@ def summarize(m: dict) -> list[str]:
 STAGE = Stage(
     name="dedup",
     config_sections=("dedup",),
-    reusable=True,
+    reusable=lambda cfg: cfg.dedup.mode == "full",  # an increment depends on the tree too
     run=run_dedup,
     help="remove near-duplicates first: input embeddings -> the duplicates table",
     writes=lambda cfg: (DUPLICATES,),
@@ -142,4 +242,5 @@ STAGE = Stage(
     summary=summarize,
     command=True,
     preflight=preflight,
+    check=check,
 )
