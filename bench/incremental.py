@@ -1,5 +1,5 @@
-"""Nightly-run benchmark (issue 15, the parts built so far): assigning a 10% increment to an
-existing tree and topping up its curated set, against re-running cluster + sample on the grown pool.
+"""Nightly-run benchmark (issue 15): de-duplicating and assigning a 10% increment to an existing
+tree and topping up its curated set, against re-running dedup + cluster + sample on the grown pool.
 
     .venv/bin/python bench/incremental.py                         # 1M + 100k rows x 384 (~8 min, 2 cores)
     .venv/bin/python bench/incremental.py --n 20000 --dim 32      # a smoke run (~1.5 min)
@@ -8,13 +8,14 @@ One process, Spark local[2], the pool from bench/data.py (long-tailed mixture) a
 first ``n`` rows are the fitted pool, the next ``n / 10`` the increment. Timed, each as
 ``lakecurate.pipeline.run`` wall time on the same session:
 
-* ``fit``: cluster + sample on the first n rows (the tree the increment joins);
-* ``nightly``: assign + sample (``sampling.mode: top_up``) on the grown pool (reading it, the
-  anti-join, assigning the new rows, the append, the recount, the staleness figures, the top-up);
-* ``full``: cluster + sample on the grown pool, as a nightly re-cluster would.
+* ``fit``: dedup + cluster + sample on the first n rows (the tree the increment joins);
+* ``nightly``: dedup (``mode: incremental``: the new rows against the tree's kept rows and each
+  other) + assign + sample (``sampling.mode: top_up``) on the grown pool;
+* ``full``: dedup + cluster + sample on the grown pool, as a nightly re-cluster would.
 
-Churn: the share of the fitted run's curated rows that are not in the new curated set, for each
-path (same target size). Incremental de-duplication is not built yet (no dedup stage here).
+The issue's ratio is assign + top-up against cluster + sample (stage seconds); the whole runs'
+ratio, dedup included, is printed too. Churn: the share of the fitted run's curated rows that
+are not in the new curated set, for each path (same target size).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--k", default="1000,100")
     ap.add_argument("--n-iter", type=int, default=10)
+    ap.add_argument("--eps", type=float, default=0.05)
     ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "lakecurate-bench-incremental"))
     args = ap.parse_args(argv)
     from data import generate
@@ -100,30 +102,46 @@ def main(argv=None) -> int:
         res = run(load_plan(data=cfg), spark=spark)
         return time.perf_counter() - t0, res
 
-    fit_s, fit = timed("fit", ["cluster", "sample"], base)
-    assign_s, assigned = timed("nightly", ["assign", "sample"], grown, assign={"tree_run_id": fit.run_id},
-                               sampling={"target_size": args.n // 5, "mode": "top_up"})
-    full_s, full = timed("full", ["cluster", "sample"], grown)
-    m = assigned.stages["assign"]
+    dedup = {"eps": args.eps, "n_neighbor_clusters": 1}
+    fit_s, fit = timed("fit", ["dedup", "cluster", "sample"], base, dedup=dedup)
+    nightly_s, nightly = timed("nightly", ["dedup", "assign", "sample"], grown, assign={"tree_run_id": fit.run_id},
+                               dedup={**dedup, "mode": "incremental"}, sampling={"target_size": args.n // 5, "mode": "top_up"})
+    full_s, full = timed("full", ["dedup", "cluster", "sample"], grown, dedup=dedup)
+    m = nightly.stages["assign"]
     from deltalake import DeltaTable
 
     cur = DeltaTable(os.path.join(lake, "curated")).to_pandas(columns=["run_id", "id"])
-    sets = {r: set(cur.loc[cur["run_id"] == r, "id"]) for r in (fit.run_id, assigned.run_id, full.run_id)}
-    churn_inc = 1 - len(sets[fit.run_id] & sets[assigned.run_id]) / len(sets[fit.run_id])
+    sets = {r: set(cur.loc[cur["run_id"] == r, "id"]) for r in (fit.run_id, nightly.run_id, full.run_id)}
+    churn_inc = 1 - len(sets[fit.run_id] & sets[nightly.run_id]) / len(sets[fit.run_id])
     churn_full = 1 - len(sets[fit.run_id] & sets[full.run_id]) / len(sets[fit.run_id])
-    out = {"n": args.n, "increment": args.n // 10, "dim": args.dim, "k": k, "n_iter": args.n_iter, "fit_seconds": fit_s,
-           "assign_seconds": assign_s, "full_seconds": full_s, "ratio": full_s / assign_s,
+    secs = {name: {s: round(v, 1) for s, v in res.stage_seconds.items()} for name, res in (("fit", fit), ("nightly", nightly), ("full", full))}
+    nightly_core = secs["nightly"]["assign"] + secs["nightly"]["sample"]
+    full_core = secs["full"]["cluster"] + secs["full"]["sample"]
+    dn, df_ = nightly.stages["dedup"], full.stages["dedup"]
+    out = {"n": args.n, "increment": args.n // 10, "dim": args.dim, "k": k, "n_iter": args.n_iter, "eps": args.eps,
+           "fit_seconds": fit_s, "nightly_seconds": nightly_s, "full_seconds": full_s, "stage_seconds": secs,
+           "ratio_assign_top_up": full_core / nightly_core, "ratio_with_dedup": full_s / nightly_s,
            "assign_metrics": {key: m[key] for key in ("new_rows", "stale_share", "seconds")},
-           "top_up": {k: assigned.stages["sample"][k] for k in ("kept", "added", "dropped")},
+           "dedup_nightly": {key: dn.get(key) for key in ("new_rows", "old_rows", "n_clusters", "removed", "removed_as_old", "seconds")},
+           "dedup_full": {key: df_.get(key) for key in ("n_rows", "n_clusters", "removed", "seconds")},
+           "top_up": {key: nightly.stages["sample"][key] for key in ("kept", "added", "dropped")},
            "churn_incremental": churn_inc, "churn_full": churn_full}
-    print(f"\n### Nightly increment: {args.n // 10:,} new rows on {args.n:,} x {args.dim} (k = {k}, {args.n_iter} Lloyd iterations)\n")
-    print("| path | seconds |")
-    print("|---|---|")
-    print(f"| fit the tree (cluster + sample on {args.n:,}) | {fit_s:.1f} |")
-    print(f"| nightly: assign the increment + top-up sample (on {grown_n:,}) | {assign_s:.1f} |")
-    print(f"| re-cluster (cluster + sample on {grown_n:,}) | {full_s:.1f} |")
-    print(f"\nre-cluster / nightly: **{full_s / assign_s:.1f}x** (target >= 10x at 1M rows); stale share of the increment "
-          f"(same distribution): {m['stale_share']:.4f}")
+    print(f"\n### Nightly increment: {args.n // 10:,} new rows on {args.n:,} x {args.dim} (k = {k}, {args.n_iter} Lloyd iterations, "
+          f"dedup eps {args.eps})\n")
+    print("| path | dedup s | cluster / assign s | sample s | run s |")
+    print("|---|---|---|---|---|")
+    for label, name, tree in ((f"fit the tree ({args.n:,} rows)", "fit", "cluster"),
+                              (f"nightly: incremental dedup + assign + top-up ({grown_n:,})", "nightly", "assign"),
+                              (f"re-cluster: dedup + cluster + sample ({grown_n:,})", "full", "cluster")):
+        st = secs[name]
+        total = {"fit": fit_s, "nightly": nightly_s, "full": full_s}[name]
+        print(f"| {label} | {st.get('dedup', 0):.1f} | {st.get(tree, 0):.1f} | {st.get('sample', 0):.1f} | {total:.1f} |")
+    print(f"\nassign + top-up against cluster + sample: **{full_core / nightly_core:.1f}x** (target >= 10x at 1M rows); "
+          f"whole runs, dedup included: **{full_s / nightly_s:.1f}x**")
+    print(f"incremental dedup: {dn['new_rows']:,} new rows against {dn['old_rows']:,} kept, {dn['n_clusters']} coarse clusters, "
+          f"removed {dn['removed']:,} ({dn['removed_as_old']:,} duplicates of kept rows); full dedup of the grown pool removed "
+          f"{df_['removed']:,} with {df_['n_clusters']} coarse clusters")
+    print(f"stale share of the increment (same distribution): {m['stale_share']:.4f}")
     print(f"churn of the curated set ({args.n // 5:,} rows): nightly top-up {100 * churn_inc:.1f}%, re-cluster "
           f"{100 * churn_full:.1f}% (top-up kept {out['top_up']['kept']:,}, added {out['top_up']['added']:,}, "
           f"dropped {out['top_up']['dropped']:,})")

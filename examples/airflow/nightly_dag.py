@@ -1,12 +1,13 @@
 """Airflow: the nightly path on a growing lake, and the weekly (or stale-tree) re-cluster.
 
 * ``lakecurate_nightly`` (@daily): embed the day's new source rows (the embed stage is
-  incremental), then ``lakecurate run nightly``: the new embeddings join the current tree
+  incremental), then ``lakecurate run nightly``: the new embeddings are de-duplicated against the
+  tree's kept rows and each other (``dedup.mode: incremental``), the rest join the current tree
   (``assign``) and the curated set is topped up on the grown tree (``sampling.mode: top_up``).
   A branch then reads the assign stage's staleness from the ``runs`` table (delta-rs, no Spark)
   and triggers the re-cluster when it is above ``assign.refit_threshold``.
-* ``lakecurate_weekly`` (@weekly): the full run, ``lakecurate run curate``: a new tree of the
-  grown pool, which the next nights' assign stages find by its clustering section.
+* ``lakecurate_weekly`` (@weekly): the full run, ``lakecurate run curate`` with a full dedup
+  first: a new tree of the grown pool, which the next nights' assign stages find by its clustering section.
 
 Every command line is in ``COMMANDS`` (``tests/unit/test_examples.py`` checks each is a valid
 lakecurate run); the job file is the one the wheel ships (``lakecurate where curate``).
@@ -24,7 +25,7 @@ COMMANDS = {
     "embed": ["embed", "embed-text", "embed.source.path=s3://my-bucket/lake/raw/texts", "lake.root=s3://my-bucket/lake/curation"],
     "nightly": ["run", "nightly", "input.path=s3://my-bucket/lake/curation/embeddings", "lake.root=s3://my-bucket/lake/curation",
                 "sampling.target_size=5000000"],
-    "recluster": ["run", "curate", "input.path=s3://my-bucket/lake/curation/embeddings", "lake.root=s3://my-bucket/lake/curation",
+    "recluster": ["run", "curate", "stages=[dedup,cluster,sample]", "input.path=s3://my-bucket/lake/curation/embeddings", "lake.root=s3://my-bucket/lake/curation",
                   "sampling.target_size=5000000"],
 }
 SUBMIT = {

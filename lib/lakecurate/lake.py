@@ -43,7 +43,7 @@ from lakecurate.faults import fault_point
 from lakecurate.spark.errors import as_lakecurate_error
 from lakecurate.spark.errors import describe as describe_spark_error
 from lakecurate.spark.session import has_native_delta
-from lakecurate.tables import DESCRIPTIONS, OUTDATED_COLUMNS, PARTITIONS, ROW_GROUP_BYTES
+from lakecurate.tables import ADDED_COLUMNS, DESCRIPTIONS, OUTDATED_COLUMNS, PARTITIONS, ROW_GROUP_BYTES
 from lakecurate.validation import PYARROW_STORAGE_OPTIONS, STORAGE_SCHEMES
 
 log = logging.getLogger(__name__)
@@ -351,6 +351,32 @@ class Lake:
                 f"(e.g. rename it to {name}_v0_1) or set lake.root to a new place"
             )
 
+    def gain_columns(self, name: str, schema) -> list[str]:
+        """Add to table ``name`` the columns of :data:`lakecurate.tables.ADDED_COLUMNS` that ``schema``
+        (a Spark StructType about to be written) has and the table, written by an older version,
+        lacks: one Delta schema change (delta-rs ``alter.add_columns``, Spark ``ALTER TABLE ... ADD
+        COLUMNS``). Returns the columns added; any other difference is left to the write to refuse."""
+        added = ADDED_COLUMNS.get(name, ())
+        have = self.columns(name) if added else None
+        if not have:
+            return []
+        fields = {f.name: f for f in schema.fields}
+        missing = [c for c in added if c in fields and c not in have]
+        if not missing:
+            return []
+        if self.backend == "native":
+            target = self.qualified(name) if self.database else f"delta.`{_uri(self.path(name))}`"
+            cols = ", ".join(f"{c} {fields[c].dataType.simpleString()}" for c in missing)
+            self.spark.sql(f"ALTER TABLE {target} ADD COLUMNS ({cols})")
+        else:
+            from deltalake.schema import Field, Schema
+
+            arrow = pa.schema([pa.field(c, _arrow_schema(schema).field(c).type, nullable=True) for c in missing])
+            self._delta(_uri(self.path(name))).alter.add_columns(list(Schema.from_arrow(arrow).fields))
+        log.info("table %s gained the column(s) %s (an older lakecurate wrote it; its earlier rows read them as null)",
+                 name, missing)
+        return missing
+
     def version(self, name: str) -> Optional[int]:
         uri = _uri(self.path(name))
         if not self._is_delta(uri):
@@ -406,6 +432,7 @@ class Lake:
         t0 = time.perf_counter()
         from lakecurate.spark.progress import progress
 
+        self.gain_columns(name, df.schema)
         with progress(self.spark, f"writing table {name} (run {run_id})"):
             if self.backend == "native":
                 info = self._write_native(df, name, run_id, mode, max_rows_per_file, commit_metadata)

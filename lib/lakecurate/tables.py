@@ -46,6 +46,13 @@ ROW_GROUP_BYTES = {
     SHARDS: 4 * 1024 * 1024,
 }
 
+#: columns a later lakecurate added to a table, all nullable: a table an older version wrote gains
+#: them (a Delta schema change, its own table version) on the first write that carries them; its
+#: older rows read them as null
+ADDED_COLUMNS = {
+    CURATED: ("added_in", "dropped_in"),
+}
+
 #: columns only an older lakecurate wrote, per table: such a table is refused before any work,
 #: with what to do (its rows stay readable by Spark, delta-rs and polars as they are)
 OUTDATED_COLUMNS = {

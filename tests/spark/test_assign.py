@@ -137,9 +137,16 @@ def test_top_up_keeps_the_earlier_curated_rows_the_quotas_allow(spark, lake):
     assert m["kept"] == len(now & earlier) and m["added"] == len(now - earlier) and m["dropped"] == len(earlier - now)
     assert (m["dropped"], m["added"]) == (m["dropped_least"], m["added_least"])  # the least churn the new quotas force
     assert m["added"] - m["dropped"] == 60
+    # each row says the run it came in; the earlier set's rows say the run that dropped them
+    came = rows_of(root, "curated", "nightly-top-up").set_index("id")["added_in"]
+    assert all(came[i] == (tree if i in earlier else "nightly-top-up") for i in now)
+    left = rows_of(root, "curated", tree).set_index("id")["dropped_in"]
+    assert {i for i in earlier if left[i] == "nightly-top-up"} == earlier - now
+    assert left[list(earlier & now)].isna().all()
     fresh = nightly("fresh", "nightly-fresh")
     resampled = set(rows_of(root, "curated", "nightly-fresh")["id"])
     assert fresh.stages["sample"]["tree_run_id"] == tree and len(resampled) == 660
+    assert set(rows_of(root, "curated", "nightly-fresh")["added_in"]) == {"nightly-fresh"}
     assert len(earlier - resampled) >= m["dropped"] and len(resampled ^ earlier) > len(now ^ earlier)
 
 

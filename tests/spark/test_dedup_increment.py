@@ -68,7 +68,7 @@ def test_the_increment_equals_the_pure_api(lake):
     assert m["tree_run_id"] == lake["tree"] and m["new_rows"] == NEW and m["old_rows"] == lake["tree_ids"].size
     in_tree = np.isin(lake["old_ids"], lake["tree_ids"])
     old_x, old_keys = lake["old"][in_tree], lake["old_ids"][in_tree]
-    assert m["n_clusters"] == increment_n_clusters(NEW, old_keys.size, None)
+    assert m["n_clusters"] == increment_n_clusters(NEW, old_keys.size, None, DEDUP["n_neighbor_clusters"])
     want = find_increment_duplicates(old_x, lake["new"], eps=DEDUP["eps"], old_rows=old_keys,
                                      n_neighbor_clusters=DEDUP["n_neighbor_clusters"], n_iter=DEDUP["n_iter"], seed=0)
     got = rows_of(lake["root"], "duplicates", lake["run"].run_id).sort_values("id")

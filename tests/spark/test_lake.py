@@ -84,6 +84,22 @@ def test_schema_change_is_refused(spark, tmp_path):
     assert DeltaTable(str(tmp_path / "t")).version() == 0
 
 
+def test_a_table_of_an_older_version_gains_the_columns_added_since(spark, tmp_path):
+    """curated gained added_in/dropped_in (tables.ADDED_COLUMNS): an older table gets them on its next write."""
+    from pyspark.sql import functions as F
+
+    lake = Lake(spark, LakeConfig(root=str(tmp_path)))
+    lake.write_run(spark.range(4).select("id", F.lit(0).alias("copy")), "curated", "old-run")
+    newer = spark.range(10, 13).select("id", F.lit(0).alias("copy"), F.lit("new-run").alias("added_in"),
+                                       F.lit(None).cast("string").alias("dropped_in"))
+    lake.write_run(newer, "curated", "new-run")
+    df = DeltaTable(str(tmp_path / "curated")).to_pandas().sort_values("id")
+    assert list(df["added_in"].isna()) == [True] * 4 + [False] * 3 and df["dropped_in"].isna().all()
+    assert set(lake.read("curated", "new-run").toPandas()["added_in"]) == {"new-run"}
+    with pytest.raises(TableError, match="different schema"):  # any other new column is still refused
+        lake.write_run(newer.withColumn("other", F.lit(1)), "curated", "third")
+
+
 def test_native_backend_is_refused_without_delta_jars(spark, tmp_path):
     with pytest.raises(TableError, match="no Delta Lake"):
         Lake(spark, LakeConfig(root=str(tmp_path), backend="native"))

@@ -443,3 +443,55 @@ def test_removal_by_cluster_size():
         {"band": "1-9", "n_clusters": 2, "n_rows": 5, "n_removed": 1},
         {"band": "10-99", "n_clusters": 1, "n_rows": 12, "n_removed": 3},
     ]
+
+
+# ---------------------------------------------------------------- increments
+
+
+def _increment_pool(seed=0):
+    rng = np.random.default_rng(seed)
+    old = rng.normal(size=(400, 12)).astype(np.float32)
+    old = old[dedup.find_duplicates(old, eps=0.05, n_clusters=1).keep]
+    new = rng.normal(size=(120, 12)).astype(np.float32)
+    new[:20] = old[:20] + 0.005 * rng.normal(size=(20, 12))  # copies of old rows
+    new[20:30] = new[60:70] + 0.001  # copies among the new rows
+    new[30] = new[0] + 0.001  # a copy of a copy of an old row
+    return old, new.astype(np.float32)
+
+
+def test_increment_with_one_coarse_cluster_is_the_exact_rule():
+    """Every pair compared: a new row goes when an old row is its duplicate, or its group's is."""
+    old, new = _increment_pool()
+    eps = 0.05
+    res = dedup.find_increment_duplicates(old, new, eps=eps, n_clusters=1)
+    sims = dedup.unit_rows(new).astype(np.float64) @ dedup.unit_rows(old).astype(np.float64).T
+    linked = sims.max(axis=1) >= 1 - eps - 1e-9
+    groups = res.within.kept_row
+    group_linked = np.isin(groups, groups[linked])
+    np.testing.assert_array_equal(res.old_row >= 0, group_linked)
+    assert (res.old_row[:20] == np.arange(20)).all() and res.old_row[30] == 0  # nearest old row; the chain goes too
+    kept = res.keep
+    assert not np.isin(kept, np.flatnonzero(group_linked)).any()
+    assert set(kept) == set(np.flatnonzero(~group_linked & (groups == np.arange(new.shape[0]))))
+    direct = np.flatnonzero(linked)
+    np.testing.assert_allclose(res.similarity[direct], sims[direct, res.old_row[direct]], atol=1e-12)
+
+
+def test_increment_ties_go_to_the_smaller_old_key_and_zero_rows_to_zero_rows():
+    old = np.array([[1, 0, 0], [1, 0, 0], [0, 0, 0], [0, 1, 0], [0, 0, 0]], np.float32)
+    new = np.array([[2, 0, 0], [0, 0, 0], [0, 0, 1]], np.float32)
+    res = dedup.find_increment_duplicates(old, new, eps=0.01, old_rows=np.array([50, 40, 30, 20, 10]))
+    np.testing.assert_array_equal(res.old_row, [40, 10, -1])
+    np.testing.assert_array_equal(res.similarity, [1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(res.keep, [2])
+
+
+def test_increment_without_old_rows_is_plain_dedup_and_bad_input_is_named():
+    old, new = _increment_pool(1)
+    res = dedup.find_increment_duplicates(np.zeros((0, 12), np.float32), new, eps=0.05, n_clusters=3)
+    np.testing.assert_array_equal(res.keep, dedup.find_duplicates(new, eps=0.05, n_clusters=3).keep)
+    assert (res.old_row == -1).all()
+    with pytest.raises(InputDataError, match="old_X has dimension 5 but new_X has 12"):
+        dedup.find_increment_duplicates(old[:, :5], new, eps=0.05)
+    with pytest.raises(InputDataError, match="old_rows has 2 keys"):
+        dedup.find_increment_duplicates(old, new, eps=0.05, old_rows=[1, 2])

@@ -87,17 +87,19 @@ def test_the_nightly_recipes_call_commands_that_exist():
     for name, args in commands.items():
         _check_command_line(args)
         plans[name] = load_plan(args[1], args[2:], alone=None if args[0] == "run" else args[0])
-    assert plans["nightly"].stage_names == ["assign", "sample"] and plans["nightly"].config.sampling.mode == "top_up"
-    assert plans["recluster"].has("cluster")
+    assert plans["nightly"].stage_names == ["dedup", "assign", "sample"] and plans["nightly"].config.sampling.mode == "top_up"
+    assert plans["nightly"].config.dedup.mode == "incremental"
+    assert plans["recluster"].stage_names == ["dedup", "cluster", "sample"] and plans["recluster"].config.dedup.mode == "full"
     assert plans["nightly"].config.clustering == plans["recluster"].config.clustering  # the tree the nightly run finds
     bundle = yaml.safe_load(open(os.path.join(EXAMPLES, "databricks", "databricks.yml")))
     assert "nightly.yml" in bundle["include"]
     variables = {k: v["default"] for k, v in bundle["variables"].items()}
     jobs = _bundle_commands(os.path.join(EXAMPLES, "databricks", "nightly.yml"), variables)
-    assert set(jobs) == {("nightly", "embed"), ("nightly", "assign_and_top_up"), ("weekly", "recluster")}
+    assert set(jobs) == {("nightly", "embed"), ("nightly", "dedup_assign_and_top_up"), ("weekly", "recluster")}
     for args in jobs.values():
         _check_command_line(args)
-    nightly = load_plan(jobs[("nightly", "assign_and_top_up")][1], jobs[("nightly", "assign_and_top_up")][2:])
+    nightly = load_plan(jobs[("nightly", "dedup_assign_and_top_up")][1], jobs[("nightly", "dedup_assign_and_top_up")][2:])
     weekly = load_plan(jobs[("weekly", "recluster")][1], jobs[("weekly", "recluster")][2:])
-    assert nightly.stage_names == ["assign", "sample"] and weekly.config.clustering == nightly.config.clustering
+    assert nightly.stage_names == ["dedup", "assign", "sample"] and weekly.config.clustering == nightly.config.clustering
+    assert weekly.stage_names == ["dedup", "cluster", "sample"]
 

@@ -23,6 +23,29 @@ def matrix_to_list_array(x: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(x, dtype=np.float32).ravel()))
 
 
+def matrix_to_binary_array(x: np.ndarray) -> pa.BinaryArray:
+    """A float32 (n, d) matrix as one binary value per row (its raw bytes): Spark shuffles a binary
+    column as a copy of bytes, an array<float> column value by value."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, d = x.shape
+    offsets = pa.array(np.arange(0, (n + 1) * d * 4, d * 4, dtype=np.int32))
+    return pa.BinaryArray.from_buffers(pa.binary(), n, [None, offsets.buffers()[1], pa.py_buffer(x.tobytes())])
+
+
+def binary_column_to_matrix(col, dim: int) -> np.ndarray:
+    """The inverse of :func:`matrix_to_binary_array`: every value must be ``dim`` float32s."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks else pa.array([], pa.binary())
+    n = len(col)
+    if n == 0:
+        return np.zeros((0, dim), np.float32)
+    offsets = np.frombuffer(col.buffers()[1], dtype=np.int32)[col.offset: col.offset + n + 1]
+    if not np.all(np.diff(offsets) == dim * 4):
+        raise ValueError(f"binary vectors must hold {dim} float32 values each")
+    data = np.frombuffer(col.buffers()[2], dtype=np.uint8)[offsets[0]: offsets[-1]]
+    return data.view(np.float32).reshape(n, dim).copy()
+
+
 def row_keys(ids: pa.Array) -> np.ndarray:
     """int64 row keys of ids: an integer id is its own key, a string id a stable 63-bit hash.
 

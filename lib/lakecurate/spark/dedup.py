@@ -32,7 +32,7 @@ from lakecurate.core.dedup import (
     remap_rows,
 )
 from lakecurate.core.dedup_routing import ROLE_MEMBER, ROLE_PROBE, route_rows
-from lakecurate.spark.arrow import list_column_to_matrix, matrix_to_list_array
+from lakecurate.spark.arrow import binary_column_to_matrix, list_column_to_matrix, matrix_to_binary_array, matrix_to_list_array
 from lakecurate.spark.blocks import EmbeddingBlocks
 from lakecurate.spark.tasks import configure_faiss
 
@@ -372,7 +372,7 @@ def _link_route_fn(r: int, names: list[str], as_probe: bool):
                     pa.array(b.keys[pos]),
                     b.ids.take(pa.array(pos)),
                     pa.array(lab[pos].astype(np.int32)),
-                    matrix_to_list_array(x[pos]),
+                    matrix_to_binary_array(x[pos]),
                 ],
                 names=names,
             )
@@ -407,7 +407,7 @@ def old_links(new_blocks: EmbeddingBlocks, old_blocks: EmbeddingBlocks, centroid
     routed = T.StructType([
         T.StructField("cluster", T.IntegerType()), T.StructField("role", T.ByteType()), T.StructField("row", T.LongType()),
         T.StructField("id", new_blocks.id_type), T.StructField("own_cluster", T.IntegerType()),
-        T.StructField("vector", T.ArrayType(T.FloatType())),
+        T.StructField("vector", T.BinaryType()),
     ])
     names = routed.fieldNames()
     probes = new_blocks.map(_link_route_fn(n_neighbors, names, True), routed, c)
@@ -426,7 +426,7 @@ def old_links(new_blocks: EmbeddingBlocks, old_blocks: EmbeddingBlocks, centroid
             return empty
         rows = table.column("row").to_numpy()
         prb = prb[np.argsort(rows[prb], kind="stable")]
-        x = list_column_to_matrix(table.column("vector"), dim)
+        x = binary_column_to_matrix(table.column("vector"), dim)
         li, lo, ls = match_old_rows(x[prb], rows[prb], x[mem], rows[mem], eps, block_size=block_size)
         if li.size == 0:
             return empty
@@ -444,14 +444,18 @@ def old_links(new_blocks: EmbeddingBlocks, old_blocks: EmbeddingBlocks, centroid
     return best.select("row", "b.id", "b.cluster", "b.old_row", "b.old_id", F.negative("b.neg").alias("similarity"))
 
 
-def _vectors(blocks: EmbeddingBlocks):
-    """(row, vector bytes) of every row of ``blocks`` (lazy)."""
+def _vectors_of(blocks: EmbeddingBlocks, wanted: np.ndarray):
+    """(row, vector bytes) of the rows of ``blocks`` whose keys are in ``wanted`` (lazy; the keys
+    travel to the tasks, the other rows' vectors never leave them)."""
+    wanted = np.unique(np.asarray(wanted, np.int64))
 
-    def explode(batches, _):
+    def pick(batches, keys):
         for b in batches:
-            yield pa.record_batch({"row": pa.array(b.keys), "vector": pa.array([v.tobytes() for v in b.vectors], pa.binary())})
+            hit = np.flatnonzero(np.isin(b.keys, keys, assume_unique=False))
+            if hit.size:
+                yield pa.record_batch({"row": pa.array(b.keys[hit]), "vector": matrix_to_binary_array(b.vectors[hit])})
 
-    return blocks.map(explode, "row LONG, vector BINARY")
+    return blocks.map(pick, "row LONG, vector BINARY", wanted)
 
 
 def _pair_cosines(pairs, a_vectors, b_vectors, dim: int):
@@ -463,8 +467,8 @@ def _pair_cosines(pairs, a_vectors, b_vectors, dim: int):
 
     def cosine(batches):
         for batch in batches:
-            xa = np.frombuffer(b"".join(batch.column("vector").to_pylist()), np.float32).reshape(-1, dim)
-            xb = np.frombuffer(b"".join(batch.column("kept_vector").to_pylist()), np.float32).reshape(-1, dim)
+            xa = binary_column_to_matrix(batch.column("vector"), dim)
+            xb = binary_column_to_matrix(batch.column("kept_vector"), dim)
             yield pa.record_batch({"row": batch.column("row"), "sim2": pa.array(exact_cosine(xa, xb))})
 
     return joined.select("row", "vector", "kept_vector").mapInArrow(cosine, "row LONG, sim2 DOUBLE")
@@ -496,8 +500,10 @@ def increment_removed(new_blocks: EmbeddingBlocks, old_blocks: EmbeddingBlocks, 
     by_old = (labels.join(removed_new.select("row", "kept"), on="row", how="left")
               .withColumn("rep", F.coalesce("kept", "row")).drop("kept")
               .join(best, on="rep").select("row", "id", "cluster", F.col("old_row").alias("kept"), F.col("old_id").alias("kept_id")))
-    sims = _pair_cosines(by_old, _vectors(new_blocks), _vectors(old_blocks), new_blocks.d)
+    pairs = by_old.select("row", "kept").toArrow()  # one row per new row an old row stands for
+    new_rows, old_rows = pairs.column("row").to_numpy(), pairs.column("kept").to_numpy()
+    sims = _pair_cosines(by_old, _vectors_of(new_blocks, new_rows), _vectors_of(old_blocks, old_rows), new_blocks.d)
     by_old = by_old.join(sims, on="row").withColumnRenamed("sim2", "similarity")
     among_new = removed_new.join(by_old.select("row"), on="row", how="left_anti")
     cols = ["id", "kept_id", "similarity", "cluster"]
-    return among_new.select(*cols).unionByName(by_old.select(*cols)), by_old
+    return among_new.select(*cols).unionByName(by_old.select(*cols)), int(len(pairs))

@@ -130,11 +130,11 @@ def run_increment(ctx: StageContext, metrics: dict) -> None:
     source = ctx.input_frame("dedup")
     new = new_rows(ctx, tree_run, source)
     old = source.join(ctx.lake.read(ASSIGNMENTS, tree_run).select(id_col), on=id_col, how="left_semi")
-    n_new, n_old = new.count(), old.count()
-    metrics.update(mode="incremental", tree_run_id=tree_run, new_rows=n_new, old_rows=n_old, eps=dcfg.eps)
-    if n_new == 0:
+    has_new, has_old = new.limit(1).count() > 0, old.limit(1).count() > 0  # the counts come with the caches
+    metrics.update(mode="incremental", tree_run_id=tree_run, eps=dcfg.eps)
+    if not has_new:
         log.info("dedup: every row of the input is in the tree of run %s or was removed from its pool: nothing to compare", tree_run)
-        metrics.update(n_rows=0, removed=0, removed_as_old=0, kept=0, seconds=round(time.perf_counter() - t0, 3))
+        metrics.update(new_rows=0, n_rows=0, removed=0, removed_as_old=0, kept=0, seconds=round(time.perf_counter() - t0, 3))
         return
 
     def cache(frame, what):
@@ -143,12 +143,13 @@ def run_increment(ctx: StageContext, metrics: dict) -> None:
             transform=unit_rows, where=f"dedup {what} of {cfg.input.location}", cache=cfg.spark.block_cache, lake=ctx.lake)
 
     blocks = cache(new, "new rows")
-    olds = cache(old, "rows of the tree") if n_old else None
-    kept = None
+    olds = cache(old, "rows of the tree") if has_old else None
+    kept = kept_links = None
     shipped: list = []
     try:
-        n = blocks.n
-        k = increment_n_clusters(n, olds.n if olds is not None else 0, dcfg.n_clusters)
+        n, n_old = blocks.n, (olds.n if olds is not None else 0)
+        metrics.update(new_rows=n, old_rows=n_old)
+        k = increment_n_clusters(n, n_old, dcfg.n_clusters, dcfg.n_neighbor_clusters)
         r = min(dcfg.n_neighbor_clusters, k - 1)
         metrics.update(n_rows=n, n_clusters=k, n_neighbor_clusters=r, cache_seconds=round(time.perf_counter() - t0, 3))
         t1 = time.perf_counter()
@@ -169,14 +170,15 @@ def run_increment(ctx: StageContext, metrics: dict) -> None:
                       rows=n + n_old):
             if olds is not None:
                 links = old_links(blocks, olds, fit.centroids, n_neighbors=r, eps=dcfg.eps, block_size=dcfg.block_size)
-                removed, _ = increment_removed(blocks, olds, fit.centroids, removed, links)
+                kept_links = keep(links, spark=ctx.spark, lake=ctx.lake, mode=cfg.spark.block_cache, what="links to old rows")
+                removed, _ = increment_removed(blocks, olds, fit.centroids, removed, kept_links.frame)
             else:
                 removed = removed.select("id", "kept_id", "similarity", "cluster")
             table = removed.select(F.col("id").alias(id_col), "kept_id", "similarity", "cluster")
             ctx.lake.write_run(table, DUPLICATES, ctx.run_id)
         metrics["old_rows_seconds"] = round(time.perf_counter() - t3, 3)
-        written = ctx.lake.read(DUPLICATES, ctx.run_id).join(
-            old.select(F.col(id_col).alias("kept_id")).withColumn("old", F.lit(1)), on="kept_id", how="left")
+        tree_ids = ctx.lake.read(ASSIGNMENTS, tree_run).select(F.col(id_col).alias("kept_id")).withColumn("old", F.lit(1))
+        written = ctx.lake.read(DUPLICATES, ctx.run_id).select("kept_id").join(tree_ids, on="kept_id", how="left")
         counts = written.groupBy("old").count().collect()
         as_old = sum(int(c["count"]) for c in counts if c["old"] == 1)
         n_removed = sum(int(c["count"]) for c in counts)
@@ -186,8 +188,9 @@ def run_increment(ctx: StageContext, metrics: dict) -> None:
                  "%d duplicates of kept rows, %d among the new, %d kept in %.1fs",
                  n, n_old, tree_run, dcfg.eps, k, as_old, n_removed - as_old, n - n_removed, metrics["seconds"])
     finally:
-        if kept is not None:
-            kept.release()
+        for k_ in (kept, kept_links):
+            if k_ is not None:
+                k_.release()
         for free in shipped:
             free()
         blocks.release()

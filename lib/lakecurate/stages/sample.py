@@ -38,7 +38,11 @@ def previous_curated(ctx: StageContext, tree_run: str):
     if not rows:
         return None
     run = max(rows, key=lambda r: r["finished_at"])["run_id"]
-    return run, ctx.lake.read(CURATED, run).where("copy = 0").select(ctx.config.input.id_column)
+    from pyspark.sql import functions as F
+
+    earlier = ctx.lake.read(CURATED, run).where("copy = 0")
+    added_in = F.coalesce("added_in", F.lit(run)) if "added_in" in earlier.columns else F.lit(run)  # rows of an older version
+    return run, earlier.select(ctx.config.input.id_column, added_in.alias("earlier_added_in"))
 
 
 def read_tree(ctx: StageContext) -> ClusterTree:
@@ -108,6 +112,7 @@ def run_sample(ctx: StageContext, metrics: dict) -> None:
     assignments = ctx.lake.read(ASSIGNMENTS, ctx.output_run("cluster"))
     keyed = _keyed(assignments, scfg.strategy, scfg.seed)
     order = [F.col("sel_key"), F.col("row_key")]
+    added_in = F.lit(ctx.run_id)
     previous = previous_curated(ctx, ctx.output_run("cluster")) if scfg.mode == "top_up" else None
     id_col = cfg.input.id_column
     if scfg.mode == "top_up" and previous is None:
@@ -116,6 +121,7 @@ def run_sample(ctx: StageContext, metrics: dict) -> None:
         # the earlier set's rows first in every cluster: a cluster keeps min(quota, its earlier rows)
         # of them (the best by the strategy) and adds rows only where its quota grew
         keyed = keyed.join(previous[1].withColumn("earlier", F.lit(1)), on=id_col, how="left").fillna(0, ["earlier"])
+        added_in = F.coalesce("earlier_added_in", F.lit(ctx.run_id))  # a kept row keeps the run it came in
         order = [F.col("earlier").desc()] + order
     ranked = keyed.withColumn("rank", F.row_number().over(Window.partitionBy("cluster").orderBy(*order)) - 1)
     chosen = ranked.join(F.broadcast(quota_df), on="cluster", how="inner")
@@ -130,6 +136,7 @@ def run_sample(ctx: StageContext, metrics: dict) -> None:
     curated = chosen.select(
         id_col, "cluster", "path", F.col("rank").cast("int").alias("rank"), F.col("copy").cast("int").alias("copy"),
         F.lit(scfg.strategy).alias("strategy"), F.lit(ctx.output_run("cluster")).alias("tree_run_id"),
+        added_in.alias("added_in"), F.lit(None).cast("string").alias("dropped_in"),
     )
     if cfg.input.passthrough_columns:
         source = ctx.input_frame("sample").select(id_col, *cfg.input.passthrough_columns)
@@ -140,6 +147,7 @@ def run_sample(ctx: StageContext, metrics: dict) -> None:
         raise TableError(f"curated table holds {n_written} rows for run {ctx.run_id!r}, expected {scfg.target_size}")
     if previous is not None:
         metrics.update(top_up_churn(ctx, previous, quota_df))
+        mark_dropped(ctx, previous[0])
     metrics.update(
         {
             "mode": scfg.mode,
@@ -177,6 +185,25 @@ def top_up_churn(ctx: StageContext, previous, quota_df) -> dict:
         raise TableError(f"top-up of run {ctx.run_id!r} changed more rows than its quotas force: {out}")
     log.info("sample (top-up of run %s's %d rows): kept %d, added %d, dropped %d", run, n_earlier, kept, out["added"], out["dropped"])
     return out
+
+
+def mark_dropped(ctx: StageContext, previous_run: str) -> None:
+    """``dropped_in`` = this run on the rows of the earlier run's set that this one dropped (its
+    rows again, as one table version; a mark this run left in an earlier attempt is redone)."""
+    from pyspark.sql import functions as F
+
+    id_col = ctx.config.input.id_column
+    now = ctx.lake.read(CURATED, ctx.run_id).select(id_col).distinct().withColumn("still", F.lit(1))
+    earlier = ctx.lake.read(CURATED, previous_run)
+    mine = F.col("dropped_in") == ctx.run_id if "dropped_in" in earlier.columns else F.lit(False)
+    before = F.col("dropped_in") if "dropped_in" in earlier.columns else F.lit(None).cast("string")
+    marked = (earlier.join(now, on=id_col, how="left")
+              .withColumn("dropped_in", F.when(F.col("still").isNull(), F.lit(ctx.run_id))
+                          .otherwise(F.when(mine, F.lit(None).cast("string")).otherwise(before)))
+              .drop("still"))
+    if "added_in" not in earlier.columns:
+        marked = marked.withColumn("added_in", F.lit(None).cast("string"))
+    ctx.lake.write_run(marked.select(*[c for c in ctx.lake.read(CURATED).columns if c != "run_id"]), CURATED, previous_run)
 
 
 def summarize(m: dict) -> list[str]:
