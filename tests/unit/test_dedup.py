@@ -495,3 +495,23 @@ def test_increment_without_old_rows_is_plain_dedup_and_bad_input_is_named():
         dedup.find_increment_duplicates(old[:, :5], new, eps=0.05)
     with pytest.raises(InputDataError, match="old_rows has 2 keys"):
         dedup.find_increment_duplicates(old, new, eps=0.05, old_rows=[1, 2])
+
+
+def test_match_old_rows_is_the_best_of_all_pairs_next_to_a_ball_of_near_copies():
+    """The screened search returns what ranking every duplicate pair would, ties to the smaller key."""
+    rng = np.random.default_rng(3)
+    d = 64
+    centre = rng.normal(size=d)
+    ball = dedup.unit_rows((centre + 1e-3 * rng.normal(size=(600, d))).astype(np.float32))
+    old = np.concatenate([ball, dedup.unit_rows(rng.normal(size=(200, d)).astype(np.float32)), ball[:50], np.zeros((2, d), np.float32)])
+    keys = rng.permutation(old.shape[0]).astype(np.int64)
+    probes = np.concatenate([dedup.unit_rows((centre + 1e-3 * rng.normal(size=(80, d))).astype(np.float32)), ball[:10],
+                             dedup.unit_rows(rng.normal(size=(20, d)).astype(np.float32)), np.zeros((1, d), np.float32)])
+    rows = np.arange(probes.shape[0], dtype=np.int64)
+    got = dedup.match_old_rows(probes, rows, old, keys, 0.05, block_size=128)
+    want = dedup.best_links(*dedup.find_cross_pairs(probes, rows, old, keys, 0.05))
+    zero = rows[-1:]
+    want = dedup.best_links(np.r_[want[0], zero], np.r_[want[1], keys[-2:].min()], np.r_[want[2], 1.0])
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    assert got[0].size == 91  # the ball's probes, its copies and the zero row; the random ones match nothing

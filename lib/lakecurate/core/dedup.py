@@ -791,19 +791,75 @@ def match_old_rows(
     block_size: int = DEFAULT_BLOCK_SIZE,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(probe rows, old rows, similarities): each probe's most similar old row among those that
-    are its duplicates (similarity >= 1 - eps), ties to the smaller old row; probes with none are
-    left out. Old rows are not compared with each other (they were de-duplicated when they came).
-    A zero probe is a duplicate of the smallest zero old row (the rule's zero vectors)."""
+    are its duplicates (exact similarity >= 1 - eps), ties to the smaller old row; probes with none
+    are left out. Old rows are not compared with each other (they were de-duplicated when they came).
+    A zero probe is a duplicate of the smallest zero old row (the rule's zero vectors).
+
+    Only the best match is wanted, so a probe next to a ball of a thousand near-copies costs no
+    more than one next to a single row: float32 tiles screen (threshold less their rounding
+    bound), float64 products of the renormalised rows rank the screened candidates, and only the
+    candidates within twice their (much smaller) rounding bound of a probe's best get the exact
+    similarity. Byte-identical old rows are compared once, as the smallest of their keys.
+    """
+    px = np.ascontiguousarray(probe_x, dtype=np.float32)
+    ox = np.ascontiguousarray(old_x, dtype=np.float32)
     probe_rows = np.asarray(probe_rows, np.int64)
     old_rows = np.asarray(old_rows, np.int64)
-    ci, cj, cs = find_cross_pairs(probe_x, probe_rows, old_x, old_rows, eps, block_size=block_size)
-    zero_old = old_rows[~np.any(np.asarray(old_x) != 0.0, axis=1)]
-    zero_probe = probe_rows[~np.any(np.asarray(probe_x) != 0.0, axis=1)]
-    if zero_old.size and zero_probe.size:
-        ci = np.r_[ci, zero_probe]
-        cj = np.r_[cj, np.full(zero_probe.size, zero_old.min(), np.int64)]
-        cs = np.r_[cs, np.ones(zero_probe.size)]
-    return best_links(ci, cj, cs)
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+    if px.shape[0] == 0 or ox.shape[0] == 0:
+        return empty
+    threshold = 1.0 - float(eps)
+    pnz = np.any(px != 0.0, axis=1)
+    onz = np.any(ox != 0.0, axis=1)
+    out_i, out_j, out_s = [], [], []
+    if (~pnz).any() and (~onz).any():
+        zi = probe_rows[~pnz]
+        out_i.append(zi)
+        out_j.append(np.full(zi.size, old_rows[~onz].min(), np.int64))
+        out_s.append(np.ones(zi.size))
+    pp, op = np.flatnonzero(pnz), np.flatnonzero(onz)
+    if pp.size and op.size:
+        op = op[np.argsort(old_rows[op], kind="stable")]  # the first of identical rows is the smallest key
+        first = _first_identical(ox[op])
+        op = op[first == np.arange(op.size)]
+        xa, xb = px[pp], ox[op]
+        na64 = xa.astype(np.float64)
+        na64 /= np.linalg.norm(na64, axis=1, keepdims=True)
+        nb64 = xb.astype(np.float64)
+        nb64 /= np.linalg.norm(nb64, axis=1, keepdims=True)
+        m32 = _screen_margin(xa.shape[1])
+        m64 = 8.0 * (xa.shape[1] + 4) * 2.0**-53
+        cand_i, cand_j, cand_s = [], [], []
+        for a0 in range(0, xa.shape[0], block_size):
+            a1 = min(xa.shape[0], a0 + block_size)
+            for b0 in range(0, xb.shape[0], block_size):
+                b1 = min(xb.shape[0], b0 + block_size)
+                hit = (xa[a0:a1] @ xb[b0:b1].T) >= threshold - m32
+                rows = np.flatnonzero(hit.any(axis=1))
+                if rows.size == 0:
+                    continue
+                s64 = na64[a0 + rows] @ nb64[b0:b1].T
+                s64[~hit[rows]] = -np.inf
+                best = s64.max(axis=1)
+                keep = (s64 >= (best - 2 * m64)[:, None]) & (s64 >= threshold - m64)
+                ii, jj = np.nonzero(keep)
+                cand_i.append(rows[ii] + a0)
+                cand_j.append(jj.astype(np.int64) + b0)
+                cand_s.append(s64[ii, jj])
+        if cand_i:
+            ci, cj, cs = np.concatenate(cand_i), np.concatenate(cand_j), np.concatenate(cand_s)
+            best = np.full(xa.shape[0], -np.inf)
+            np.maximum.at(best, ci, cs)
+            near = cs >= best[ci] - 2 * m64
+            ci, cj = ci[near], cj[near]
+            exact = _exact_cosine_pairs(xa, xb, ci, cj)
+            ok = exact >= threshold
+            out_i.append(probe_rows[pp[ci[ok]]])
+            out_j.append(old_rows[op[cj[ok]]])
+            out_s.append(exact[ok])
+    if not out_i:
+        return empty
+    return best_links(np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s))
 
 
 def resolve_increment(kept_row: np.ndarray, link_row: np.ndarray, link_old: np.ndarray, link_sim: np.ndarray) -> np.ndarray:

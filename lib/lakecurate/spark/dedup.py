@@ -474,8 +474,10 @@ def _pair_cosines(pairs, a_vectors, b_vectors, dim: int):
     return joined.select("row", "vector", "kept_vector").mapInArrow(cosine, "row LONG, sim2 DOUBLE")
 
 
-def increment_removed(new_blocks: EmbeddingBlocks, old_blocks: EmbeddingBlocks, centroids: np.ndarray, removed_new, links):
+def increment_removed(new_blocks: EmbeddingBlocks, old_blocks: EmbeddingBlocks, centroids: np.ndarray, removed_new, links, hold):
     """The increment's removed rows, (id, kept_id, similarity, cluster) (lazy), and how many an old row stands for.
+
+    ``hold(df, what)`` keeps a frame that is read more than once (the caller releases it).
 
     :func:`~lakecurate.core.dedup.resolve_increment` on Spark: a group of new duplicates (its
     members share ``kept`` in ``removed_new``) with any link is removed whole, pointing at the old
@@ -500,6 +502,7 @@ def increment_removed(new_blocks: EmbeddingBlocks, old_blocks: EmbeddingBlocks, 
     by_old = (labels.join(removed_new.select("row", "kept"), on="row", how="left")
               .withColumn("rep", F.coalesce("kept", "row")).drop("kept")
               .join(best, on="rep").select("row", "id", "cluster", F.col("old_row").alias("kept"), F.col("old_id").alias("kept_id")))
+    by_old = hold(by_old, "new rows an old row stands for")
     pairs = by_old.select("row", "kept").toArrow()  # one row per new row an old row stands for
     new_rows, old_rows = pairs.column("row").to_numpy(), pairs.column("kept").to_numpy()
     sims = _pair_cosines(by_old, _vectors_of(new_blocks, new_rows), _vectors_of(old_blocks, old_rows), new_blocks.d)

@@ -144,8 +144,14 @@ def run_increment(ctx: StageContext, metrics: dict) -> None:
 
     blocks = cache(new, "new rows")
     olds = cache(old, "rows of the tree") if has_old else None
-    kept = kept_links = None
+    kept = None
     shipped: list = []
+    held: list = []
+
+    def hold(frame, what):
+        held.append(keep(frame, spark=ctx.spark, lake=ctx.lake, mode=cfg.spark.block_cache, what=what))
+        return held[-1].frame
+
     try:
         n, n_old = blocks.n, (olds.n if olds is not None else 0)
         metrics.update(new_rows=n, old_rows=n_old)
@@ -170,8 +176,7 @@ def run_increment(ctx: StageContext, metrics: dict) -> None:
                       rows=n + n_old):
             if olds is not None:
                 links = old_links(blocks, olds, fit.centroids, n_neighbors=r, eps=dcfg.eps, block_size=dcfg.block_size)
-                kept_links = keep(links, spark=ctx.spark, lake=ctx.lake, mode=cfg.spark.block_cache, what="links to old rows")
-                removed, _ = increment_removed(blocks, olds, fit.centroids, removed, kept_links.frame)
+                removed, _ = increment_removed(blocks, olds, fit.centroids, removed, hold(links, "links to old rows"), hold)
             else:
                 removed = removed.select("id", "kept_id", "similarity", "cluster")
             table = removed.select(F.col("id").alias(id_col), "kept_id", "similarity", "cluster")
@@ -188,9 +193,9 @@ def run_increment(ctx: StageContext, metrics: dict) -> None:
                  "%d duplicates of kept rows, %d among the new, %d kept in %.1fs",
                  n, n_old, tree_run, dcfg.eps, k, as_old, n_removed - as_old, n - n_removed, metrics["seconds"])
     finally:
-        for k_ in (kept, kept_links):
-            if k_ is not None:
-                k_.release()
+        for frame in [kept, *held]:
+            if frame is not None:
+                frame.release()
         for free in shipped:
             free()
         blocks.release()
