@@ -9,7 +9,8 @@ One child process starts a local Spark Connect server (``spark.remote=local[2]``
   server, which can cache, resolves to the block files of a classic session: checked too);
 * the embed stage on a text table (with rows it must reject);
 * the coreset stage on those embeddings, its target a text table embedded by the stage itself;
-* ``lakecurate shards`` on the curation run (its curated rows laid out by top-level cluster).
+* ``lakecurate shards`` on the curation run (its curated rows laid out by top-level cluster);
+* a nightly run on the grown pool: incremental dedup, assign and top-up into the curation's tree.
 
 The coreset's rows must equal those of the same run on the classic ``spark`` fixture. The curation's table digests (ids, paths, centroids, distances, duplicates: exact bits) are
 compared with those a classic session gave (``pinned_demo.json``, "demo-redundant-e2e"); the
@@ -50,6 +51,28 @@ def curate_plan(lake_root: str, block_cache: str):
     return load_plan("demo-redundant", [*DEMO, f"lake.root={lake_root}", f"spark.block_cache={block_cache}"])
 
 
+def grown_input(lake_root: str, folder: str) -> str:
+    """The curation's pool plus 60 new rows as Parquet: 40 exact copies (scaled) of pool rows, 20 others."""
+    pool = DeltaTable(os.path.join(lake_root, "pool")).to_pandas(columns=["id", "embedding"]).sort_values("id")
+    x = np.stack(pool["embedding"].to_numpy()).astype(np.float32)
+    rng = np.random.default_rng(2)
+    new = np.concatenate([2.0 * x[:40], x[100:120] + 0.5 * rng.standard_normal((20, x.shape[1]))]).astype(np.float32)
+    ids = np.r_[pool["id"].to_numpy(np.int64), 1_000_000 + np.arange(60, dtype=np.int64)]
+    os.makedirs(folder, exist_ok=True)
+    from lakecurate.spark.arrow import matrix_to_list_array
+
+    pq.write_table(pa.table({"id": pa.array(ids), "embedding": matrix_to_list_array(np.concatenate([x, new]))}),
+                   os.path.join(folder, "part-0.parquet"))
+    return folder
+
+
+def nightly_plan(lake_root: str, grown: str):
+    """The curation's config as a nightly run on the grown input: incremental dedup, assign, top-up."""
+    return load_plan("demo-redundant", [*DEMO, f"lake.root={lake_root}", "stages=[dedup,assign,sample]", "dedup.mode=incremental",
+                                        "sampling.mode=top_up", "sampling.target_size=420", "report.label_column=null",
+                                        "input.format=parquet", f"input.path={grown}", "spark.block_cache=lake"])
+
+
 def embed_config(lake_root: str, source: str) -> dict:
     return {
         "name": "connect-embed", "run_id": "embed", "lake": {"root": lake_root},
@@ -84,7 +107,7 @@ def embeddings_digest(lake_root: str) -> dict:
 CHILD = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from test_spark_connect import DEMO, coreset_config, coreset_rows, curate_plan, embed_config, embeddings_digest
+from test_spark_connect import DEMO, coreset_config, coreset_rows, curate_plan, embed_config, embeddings_digest, grown_input, nightly_plan
 from digests import run_digests
 from lakecurate.pipeline import run
 from lakecurate.plan import load_plan
@@ -100,6 +123,8 @@ out["lake"] = {"digests": run_digests(root, res.run_id), "report": res.report, "
 res = run(load_plan("demo-redundant", [*DEMO, f"lake.root={root}", "spark.block_cache=lake", "shards.payload_columns=[concept]"],
                     alone="shards"), spark=spark)
 out["shards"] = {"run_id": res.run_id, "skipped": res.skipped, "metrics": res.stages["shards"]}
+res = run(nightly_plan(root, grown_input(root, f"{sys.argv[2]}/grown")), spark=spark)
+out["nightly"] = {"run_id": res.run_id, "stages": res.stages}
 res = run(load_plan(data=embed_config(f"{sys.argv[2]}/embed", sys.argv[3]), alone="embed"), spark=spark)
 out["embed"] = {"digest": embeddings_digest(f"{sys.argv[2]}/embed"), "metrics": {k: res.stages["embed"][k] for k in ("embedded", "rejected")}}
 cfg = coreset_config(f"{sys.argv[2]}/coreset", f"{sys.argv[2]}/embed/embeddings", sys.argv[3], sys.argv[4])
@@ -164,6 +189,24 @@ def test_shards_on_spark_connect(connect_results, tmp_path_factory):
     np.testing.assert_array_equal(got["shard"], np.stack(curated["path"].to_numpy())[:, 1])
     np.testing.assert_array_equal(got["concept"], pool.loc[got["id"], "concept"])
     assert shards["metrics"]["n_shards"] == got["shard"].nunique()
+
+
+def test_a_nightly_increment_on_spark_connect(connect_results):
+    """Incremental dedup, assign and top-up on the Connect session: the 40 copies of pool rows go,
+    pointing at the tree's rows; the rest join the tree; the top-up changes only what the quotas force."""
+    m = connect_results["nightly"]["stages"]
+    root = connect_results["root"]
+    dedup, assign, sample = m["dedup"], m["assign"], m["sample"]
+    assert dedup["mode"] == "incremental" and dedup["new_rows"] == 60 and dedup["removed_as_old"] >= 40
+    tree = assign["tree_run_id"]
+    dups = DeltaTable(os.path.join(root, "duplicates")).to_pandas()
+    mine = dups[dups["run_id"] == connect_results["nightly"]["run_id"]].set_index("id")
+    assert set(range(1_000_000, 1_000_040)) <= set(mine.index)
+    assigned = set(DeltaTable(os.path.join(root, "assignments")).to_pandas().query("run_id == @tree")["id"])
+    assert set(mine.loc[list(range(1_000_000, 1_000_040)), "kept_id"]) <= assigned
+    assert assign["new_rows"] == 60 - dedup["removed"] and not set(mine.index) & assigned
+    assert (sample["dropped"], sample["added"]) == (sample["dropped_least"], sample["added_least"])
+    assert sample["added"] - sample["dropped"] == 20 and sample["previous_run_id"] == tree
 
 
 def test_embedding_on_spark_connect_equals_classic(spark, tmp_path, text_source, connect_results):
