@@ -48,7 +48,7 @@ def run_dedup(ctx: StageContext, metrics: dict) -> None:
     id_col = cfg.input.id_column
     t0 = time.perf_counter()
     blocks = ctx.input_blocks("dedup", transform=unit_rows)
-    kept = None
+    held: list = []
     shipped: list = []
     try:
         n = blocks.n
@@ -59,26 +59,8 @@ def run_dedup(ctx: StageContext, metrics: dict) -> None:
         metrics.update(n_rows=n, dim=blocks.d, eps=dcfg.eps, n_clusters=k, n_neighbor_clusters=r)
         metrics["cache_seconds"] = round(time.perf_counter() - t0, 3)
 
-        t1 = time.perf_counter()
-        fit, _ = coarse_clustering(SparkAssigner(blocks), k, n_iter=dcfg.n_iter, seed=dcfg.seed)
-        sizes = fit.counts.astype(np.int64)
-        q = chunks_per_cluster(sizes, dcfg.max_cluster_rows)
-        metrics.update(coarse_seconds=round(time.perf_counter() - t1, 3), largest_cluster=int(sizes.max()),
-                       chunked_clusters=int((q > 1).sum()), tasks=n_tasks(sizes, q))
-        if (q > 1).any():
-            log.info(
-                "dedup: %d coarse cluster(s) above dedup.max_cluster_rows=%d (largest %d rows) are compared in chunks",
-                int((q > 1).sum()), dcfg.max_cluster_rows, int(sizes.max()),
-            )
-
-        fault_point("dedup:pairwise")
-        t2 = time.perf_counter()
-        results = pairwise_results(blocks, fit.centroids, q, n_neighbors=r, eps=dcfg.eps, block_size=dcfg.block_size)
-        with progress(ctx.spark, f"dedup: pairwise comparisons within {k} coarse clusters", rows=n):
-            kept = keep(results, spark=ctx.spark, lake=ctx.lake, mode=cfg.spark.block_cache, what="pairwise results")
-            results = kept.frame
-            n_local = removed_within_clusters(results).count()
-        metrics["pairwise_seconds"] = round(time.perf_counter() - t2, 3)
+        fit, sizes, results = within_clusters(ctx, blocks, k, r, metrics, f"dedup: pairwise comparisons within {k} coarse clusters",
+                                              held)
 
         t3 = time.perf_counter()
         with progress(ctx.spark, "dedup: merging duplicate groups across clusters and writing the duplicates table"):
@@ -91,7 +73,7 @@ def run_dedup(ctx: StageContext, metrics: dict) -> None:
         for row in ctx.lake.read(DUPLICATES, ctx.run_id).groupBy("cluster").count().collect():
             removed_per[int(row["cluster"])] = row["count"]
         n_removed = int(removed_per.sum())
-        metrics.update(removed_in_cluster=int(n_local), removed=n_removed, kept=n - n_removed,
+        metrics.update(removed=n_removed, kept=n - n_removed,
                        removed_by_cluster_size=removal_by_band(sizes, removed_per))
         metrics["seconds"] = round(time.perf_counter() - t0, 3)
         metrics["seconds_per_million_rows"] = round(metrics["seconds"] / max(n, 1) * 1e6, 3)
@@ -100,11 +82,35 @@ def run_dedup(ctx: StageContext, metrics: dict) -> None:
             n, k, int(sizes.max()), dcfg.eps, r, n - n_removed, n_removed, metrics["seconds"],
         )
     finally:
-        if kept is not None:
-            kept.release()
+        for frame in held:
+            frame.release()
         for free in shipped:
             free()
         blocks.release()
+
+
+def within_clusters(ctx: StageContext, blocks, k: int, r: int, metrics: dict, what: str, held: list):
+    """Steps 1 and 2 of the module docstring on ``blocks``: (coarse fit, cluster sizes, the
+    pairwise results, kept: ``held`` gets what to release)."""
+    dcfg = ctx.config.dedup
+    t1 = time.perf_counter()
+    fit, _ = coarse_clustering(SparkAssigner(blocks), k, n_iter=dcfg.n_iter, seed=dcfg.seed)
+    sizes = fit.counts.astype(np.int64)
+    q = chunks_per_cluster(sizes, dcfg.max_cluster_rows)
+    metrics.update(coarse_seconds=round(time.perf_counter() - t1, 3), largest_cluster=int(sizes.max()),
+                   chunked_clusters=int((q > 1).sum()), tasks=n_tasks(sizes, q))
+    if (q > 1).any():
+        log.info("dedup: %d coarse cluster(s) above dedup.max_cluster_rows=%d (largest %d rows) are compared in chunks",
+                 int((q > 1).sum()), dcfg.max_cluster_rows, int(sizes.max()))
+    fault_point("dedup:pairwise")
+    t2 = time.perf_counter()
+    results = pairwise_results(blocks, fit.centroids, q, n_neighbors=r, eps=dcfg.eps, block_size=dcfg.block_size)
+    with progress(ctx.spark, what, rows=blocks.n):
+        held.append(keep(results, spark=ctx.spark, lake=ctx.lake, mode=ctx.config.spark.block_cache, what="pairwise results"))
+        results = held[-1].frame
+        metrics["removed_in_cluster"] = removed_within_clusters(results).count()
+    metrics["pairwise_seconds"] = round(time.perf_counter() - t2, 3)
+    return fit, sizes, results
 
 
 def run_increment(ctx: StageContext, metrics: dict) -> None:
@@ -144,7 +150,6 @@ def run_increment(ctx: StageContext, metrics: dict) -> None:
 
     blocks = cache(new, "new rows")
     olds = cache(old, "rows of the tree") if has_old else None
-    kept = None
     shipped: list = []
     held: list = []
 
@@ -158,19 +163,12 @@ def run_increment(ctx: StageContext, metrics: dict) -> None:
         k = increment_n_clusters(n, n_old, dcfg.n_clusters, dcfg.n_neighbor_clusters)
         r = min(dcfg.n_neighbor_clusters, k - 1)
         metrics.update(n_rows=n, n_clusters=k, n_neighbor_clusters=r, cache_seconds=round(time.perf_counter() - t0, 3))
-        t1 = time.perf_counter()
-        fit, _ = coarse_clustering(SparkAssigner(blocks), k, n_iter=dcfg.n_iter, seed=dcfg.seed)
-        sizes = fit.counts.astype(np.int64)
-        q = chunks_per_cluster(sizes, dcfg.max_cluster_rows)
-        metrics.update(coarse_seconds=round(time.perf_counter() - t1, 3), largest_cluster=int(sizes.max()))
-        fault_point("dedup:pairwise")
         t2 = time.perf_counter()
-        results = pairwise_results(blocks, fit.centroids, q, n_neighbors=r, eps=dcfg.eps, block_size=dcfg.block_size)
-        with progress(ctx.spark, f"dedup: the {n} new rows among themselves, in {k} coarse clusters", rows=n):
-            kept = keep(results, spark=ctx.spark, lake=ctx.lake, mode=cfg.spark.block_cache, what="pairwise results")
-            results = kept.frame
+        fit, _, results = within_clusters(ctx, blocks, k, r, metrics, f"dedup: the {n} new rows among themselves, in {k} coarse clusters",
+                                          held)
+        with progress(ctx.spark, "dedup: merging the new rows' duplicate groups across clusters"):
             removed, metrics["cross_pairs"], metrics["merged_representatives"] = resolve_removed(blocks, results, shipped)
-        metrics["pairwise_seconds"] = round(time.perf_counter() - t2, 3)
+        metrics["merge_seconds"] = round(time.perf_counter() - t2 - metrics["coarse_seconds"] - metrics["pairwise_seconds"], 3)
         t3 = time.perf_counter()
         with progress(ctx.spark, f"dedup: the new rows against the tree's {n_old} kept rows, and writing the duplicates table",
                       rows=n + n_old):
@@ -193,9 +191,8 @@ def run_increment(ctx: StageContext, metrics: dict) -> None:
                  "%d duplicates of kept rows, %d among the new, %d kept in %.1fs",
                  n, n_old, tree_run, dcfg.eps, k, as_old, n_removed - as_old, n - n_removed, metrics["seconds"])
     finally:
-        for frame in [kept, *held]:
-            if frame is not None:
-                frame.release()
+        for frame in held:
+            frame.release()
         for free in shipped:
             free()
         blocks.release()
