@@ -50,10 +50,31 @@ def build_parser() -> argparse.ArgumentParser:
     vac.add_argument("--apply", action="store_true", help="delete them (default: only list them)")
     vac.add_argument("--older-than-hours", type=float, default=1.0,
                      help="leave younger files alone: a write still in flight has unreferenced files too (default 1)")
+    listing = sub.add_parser("runs", help="list the lake's runs from its runs table (no Spark): stages, status, started, seconds, rows")
+    listing.add_argument("--lake", default=DEFAULT_LAKE, help=f"the lake root (folder or URI; default {DEFAULT_LAKE}, the demo's)")
+    show = sub.add_parser("show", help="print one run's summary from the runs table (no Spark)")
+    show.add_argument("run_id")
+    show.add_argument("--lake", default=DEFAULT_LAKE, help=f"the lake root (folder or URI; default {DEFAULT_LAKE}, the demo's)")
     where = sub.add_parser("where", help="print where the installed package keeps its spark-submit job files or bundled configs")
     where.add_argument("what", choices=["jobs", "conf", "curate", "dedup", "embed", "coreset", "shards", "assign"],
                        help="jobs or conf: the folder; a job's name: its spark-submit file")
     return p
+
+
+#: where ``lakecurate runs`` and ``show`` look without --lake: the bundled demo's lake.root
+DEFAULT_LAKE = "lake/demo"
+
+
+def _history(args) -> None:
+    from lakecurate.config import LakeConfig
+    from lakecurate.history import read_runs, runs_lines, show_lines
+    from lakecurate.lake import Lake
+
+    lake = Lake(None, LakeConfig(root=args.lake))
+    runs = read_runs(lake)
+    lines = runs_lines(runs) if args.command == "runs" else show_lines(runs, args.run_id)
+    print(f"lake {lake.root}: {len(runs)} run(s)" if args.command == "runs" else f"lake {lake.root}")
+    print("\n".join(lines))
 
 
 def _where(what: str) -> str:
@@ -135,6 +156,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         if args.command == "vacuum":
             _vacuum(args)
+            return 0
+        if args.command in ("runs", "show"):
+            _history(args)
             return 0
         if args.command == "where":
             print(_where(args.what))

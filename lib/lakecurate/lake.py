@@ -272,7 +272,7 @@ class Lake:
         if self.backend == "native":
             df = self.read(name)
             return [r.asDict() for r in (df.select(*columns) if columns else df).collect()]
-        return self._delta(_uri(self.path(name))).to_pyarrow_table(columns=columns).to_pylist()
+        return read_delta_files(self.path(name), storage_options=self.options, columns=columns).to_pylist()
 
     def delta_snapshot(self, path: str) -> dict:
         """The identity of a Delta table's latest version: ``{"table_id", "version"}``."""
@@ -1013,6 +1013,29 @@ def delta_files(path: str, *, storage_options: Optional[dict] = None, version: O
         rel = a["path"]
         files.append(DeltaFile(rel if "://" in rel else f"{base}/{rel}", values, a.get("num_records"), a["size_bytes"]))
     return dt.version(), files
+
+
+def read_delta_files(path: str, *, storage_options: Optional[dict] = None, columns: Optional[list[str]] = None) -> pa.Table:
+    """The latest version of a small Delta table as one Arrow table, its partition columns filled
+    from the log: delta-rs reads the log, pyarrow the files. (delta-rs's own scan leaves native
+    threads that abort about one process in two at interpreter exit, an exit code 134 after a
+    correct answer; a command must not end that way.)"""
+    schema, parts = table_schema(path, storage_options=storage_options)
+    _, files = delta_files(path, storage_options=storage_options)
+    want = columns or schema.names
+    stored = [c for c in want if c not in parts]
+    pieces = []
+    for f in files:
+        fs, p = filesystem(f.uri, storage_options or {})
+        t = pq.read_table(p, columns=stored, filesystem=fs)
+        for c in parts:
+            if c in want:
+                t = t.append_column(pa.field(c, schema.field(c).type), pa.array([f.partition.get(c)] * t.num_rows).cast(schema.field(c).type))
+        pieces.append(t.select(want))
+    target = pa.schema([schema.field(c) for c in want])
+    if not pieces:
+        return target.empty_table()
+    return pa.concat_tables([t.cast(target) for t in pieces])
 
 
 def table_schema(path: str, *, storage_options: Optional[dict] = None, version: Optional[int] = None) -> tuple[pa.Schema, list[str]]:
