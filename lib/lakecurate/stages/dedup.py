@@ -172,19 +172,16 @@ def run_increment(ctx: StageContext, metrics: dict) -> None:
         t3 = time.perf_counter()
         with progress(ctx.spark, f"dedup: the new rows against the tree's {n_old} kept rows, and writing the duplicates table",
                       rows=n + n_old):
+            as_old = 0
             if olds is not None:
                 links = old_links(blocks, olds, fit.centroids, n_neighbors=r, eps=dcfg.eps, block_size=dcfg.block_size)
-                removed, _ = increment_removed(blocks, olds, fit.centroids, removed, hold(links, "links to old rows"), hold)
+                removed, as_old = increment_removed(blocks, olds, fit.centroids, removed, hold(links, "links to old rows"), hold)
             else:
                 removed = removed.select("id", "kept_id", "similarity", "cluster")
             table = removed.select(F.col("id").alias(id_col), "kept_id", "similarity", "cluster")
             ctx.lake.write_run(table, DUPLICATES, ctx.run_id)
         metrics["old_rows_seconds"] = round(time.perf_counter() - t3, 3)
-        tree_ids = ctx.lake.read(ASSIGNMENTS, tree_run).select(F.col(id_col).alias("kept_id")).withColumn("old", F.lit(1))
-        written = ctx.lake.read(DUPLICATES, ctx.run_id).select("kept_id").join(tree_ids, on="kept_id", how="left")
-        counts = written.groupBy("old").count().collect()
-        as_old = sum(int(c["count"]) for c in counts if c["old"] == 1)
-        n_removed = sum(int(c["count"]) for c in counts)
+        n_removed = ctx.lake.read(DUPLICATES, ctx.run_id).count()
         metrics.update(removed=n_removed, removed_as_old=as_old, removed_among_new=n_removed - as_old, kept=n - n_removed,
                        seconds=round(time.perf_counter() - t0, 3))
         log.info("dedup: %d new rows against the %d kept rows of the tree of run %s (eps=%g, %d coarse clusters): "
