@@ -10,4 +10,15 @@ PY="${PY:-python3}"
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q --no-compile "torch==2.13.0"
 .venv/bin/pip install -q --no-compile -e ".[spark,embed,dev]"
+# Debian's chromium, for the test that renders the HTML report as a person sees it
+# (tests/e2e/test_report.py drives it with playwright's client, no browser download); where it
+# cannot be installed (not root, no apt-get, no registry) that test is skipped with the reason
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
+      || echo "setup: chromium could not be installed; the report's browser test will be skipped" >&2
+  else
+    echo "setup: no chromium and no root apt-get to install it; the report's browser test will be skipped" >&2
+  fi
+fi
 .venv/bin/python -c "import lakecurate, faiss, pyspark, grpc, deltalake, torch; print('lakecurate', lakecurate.__version__, 'ready')"

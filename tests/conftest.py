@@ -29,3 +29,14 @@ def spark():
 @pytest.fixture
 def lake_root(tmp_path):
     return str(tmp_path / "lake")
+
+
+@pytest.fixture(autouse=True)
+def _html_report_only_where_tested(request, monkeypatch):
+    """In-process runs skip the HTML report a run writes at its end (a few seconds each, over the
+    suite's ~100 runs) unless the test is marked ``html_report``; the CLI tests, in fresh processes,
+    always write it."""
+    if request.node.get_closest_marker("html_report") is None:
+        import lakecurate.pipeline
+
+        monkeypatch.setattr(lakecurate.pipeline, "write_html_report", lambda lake, result: None)

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print one run's summary from the runs table (no Spark)")
     show.add_argument("run_id")
     show.add_argument("--lake", default=DEFAULT_LAKE, help=f"the lake root (folder or URI; default {DEFAULT_LAKE}, the demo's)")
+    report = sub.add_parser("report", help="write one run's HTML report (figures, balance, duplicates, example rows) into the lake (no Spark)")
+    report.add_argument("run_id")
+    report.add_argument("--lake", default=DEFAULT_LAKE, help=f"the lake root (folder or URI; default {DEFAULT_LAKE}, the demo's)")
     where = sub.add_parser("where", help="print where the installed package keeps its spark-submit job files or bundled configs")
     where.add_argument("what", choices=["jobs", "conf", "curate", "dedup", "embed", "coreset", "shards", "assign"],
                        help="jobs or conf: the folder; a job's name: its spark-submit file")
@@ -75,6 +78,15 @@ def _history(args) -> None:
     lines = runs_lines(runs) if args.command == "runs" else show_lines(runs, args.run_id)
     print(f"lake {lake.root}: {len(runs)} run(s)" if args.command == "runs" else f"lake {lake.root}")
     print("\n".join(lines))
+
+
+def _report(args) -> None:
+    from lakecurate.config import LakeConfig
+    from lakecurate.lake import Lake
+    from lakecurate.report import write_report
+
+    path = write_report(Lake(None, LakeConfig(root=args.lake)), args.run_id)
+    print(f"report of run {args.run_id}: {path}")
 
 
 def _where(what: str) -> str:
@@ -143,6 +155,11 @@ def _print_summary(result, plan) -> None:
         print(f"  e.g. spark.sql(\"SELECT stage, status, seconds FROM runs WHERE run_id = '{result.run_id}'\")")
     last = next(iter(t for t in reversed(plan.tables()) if t in result.tables), "runs")
     print(f"       or without Spark: deltalake.DeltaTable('{result.tables[last]}').to_pandas()")
+    if result.html_report:
+        print(f"  report: {result.html_report}")
+    elif result.html_report_error:
+        print(f"  report: NOT written ({result.html_report_error}); the tables are committed. "
+              f"Write it with: lakecurate report {result.run_id} --lake {result.lake_root}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -159,6 +176,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         if args.command in ("runs", "show"):
             _history(args)
+            return 0
+        if args.command == "report":
+            _report(args)
             return 0
         if args.command == "where":
             print(_where(args.what))

@@ -254,6 +254,8 @@ class ReportConfig:
     #: balance report of the curated subset against a uniform random subset of the same size
     label_column: Optional[str] = None
     seed: int = 0
+    #: write the run's HTML report (``<lake>/reports/<run_id>/index.html``) at the end of the run
+    html: bool = True
 
     def validate(self, where: str) -> None:
         if self.label_column is not None:

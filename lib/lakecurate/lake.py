@@ -29,7 +29,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 from urllib.parse import unquote
 
 import numpy as np
@@ -273,6 +273,14 @@ class Lake:
             df = self.read(name)
             return [r.asDict() for r in (df.select(*columns) if columns else df).collect()]
         return read_delta_files(self.path(name), storage_options=self.options, columns=columns).to_pylist()
+
+    def scan(self, name: str, run_id: Optional[str] = None, columns: Optional[list[str]] = None,
+             batch_rows: int = 65536) -> Iterator[pa.Table]:
+        """A table of this lake (one run's partition, or all of it) a piece at a time on this
+        process, through delta-rs and pyarrow, with or without Spark (:func:`scan_delta`): for the
+        report and other readers that aggregate as they go."""
+        return scan_delta(self.path(name), storage_options=self.options, columns=columns,
+                          partition=None if run_id is None else {"run_id": run_id}, batch_rows=batch_rows)
 
     def delta_snapshot(self, path: str) -> dict:
         """The identity of a Delta table's latest version: ``{"table_id", "version"}``."""
@@ -859,6 +867,10 @@ class Lake:
     def _join(self, *parts: str) -> str:
         return posixpath.join(*parts) if _is_uri(parts[0]) else os.path.join(*parts)
 
+    def file_path(self, relpath: str) -> str:
+        """Where ``<root>/<relpath>`` is (a local path or a URI)."""
+        return self._join(self.root, relpath)
+
     def put_file(self, relpath: str, data: bytes) -> None:
         """Write ``<root>/<relpath>`` atomically (a temporary name, then a rename)."""
         put_bytes(self._join(self.root, relpath), data, self.options)
@@ -1015,27 +1027,41 @@ def delta_files(path: str, *, storage_options: Optional[dict] = None, version: O
     return dt.version(), files
 
 
-def read_delta_files(path: str, *, storage_options: Optional[dict] = None, columns: Optional[list[str]] = None) -> pa.Table:
-    """The latest version of a small Delta table as one Arrow table, its partition columns filled
-    from the log: delta-rs reads the log, pyarrow the files. (delta-rs's own scan leaves native
-    threads that abort about one process in two at interpreter exit, an exit code 134 after a
-    correct answer; a command must not end that way.)"""
+def scan_delta(path: str, *, storage_options: Optional[dict] = None, columns: Optional[list[str]] = None,
+               partition: Optional[dict] = None, batch_rows: int = 65536) -> Iterator[pa.Table]:
+    """The latest version of a Delta table a piece at a time (no Spark, bounded memory): delta-rs
+    reads the log, pyarrow the files, ``batch_rows`` rows at most per piece, only the ``columns``
+    asked for, only the files whose partition values equal ``partition``; partition columns are
+    filled from the log. (delta-rs's own scan leaves native threads that abort about one process in
+    two at interpreter exit, an exit code 134 after a correct answer; a command must not end that way.)"""
     schema, parts = table_schema(path, storage_options=storage_options)
-    _, files = delta_files(path, storage_options=storage_options)
-    want = columns or schema.names
+    _, files = delta_files(path, storage_options=storage_options, partition=partition)
+    want = list(columns or schema.names)
+    missing = [c for c in want if c not in schema.names]
+    if missing:
+        raise TableError(f"Delta table {path!r} has no column(s) {missing} (columns: {schema.names})")
     stored = [c for c in want if c not in parts]
-    pieces = []
+    target = pa.schema([schema.field(c) for c in want])
     for f in files:
         fs, p = filesystem(f.uri, storage_options or {})
-        t = pq.read_table(p, columns=stored, filesystem=fs)
-        for c in parts:
-            if c in want:
-                t = t.append_column(pa.field(c, schema.field(c).type), pa.array([f.partition.get(c)] * t.num_rows).cast(schema.field(c).type))
-        pieces.append(t.select(want))
-    target = pa.schema([schema.field(c) for c in want])
-    if not pieces:
-        return target.empty_table()
-    return pa.concat_tables([t.cast(target) for t in pieces])
+        with fs.open_input_file(p) as handle:
+            for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=stored):
+                t = pa.Table.from_batches([batch])
+                for c in parts:
+                    if c in want:
+                        t = t.append_column(pa.field(c, schema.field(c).type),
+                                            pa.array([f.partition.get(c)] * t.num_rows).cast(schema.field(c).type))
+                yield t.select(want).cast(target)
+
+
+def read_delta_files(path: str, *, storage_options: Optional[dict] = None, columns: Optional[list[str]] = None,
+                     partition: Optional[dict] = None) -> pa.Table:
+    """The latest version of a small Delta table as one Arrow table (:func:`scan_delta`, concatenated)."""
+    pieces = list(scan_delta(path, storage_options=storage_options, columns=columns, partition=partition))
+    if pieces:
+        return pa.concat_tables(pieces)
+    schema, _ = table_schema(path, storage_options=storage_options)
+    return pa.schema([schema.field(c) for c in (columns or schema.names)]).empty_table()
 
 
 def table_schema(path: str, *, storage_options: Optional[dict] = None, version: Optional[int] = None) -> tuple[pa.Schema, list[str]]:

@@ -11,7 +11,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Optional, Union
 
 from lakecurate.config import RunConfig, redacted
 from lakecurate.inputs import InputFacts, fingerprint_coreset_target, fingerprint_embed_source, fingerprint_run_input, input_facts, input_tables, prepare_run_input
@@ -40,6 +40,8 @@ class RunResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)  # stages run by this call
     tables: dict[str, str] = field(default_factory=dict)  # name -> path, of the tables the run's stages write, and runs
     inputs: dict[str, tuple] = field(default_factory=dict)  # lake tables read as input: name -> (path, run_id partition)
+    html_report: Optional[str] = None  # where the run's HTML report was written
+    html_report_error: Optional[str] = None  # why it was not (the run's tables are committed all the same)
 
     @property
     def report(self):
@@ -108,8 +110,24 @@ def run(plan: Union[RunPlan, RunConfig], spark=None) -> RunResult:
     for name, part in (input_tables(config.input) if reads_input else {}).items():
         lake.register(name)
         result.inputs[name] = (lake.path(name), part)
+    if config.report.html:
+        write_html_report(lake, result)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def write_html_report(lake: Lake, result: RunResult) -> None:
+    """The run's HTML report, after its stages committed. It only reads tables: a failure here leaves
+    every table as it is, is logged as an error with the command that writes the report again, and
+    is kept on the result (the CLI prints it); the run is not failed for it."""
+    from lakecurate.report import write_report
+
+    try:
+        result.html_report = write_report(lake, result.run_id)
+    except Exception as exc:  # noqa: BLE001 - any failure of a read-only step after the commits
+        result.html_report_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        log.error("the HTML report of run %s was not written (%s); the run's tables are committed. Write it with: "
+                  "lakecurate report %s --lake %s", result.run_id, result.html_report_error, result.run_id, lake.root, exc_info=True)
 
 
 @contextmanager

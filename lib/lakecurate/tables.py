@@ -18,6 +18,7 @@ CLUSTERS = "clusters"
 ASSIGNMENTS = "assignments"
 CURATED = "curated"
 SHARDS = "shards"
+LABEL_COUNTS = "label_counts"
 RUNS = "runs"
 
 #: one line per table: the Delta table description written with its first commit
@@ -31,6 +32,7 @@ DESCRIPTIONS = {
     ASSIGNMENTS: "level-1..T cluster of every input row",
     CURATED: "the curated subset",
     SHARDS: "the curated (or all assigned) rows with their payload, one Delta partition per cluster at the chosen level",
+    LABEL_COUNTS: "rows per (known label, level-1 cluster) of the pool, a random subset, the de-duplicated pool and the curated subset",
     RUNS: "one row per stage attempt: config, status, timings, metrics",
 }
 

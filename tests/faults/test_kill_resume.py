@@ -40,7 +40,7 @@ BASE = {
     "dedup": {"eps": 0.01, "n_clusters": 4, "n_iter": 2},
     "clustering": {"n_clusters": [24, 6], "resample_size": [1, 3], "n_resampling_steps": 1, "n_iter": 3},
     "sampling": {"target_size": 150},
-    "report": {"label_column": "item"},
+    "report": {"label_column": "item", "html": False},  # the HTML report reads tables only: not what a kill can break
     "spark": {"master": "local[2]", "partitions": 2, "conf": {"spark.sql.shuffle.partitions": 2}},
 }
 #: the job for kills inside de-duplication, and the (cheaper) one for kills after it

@@ -56,7 +56,7 @@ def test_plan_resolves_levels_stages_and_tables():
     assert [p.n_clusters for p in plan.levels] == [10, 2]
     assert [p.resample_size for p in plan.levels] == [1, 3] and all(p.spherical for p in plan.levels)
     assert plan.stage_names == ["cluster", "sample", "report"]  # the report runs when a label column is set
-    assert plan.tables() == ["assignments", "clusters", "curated"]
+    assert plan.tables() == ["assignments", "clusters", "curated", "label_counts"]
     alone = load_plan(os.path.join(ROOT, "conf", "embed-text.yaml"), alone="embed")
     assert alone.stage_names == ["embed"] and alone.tables() == ["embeddings", "rejects"]
     assert alone.run_id.startswith("texts-embed-")  # a fresh run each time it runs alone

@@ -27,8 +27,9 @@ def test_no_underscored_name_is_imported_from_another_module():
     assert not offences, offences
 
 
-def test_core_imports_no_spark():
-    for path in _python_files(os.path.join("lib", "lakecurate", "core")):
+def test_core_and_the_readers_import_no_spark():
+    """The math, the HTML report and the training-time readers run where there is no Spark."""
+    for path in _python_files(*(os.path.join("lib", "lakecurate", p) for p in ("core", "report", "torch"))):
         for node in ast.walk(ast.parse(open(path).read())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(n.startswith(("pyspark", "lakecurate.spark", "lakecurate.stages")) for n in names), (path, names)
@@ -53,4 +54,4 @@ def test_every_stage_that_runs_alone_is_a_cli_command():
     from lakecurate.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"run", "vacuum", "where", "runs", "show"} | {s.name for s in STAGES if s.command}
+    assert set(sub.choices) == {"run", "vacuum", "where", "runs", "show", "report"} | {s.name for s in STAGES if s.command}

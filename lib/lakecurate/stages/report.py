@@ -2,7 +2,9 @@
 
 Only runs when ``report.label_column`` names a column of the input with known labels (a
 generated pool's concepts, or a labelled evaluation slice of a real lake). All counting happens
-in Spark; only per-label counts reach the driver.
+in Spark: it writes ``label_counts``, rows per (label, level-1 cluster) of the pool, a random
+subset of the curated size, the de-duplicated pool and the curated subset, which the HTML report
+(:mod:`lakecurate.report`) reads; only per-label totals reach the driver.
 """
 
 from __future__ import annotations
@@ -14,18 +16,14 @@ import pyarrow as pa
 
 from lakecurate.core.keys import random_keys
 from lakecurate.core.metrics import balance_from_counts
-from lakecurate.errors import InputDataError
+from lakecurate.errors import InputDataError, TableError
 from lakecurate.faults import fault_point
 from lakecurate.spark.arrow import row_keys
 from lakecurate.stages.context import Stage, StageContext
-from lakecurate.tables import CURATED
+from lakecurate.tables import ASSIGNMENTS, CURATED, LABEL_COUNTS
 
 log = logging.getLogger(__name__)
 _REPORT_STREAM = 3
-
-
-def _label_counts(df, label: str) -> np.ndarray:
-    return np.array([r["count"] for r in df.groupBy(label).count().collect()], dtype=np.int64)
 
 
 def preflight(cfg, facts) -> None:
@@ -35,6 +33,7 @@ def preflight(cfg, facts) -> None:
 
 
 def run_report(ctx: StageContext, metrics: dict) -> None:
+    from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
     cfg = ctx.config
@@ -45,9 +44,12 @@ def run_report(ctx: StageContext, metrics: dict) -> None:
     source = ctx.input_frame("dedup")
     if label not in source.columns:
         raise InputDataError(f"report.label_column={label!r} is not a column of the input (columns: {source.columns})")
-    labelled = source.select(id_col, label)
-    curated = ctx.lake.read(CURATED, ctx.run_id).select(id_col)
+    labelled = source.select(id_col, F.col(label).cast("string").alias("label"))
+    curated = ctx.lake.read(CURATED, ctx.run_id)
     n = curated.count()
+    tree_runs = [r["tree_run_id"] for r in curated.select("tree_run_id").distinct().collect()]
+    if len(tree_runs) != 1:
+        raise TableError(f"table {CURATED!r} of run {ctx.run_id!r} points into {len(tree_runs)} trees ({tree_runs}): expected one")
     seed = cfg.report.seed
 
     def keyed(batches):
@@ -56,20 +58,27 @@ def run_report(ctx: StageContext, metrics: dict) -> None:
             yield pa.RecordBatch.from_arrays(list(b.columns) + [pa.array(key)], names=list(b.schema.names) + ["_key"])
 
     schema = T.StructType(list(labelled.schema.fields) + [T.StructField("_key", T.LongType())])
-    random_subset = labelled.mapInArrow(keyed, schema).orderBy("_key").limit(n)
-    pool_counts = _label_counts(labelled, label)
-    n_concepts = int(pool_counts.size)
-    metrics["label_column"] = label
-    metrics["pool"] = balance_from_counts(pool_counts, n_concepts)
-    metrics["random"] = balance_from_counts(_label_counts(random_subset, label), n_concepts)
+    random_ids = labelled.mapInArrow(keyed, schema).orderBy("_key").limit(n).select(id_col, F.lit(1).alias("_random"))
+    curated_ids = curated.groupBy(id_col).agg(F.count(F.lit(1)).alias("_curated"))  # a row drawn twice counts twice
+    kept = ctx.input_frame("report").select(id_col, F.lit(1).alias("_kept")) if ctx.plan.has("dedup") else None
+    assigned = ctx.lake.read(ASSIGNMENTS, tree_runs[0]).select(id_col, "cluster")
+    rows = labelled.join(assigned, on=id_col, how="left").join(random_ids, on=id_col, how="left").join(curated_ids, on=id_col, how="left")
+    if kept is not None:
+        rows = rows.join(kept, on=id_col, how="left")
+    counts = rows.groupBy("label", "cluster").agg(
+        F.count(F.lit(1)).alias("pool"), F.coalesce(F.sum("_random"), F.lit(0)).cast("long").alias("random"),
+        F.coalesce(F.sum("_curated"), F.lit(0)).cast("long").alias("curated"),
+        *([F.coalesce(F.sum("_kept"), F.lit(0)).cast("long").alias("deduplicated")] if kept is not None else
+          [F.lit(None).cast("long").alias("deduplicated")]))
     fault_point("report:counted")
-    metrics["curated"] = balance_from_counts(_label_counts(curated.join(labelled, on=id_col), label), n_concepts)
-    names = ["pool", "random", "curated"]
-    if ctx.plan.has("dedup"):
-        kept = ctx.input_frame("report").select(id_col, label)
-        metrics["deduplicated"] = balance_from_counts(_label_counts(kept, label), n_concepts)
-        names.insert(2, "deduplicated")
+    ctx.lake.write_run(counts, LABEL_COUNTS, ctx.run_id)
+    # the balance figures from the written table (one small GROUP BY, nothing recomputed)
+    names = ["pool", "random", "deduplicated", "curated"] if kept is not None else ["pool", "random", "curated"]
+    totals = ctx.lake.read(LABEL_COUNTS, ctx.run_id).groupBy("label").agg(*[F.sum(c).alias(c) for c in names]).toPandas()
+    n_concepts = int((totals["pool"] > 0).sum())
+    metrics["label_column"] = label
     for name in names:
+        metrics[name] = balance_from_counts(totals[name].to_numpy(np.int64), n_concepts)
         log.info("balance of %s: %s", name, metrics[name])
 
 
@@ -94,7 +103,7 @@ STAGE = Stage(
     config_sections=("report",),
     run=run_report,
     help="balance of the curated subset against a random one, over a column of known labels",
-    writes=lambda cfg: (),
+    writes=lambda cfg: (LABEL_COUNTS,),
     summary=summarize,
     automatic=lambda cfg: cfg.report.label_column is not None and "sample" in cfg.stages,
     preflight=preflight,

@@ -1,0 +1,261 @@
+"""The report as one self-contained HTML page: figures and thumbnails embedded as data URIs, inline
+CSS, no script, no font or file fetched from anywhere, so it opens offline from the lake or a laptop."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+from typing import Callable, Optional
+
+import numpy as np
+
+from lakecurate import __version__
+from lakecurate.core.metrics import covered, gini
+from lakecurate.report.gather import THRESHOLDS, ReportData
+
+log = logging.getLogger(__name__)
+
+THUMB_PX = 112
+MAX_THUMBS = 240  # images embedded at most (the rest show their path or size)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"BM", b"II*\x00", b"MM\x00*")
+
+CSS = """
+body{font-family:"DejaVu Sans",Arial,sans-serif;margin:0;color:#222;background:#fafafa}
+header{background:#1f3b57;color:#fff;padding:14px 28px}header h1{margin:0;font-size:20px}
+header p{margin:4px 0 0;font-size:13px;opacity:.9}
+nav{padding:6px 28px;background:#e9eef3;font-size:13px}nav a{margin-right:14px;color:#1f3b57}
+main{padding:8px 28px 40px;max-width:1250px}section{margin:22px 0}h2{font-size:17px;border-bottom:1px solid #ccd;padding-bottom:3px}
+h3{font-size:14px;margin:14px 0 6px}p.note{font-size:12.5px;color:#555;max-width:900px}
+table{border-collapse:collapse;font-size:12.5px;margin:6px 0}th,td{border:1px solid #d5d9de;padding:3px 8px;text-align:right}
+th{background:#eef1f4}td.l,th.l{text-align:left}figure{margin:8px 0}figure img{max-width:100%;border:1px solid #e3e3e3;background:#fff}
+figcaption{font-size:12px;color:#555}.cards{display:flex;flex-wrap:wrap;gap:10px}
+.card{background:#fff;border:1px solid #d5d9de;border-radius:4px;padding:8px;width:360px;font-size:12px}
+.card h4{margin:0 0 6px;font-size:13px}.rows{display:flex;flex-wrap:wrap;gap:6px}
+.row{border:1px solid #eee;padding:3px;max-width:170px;overflow-wrap:anywhere}.row.kept{border-color:#2ca02c;border-width:2px}
+.row img.thumb{display:block;width:auto;height:auto;max-width:112px;max-height:112px}.id{color:#777;font-size:11px}
+pre{background:#fff;border:1px solid #ddd;padding:8px;font-size:11.5px;overflow:auto;max-height:420px}
+"""
+
+
+class Thumbnails:
+    """Image payloads as small embedded PNGs (bytes with an image signature, or a path to an image file)."""
+
+    def __init__(self, read_path: Optional[Callable[[str], bytes]] = None):
+        self.read_path = read_path
+        self.count = 0
+
+    def html(self, value) -> Optional[str]:
+        data = None
+        if isinstance(value, (bytes, bytearray)) and bytes(value[:4]).startswith(_MAGIC):
+            data = bytes(value)
+        elif isinstance(value, str) and value.lower().endswith(IMAGE_EXTENSIONS) and self.read_path is not None:
+            try:
+                data = self.read_path(value)
+            except Exception as exc:  # a moved file: its path is shown instead
+                log.debug("report: image %s not read: %s", value, exc)
+        if data is None or self.count >= MAX_THUMBS:
+            return None
+        try:
+            from PIL import Image
+
+            img = Image.open(io.BytesIO(data))
+            img.thumbnail((THUMB_PX, THUMB_PX))
+            out = io.BytesIO()
+            img.convert("RGB").save(out, format="PNG")
+        except Exception as exc:
+            log.debug("report: image not decoded: %s", exc)
+            return None
+        self.count += 1
+        return f'<img class="thumb" alt="image" src="data:image/png;base64,{base64.b64encode(out.getvalue()).decode()}">'
+
+
+def _e(v) -> str:
+    return html.escape(str(v))
+
+
+def _num(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}"
+    if isinstance(v, (float, np.floating)):
+        if float(v).is_integer() and abs(v) < 1e15:
+            return f"{int(v):,}"
+        return f"{v:,.3f}" if abs(v) < 1000 else f"{v:,.0f}"
+    return _e(v)
+
+
+def _table(head: list[str], rows: list[list], left: int = 1) -> str:
+    th = "".join(f'<th class="{"l" if i < left else ""}">{_e(h)}</th>' for i, h in enumerate(head))
+    body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c if isinstance(c, _Raw) else _num(c)}</td>'
+                                    for i, c in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><tr>{th}</tr>{body}</table>"
+
+
+class _Raw(str):
+    """Cell content that is already HTML."""
+
+
+def _row_html(row: dict, id_col: str, thumbs: Thumbnails, kept: bool = False) -> str:
+    parts = []
+    for k, v in row.items():
+        if k in (id_col, "similarity"):
+            continue
+        img = thumbs.html(v)
+        if img:
+            parts.append(img)
+        elif isinstance(v, (bytes, bytearray)):
+            parts.append(f"<i>{len(v):,} bytes</i>")
+        elif v is not None:
+            text = str(v)
+            parts.append(f"<div>{_e(text[:280])}{'…' if len(text) > 280 else ''}</div>")
+    rid = row.get(id_col)
+    img = thumbs.html(rid) if isinstance(rid, str) else None  # image files: the id is the path
+    if img:
+        parts.insert(0, img)
+    sim = f" · cos {row['similarity']:.4f}" if row.get("similarity") is not None else ""
+    label = "kept " if kept else ""
+    return f'<div class="row{" kept" if kept else ""}">{"".join(parts)}<div class="id">{label}{_e(id_col)}={_e(rid)}{sim}</div></div>'
+
+
+def _figure(figures: dict, name: str, caption: str) -> str:
+    png = figures.get(name)
+    if png is None:
+        return ""
+    return (f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+            f"<figcaption>{_e(caption)} ({_e(name)} next to this page)</figcaption></figure>")
+
+
+def render(data: ReportData, figures: dict[str, bytes], *, lake_root: str, thumbs: Thumbnails) -> str:
+    run = data.run
+    m = data.stage_metrics
+    sections: list[tuple[str, str, str]] = []  # (anchor, title, body)
+
+    # ---- the tree
+    if data.levels:
+        rows = [[f"level {lv.level}", s["k"], int(lv.sizes.sum()), s["largest"], s["median"], s["smallest"], s["empty"],
+                 s["imbalance"], s["gini"]] for lv in data.levels for s in [lv.summary]]
+        body = _table(["level", "clusters", "data points", "largest", "median", "smallest", "empty", "imbalance (max/mean)", "Gini"], rows)
+        body += _figure(figures, "cluster_sizes.png", "Rank/size of the clusters of each level (log-log): flatter is more even")
+        sections.append(("tree", f"Cluster tree (run {data.tree_run})", body))
+
+    # ---- balance
+    if data.curated is not None:
+        top = data.top_of_level1
+        k_top = data.levels[-1].sizes.size
+        subsets = {"pool": data.levels[0].sizes, "random": data.random, "curated": data.curated}
+        rows = []
+        for name, c in subsets.items():
+            if c is None:
+                continue
+            per_top = np.bincount(top, weights=c, minlength=k_top)
+            rows.append([name, int(c.sum()), int((c > 0).sum()), gini(c), int((per_top > 0).sum()), gini(per_top),
+                         *[covered(per_top, THRESHOLDS)[t] for t in THRESHOLDS]])
+        body = _table(["subset", "rows", "level-1 clusters with rows", "Gini (level 1)", "top clusters with rows", "Gini (top)",
+                       *[f"top clusters ≥ {t}" for t in THRESHOLDS]], rows)
+        body += ('<p class="note">The random subset is a uniform draw of the curated size from the pool\'s clusters '
+                 "(multivariate hypergeometric on the tree's cluster sizes). Gini 0 = every cluster holds the same rows.</p>")
+        body += _figure(figures, "lorenz.png", "Lorenz curves: the diagonal is a perfectly even subset")
+        if data.labels is not None:
+            lab = data.labels
+            body += f"<h3>Against known labels: <code>{_e(lab.column)}</code> ({len(lab.names):,} values)</h3>"
+            names = [n for n in ("pool", "random", "deduplicated", "curated") if n in data.balance]
+            brow = [[n, data.balance[n]["n"], data.balance[n]["concepts_covered"], data.balance[n]["entropy_bits"],
+                     data.balance[n]["effective_concepts"], data.balance[n]["largest_share"], data.balance[n]["kl_to_uniform_bits"],
+                     *[covered(lab.totals[n], THRESHOLDS)[t] for t in THRESHOLDS]] for n in names if n in lab.totals]
+            body += _table(["subset", "rows", "covered", "entropy (bits)", "effective concepts", "largest share", "KL to uniform (bits)",
+                            *[f"≥ {t} rows" for t in THRESHOLDS]], brow)
+            body += _figure(figures, "concepts.png", f"Rows per {lab.column}, most frequent in the pool first")
+        sections.append(("balance", "Balance of the curated subset", body))
+
+    if data.centroid_map is not None:
+        body = ('<p class="note">Each dot is a level-1 centroid, projected on the first two principal components of the '
+                "centroids (exact PCA); its area follows its cluster's size.</p>")
+        body += _figure(figures, "centroids.png", "Level-1 centroids")
+        sections.append(("map", "Map of the clusters", body))
+
+    # ---- small-subset guidance
+    if data.guidance:
+        key = "concepts" if data.labels is not None else "top"
+        what = f"{data.labels.column} values" if data.labels is not None else f"top-level clusters (of {data.levels[-1].sizes.size:,})"
+        head = ["subset size", *[f"{what.split(' ')[0]} ≥ {t}" for t in THRESHOLDS]]
+        if key == "concepts":
+            head += [f"random ≥ {t}" for t in THRESHOLDS]
+        head += [f"level-1 clusters ≥ {t}" for t in THRESHOLDS]
+        rows = [[g["target_size"], *[g[key][t] for t in THRESHOLDS],
+                 *([g["concepts_random"][t] for t in THRESHOLDS] if key == "concepts" else []),
+                 *[g["level1"][t] for t in THRESHOLDS]] for g in data.guidance]
+        body = ('<p class="note">How many groups a curated subset of each size still covers with at least N rows, from this '
+                f"run's target down to a few thousand: {_e(what)}. The quotas are the sampler's own for that "
+                "<code>sampling.target_size</code> on this tree; per label they are expected counts (each cluster's quota spread "
+                "over its labels as in the pool). In-domain pretraining on tens of thousands of well-spread images can beat "
+                "generic large-scale pretraining, and the gains fade below roughly 50k images: pick the smallest size that still "
+                "covers the concepts you need with enough rows each.</p>")
+        body += _table(head, rows) + _figure(figures, "guidance.png", "Coverage against subset size")
+        sections.append(("guidance", "How small can the subset be?", body))
+
+    # ---- dedup
+    if data.dedup is not None:
+        d = data.dedup
+        dm = m.get("dedup", {})
+        rows_in = d.rows_in
+        body = f"<p>{d.removed:,} rows removed as near-duplicates" + (f" of {rows_in:,} ({d.removed / rows_in:.2%})" if rows_in else "")
+        body += f", {d.group_sizes.size:,} kept rows stand for them (cosine ≥ {1 - float(dm.get('eps', 0) or 0):g})" if dm.get("eps") else ""
+        body += ".</p>"
+        if d.group_sizes.size:
+            body += _table(["kept rows", "removed", "largest group", "median group", "groups of 1"],
+                           [[d.group_sizes.size, d.removed, int(d.group_sizes.max()), float(np.median(d.group_sizes)),
+                             int((d.group_sizes == 1).sum())]])
+        body += _figure(figures, "duplicates.png", "Rows removed per kept row")
+        if d.groups:
+            body += "<h3>The largest groups: the kept row (green) and removed rows, most similar first</h3><div class=\"cards\">"
+            for g in d.groups:
+                rows_html = _row_html(g.kept, data.id_column, thumbs, kept=True) + "".join(_row_html(r, data.id_column, thumbs) for r in g.removed)
+                body += f'<div class="card"><h4>{g.size:,} removed for {_e(data.id_column)}={_e(g.kept.get(data.id_column))}</h4><div class="rows">{rows_html}</div></div>'
+            body += "</div>"
+        sections.append(("dedup", "Near-duplicates", body))
+
+    # ---- examples
+    if data.examples:
+        src = f" Payload from {_e(data.payload_source)}." if data.payload_source else " No payload column is known for this input: ids only."
+        body = (f'<p class="note">Rows of the {"curated subset" if data.curated is not None else "tree"} in a few of the largest, '
+                f"smallest and random level-1 clusters, so a person can tell what a cluster is about.{src}</p><div class=\"cards\">")
+        for ex in data.examples:
+            cur = "" if ex.curated is None else f", {ex.curated:,} curated"
+            top = "" if ex.top is None else f", top-level {ex.top}"
+            rows_html = "".join(_row_html(r, data.id_column, thumbs) for r in ex.rows) or "<i>no rows</i>"
+            body += f'<div class="card"><h4>{_e(ex.kind)}: cluster {ex.cluster_id} ({ex.size:,} rows{cur}{top})</h4><div class="rows">{rows_html}</div></div>'
+        body += "</div>"
+        sections.append(("examples", "What is in the clusters", body))
+
+    # ---- convergence and timings
+    levels = m.get("cluster", {}).get("levels") or []
+    if levels:
+        rows = []
+        for lv in levels:
+            for st in lv.get("steps", []):
+                its = st.get("iterations", [])
+                rows.append([f"level {lv['level']}", st["step"], st.get("n_points"), len(its), its[0]["objective"] if its else None,
+                             st.get("objective"), st.get("n_reseeded"), lv.get("seconds")])
+        body = _table(["level", "resampling step", "points", "iterations", "first objective", "final objective", "re-seeded", "level seconds"], rows)
+        body += _figure(figures, "convergence.png", "Objective per Lloyd iteration")
+        sections.append(("convergence", "Convergence", body))
+    rows = [[s.stage, s.status, s.attempts, s.seconds, s.started_at.strftime("%Y-%m-%d %H:%M:%S")] for s in run.stages]
+    body = _table(["stage", "status", "attempts", "seconds", "started (UTC)"], rows) + _figure(figures, "timings.png", "Seconds per stage")
+    warnings = [f"{s.stage}: {w}" for s in run.stages for w in s.metrics.get("warnings", [])]
+    if warnings:
+        body += "<h3>Warnings</h3><ul>" + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul>"
+    sections.append(("timings", "Stages", body))
+    sections.append(("config", "Config", f"<pre>{_e(json.dumps(run.config, indent=2, sort_keys=True, default=str))}</pre>"))
+
+    nav = "".join(f'<a href="#{a}">{_e(t.split(" (")[0])}</a>' for a, t, _ in sections)
+    main = "".join(f'<section id="{a}"><h2>{_e(t)}</h2>{b}</section>' for a, t, b in sections)
+    head = (f"run {_e(run.run_id)}: {_e(run.status)}, started {run.started_at:%Y-%m-%d %H:%M:%S} UTC, {run.seconds:.1f} s of stages, "
+            f"rows in {_num(run.rows_in)}, rows out {_num(run.rows_out)} · lake {_e(lake_root)} · lakecurate {_e(run.version or __version__)}")
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>lakecurate report: {_e(run.run_id)}</title>'
+            f"<style>{CSS}</style></head><body><header><h1>lakecurate report: {_e(run.run_id)}</h1><p>{head}</p></header>"
+            f"<nav>{nav}</nav><main>{main}</main></body></html>")
