@@ -195,10 +195,17 @@ def load_plan(
 _NEW_DEFAULTS = {("sampling", "mode"): "fresh", ("dedup", "mode"): "full"}
 
 
+#: keys that change no table, only what is written beside them: never in a fingerprint
+_NO_RESULT = {("report", "html")}
+
+
 def _without_new_defaults(d: dict) -> dict:
     for (section, key), value in _NEW_DEFAULTS.items():
         if isinstance(d.get(section), dict) and d[section].get(key) == value:
             d[section].pop(key)
+    for section, key in _NO_RESULT:
+        if isinstance(d.get(section), dict):
+            d[section].pop(key, None)
     return d
 
 

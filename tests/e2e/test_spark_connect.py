@@ -66,9 +66,9 @@ def grown_input(lake_root: str, folder: str) -> str:
     return folder
 
 
-def nightly_plan(lake_root: str, grown: str):
+def nightly_plan(lake_root: str, grown: str, extra=()):
     """The curation's config as a nightly run on the grown input: incremental dedup, assign, top-up."""
-    return load_plan("demo-redundant", [*DEMO, f"lake.root={lake_root}", "stages=[dedup,assign,sample]", "dedup.mode=incremental",
+    return load_plan("demo-redundant", [*DEMO, *extra, f"lake.root={lake_root}", "stages=[dedup,assign,sample]", "dedup.mode=incremental",
                                         "sampling.mode=top_up", "sampling.target_size=420", "report.label_column=null",
                                         "input.format=parquet", f"input.path={grown}", "spark.block_cache=lake"])
 
@@ -119,16 +119,18 @@ assert is_connect(spark), type(spark)
 out = {"auto_resolves_to": resolve(spark, "auto"), "root": f"{sys.argv[2]}/curate"}
 root = f"{sys.argv[2]}/curate"
 res = run(curate_plan(root, "lake"), spark=spark)
-out["lake"] = {"digests": run_digests(root, res.run_id), "report": res.report, "block_cache": res.stages["cluster"]["block_cache"]}
-res = run(load_plan("demo-redundant", [*DEMO, f"lake.root={root}", "spark.block_cache=lake", "shards.payload_columns=[concept]"],
+out["lake"] = {"digests": run_digests(root, res.run_id), "report": res.report, "block_cache": res.stages["cluster"]["block_cache"],
+               "html_report": res.html_report, "html_report_error": res.html_report_error}
+NO_HTML = ["report.html=false"]  # the curation run above wrote its HTML report on Connect; the others need not
+res = run(load_plan("demo-redundant", [*DEMO, *NO_HTML, f"lake.root={root}", "spark.block_cache=lake", "shards.payload_columns=[concept]"],
                     alone="shards"), spark=spark)
 out["shards"] = {"run_id": res.run_id, "skipped": res.skipped, "metrics": res.stages["shards"]}
-res = run(nightly_plan(root, grown_input(root, f"{sys.argv[2]}/grown")), spark=spark)
+res = run(nightly_plan(root, grown_input(root, f"{sys.argv[2]}/grown"), NO_HTML), spark=spark)
 out["nightly"] = {"run_id": res.run_id, "stages": res.stages}
-res = run(load_plan(data=embed_config(f"{sys.argv[2]}/embed", sys.argv[3]), alone="embed"), spark=spark)
+res = run(load_plan(data=embed_config(f"{sys.argv[2]}/embed", sys.argv[3]), overrides=NO_HTML, alone="embed"), spark=spark)
 out["embed"] = {"digest": embeddings_digest(f"{sys.argv[2]}/embed"), "metrics": {k: res.stages["embed"][k] for k in ("embedded", "rejected")}}
 cfg = coreset_config(f"{sys.argv[2]}/coreset", f"{sys.argv[2]}/embed/embeddings", sys.argv[3], sys.argv[4])
-res = run(load_plan(data=cfg), spark=spark)
+res = run(load_plan(data=cfg, overrides=NO_HTML), spark=spark)
 out["coreset"] = {"rows": coreset_rows(f"{sys.argv[2]}/coreset"), "metrics": res.stages["coreset"]}
 print("RESULT " + json.dumps(out, default=str))
 """
@@ -172,6 +174,10 @@ def test_curation_on_spark_connect_without_a_cache_equals_classic(connect_result
     assert connect_results["lake"]["digests"] == classic
     report = connect_results["lake"]["report"]
     assert report["curated"]["n"] == 400 and report["deduplicated"]["n"] < report["pool"]["n"] == 2500
+    # the HTML report at the end of the run, written on the Connect client through delta-rs
+    assert connect_results["lake"]["html_report_error"] is None
+    page = connect_results["lake"]["html_report"]
+    assert page.endswith("/index.html") and 'id="dedup"' in open(page, encoding="utf-8").read()
     assert connect_results["auto_resolves_to"] == "local_files"  # a Connect server that can cache
 
 

@@ -191,3 +191,13 @@ def test_the_shards_stage_keeps_the_run_id_and_its_command_adds_it():
     assert command.stage_names == ["cluster", "sample", "shards", "report"]
     assert listed.stage_fingerprints["sample"] == base.stage_fingerprints["sample"]  # cluster and sample resume
     assert listed.stage_fingerprints["shards"] != command.stage_fingerprints["shards"]  # another level reruns shards
+
+
+def test_the_html_report_switch_changes_no_run_id_and_no_stage():
+    """report.html only says whether a page is written beside the tables: the run and its stages stay."""
+    on = load(overrides=["report.label_column=c"])
+    off = load(overrides=["report.label_column=c", "report.html=false"])
+    assert on.run_id == off.run_id and on.stage_fingerprints == off.stage_fingerprints
+    assert on.config.report.html is True and off.config.report.html is False
+    with pytest.raises(ConfigError, match="report.html"):
+        load(overrides=["report.html=maybe"])

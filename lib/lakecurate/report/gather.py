@@ -221,6 +221,8 @@ def _centroid_map(lake, tree_run: str, k1: int) -> Optional[CentroidMap]:
     ids, X = ids[order], X[order]
     X = X - X.mean(axis=0)
     _, s, vt = np.linalg.svd(X, full_matrices=False)
+    if vt.shape[0] < 2:  # one dimension: no plane to draw on
+        return None
     var = s**2
     explained = (float(var[0] / var.sum()), float(var[1] / var.sum())) if var.sum() > 0 else (0.0, 0.0)
     return CentroidMap(ids, X @ vt[:2].T, explained, k1)
