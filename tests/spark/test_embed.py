@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import io
 import os
+import re
 import textwrap
 import warnings
 
@@ -268,6 +270,7 @@ def test_missing_model_path_is_a_config_error_before_spark_work(spark, tmp_path)
 
 
 # ------------------------------------------------------------------------------------ end to end
+@pytest.mark.html_report
 def test_cli_embed_then_run_embed_cluster_sample_end_to_end(spark, tmp_path, capsys):
     texts = make_texts(300, seed=5)
     src = write_texts(tmp_path / "src", list(range(1000, 1300)), texts)
@@ -290,6 +293,11 @@ def test_cli_embed_then_run_embed_cluster_sample_end_to_end(spark, tmp_path, cap
     assert main(["run", str(path), "run_id=e2e-1"]) == 0
     out = capsys.readouterr().out
     assert "embedded 0 new rows" in out and "(nothing new to embed)" in out and "curated 100 of 300 rows" in out
+    # its HTML report shows the example rows' texts, fetched from the embed source by id
+    page = re.search(r"report: (\S+index\.html)", out).group(1)
+    assert page == os.path.join(lake_root, "reports", "e2e-1", "index.html")
+    shown = open(page, encoding="utf-8").read()
+    assert sum(html.escape(t) in shown for t in texts) >= 12
 
     curated = table(lake_root, "curated")
     assert len(curated) == 100 and curated["id"].is_unique and set(curated["id"]) <= set(range(1000, 1300))

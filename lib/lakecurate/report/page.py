@@ -130,6 +130,33 @@ def _figure(figures: dict, name: str, caption: str) -> str:
             f"<figcaption>{_e(caption)} ({_e(name)} next to this page)</figcaption></figure>")
 
 
+def _headline(data: ReportData) -> str:
+    """The few figures a person checks first."""
+    items = []
+    if data.dedup is not None:
+        items.append(f"{data.dedup.removed:,} near-duplicate rows removed" + (f" ({data.dedup.removed / data.dedup.rows_in:.1%} of the input)"
+                                                                          if data.dedup.rows_in else ""))
+    if data.levels:
+        items.append("a tree of " + " / ".join(f"{lv.sizes.size:,}" for lv in data.levels) + " clusters (level 1 to the top) over "
+                     f"{int(data.levels[0].sizes.sum()):,} rows")
+    if data.curated is not None:
+        top = data.top_of_level1
+        k = data.levels[-1].sizes.size
+        g_pool = gini(np.bincount(top, weights=data.levels[0].sizes, minlength=k))
+        g_cur = gini(np.bincount(top, weights=data.curated, minlength=k))
+        items.append(f"{int(data.curated.sum()):,} rows curated from {int((data.curated > 0).sum()):,} level-1 clusters; "
+                     f"Gini of rows over the top-level clusters {g_pool:.2f} in the pool, {g_cur:.2f} in the curated subset")
+    for name in ("pool", "random", "curated"):
+        if data.balance.get(name) and data.labels is not None:
+            b = data.balance[name]
+            items.append(f"{name}: {b['effective_concepts']:,.1f} effective {_e(data.labels.column)} values of {len(data.labels.names):,}, "
+                         f"the largest holds {b['largest_share']:.1%} of the rows")
+    warnings = sum(len(s.metrics.get("warnings", [])) for s in data.run.stages)
+    if warnings:
+        items.append(f'{warnings} warning(s): see <a href="#timings">Stages</a>')
+    return "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>" if items else "<p>This run wrote no tree, subset or duplicates.</p>"
+
+
 def render(data: ReportData, figures: dict[str, bytes], *, lake_root: str, thumbs: Thumbnails) -> str:
     run = data.run
     m = data.stage_metrics
@@ -252,6 +279,7 @@ def render(data: ReportData, figures: dict[str, bytes], *, lake_root: str, thumb
     sections.append(("timings", "Stages", body))
     sections.append(("config", "Config", f"<pre>{_e(json.dumps(run.config, indent=2, sort_keys=True, default=str))}</pre>"))
 
+    sections.insert(0, ("summary", "In short", _headline(data)))
     nav = "".join(f'<a href="#{a}">{_e(t.split(" (")[0])}</a>' for a, t, _ in sections)
     main = "".join(f'<section id="{a}"><h2>{_e(t)}</h2>{b}</section>' for a, t, b in sections)
     head = (f"run {_e(run.run_id)}: {_e(run.status)}, started {run.started_at:%Y-%m-%d %H:%M:%S} UTC, {run.seconds:.1f} s of stages, "
