@@ -91,7 +91,7 @@ class RunPlan:
 def config_fingerprint(config: RunConfig) -> str:
     """Hash of everything that changes the result: not Spark tuning, not the run id, not the
     report, not where temporary files are staged, not the shards stage; the dedup and coreset settings only for runs of those stages."""
-    d = _without_new_defaults(to_dict(config))
+    d = _result_keys(to_dict(config))
     for k in ("run_id", "spark", "report"):
         d.pop(k, None)
     d["lake"].pop("staging", None)
@@ -111,7 +111,7 @@ def config_fingerprint(config: RunConfig) -> str:
 def stage_fingerprints(config: RunConfig, records: Sequence[Stage], inputs: Optional[dict] = None) -> dict[str, str]:
     """Each stage's fingerprint: the input (config and recorded fingerprints), then, stage by
     stage up to and including it, the stage's name and the config sections it reads."""
-    d = _without_new_defaults(to_dict(config))
+    d = _result_keys(to_dict(config))
     if config.input.format == "synthetic" and d["input"]["synthetic"] is None:
         d["input"]["synthetic"] = to_dict(SyntheticConfig())
     chain: list = [{"input": d["input"], "inputs": inputs or {}}]
@@ -199,7 +199,9 @@ _NEW_DEFAULTS = {("sampling", "mode"): "fresh", ("dedup", "mode"): "full"}
 _NO_RESULT = {("report", "html")}
 
 
-def _without_new_defaults(d: dict) -> dict:
+def _result_keys(d: dict) -> dict:
+    """``d`` (a config as a dict) less what must not move a fingerprint: new keys at their neutral
+    default, and keys that change no table."""
     for (section, key), value in _NEW_DEFAULTS.items():
         if isinstance(d.get(section), dict) and d[section].get(key) == value:
             d[section].pop(key)

@@ -59,11 +59,7 @@ def _subset_counts(data: ReportData, top: bool) -> dict[str, np.ndarray]:
         out["random"] = data.random
     if data.curated is not None:
         out["curated"] = data.curated
-    if top:
-        parent = data.top_of_level1
-        k = data.levels[-1].sizes.size
-        out = {name: np.bincount(parent, weights=c, minlength=k) for name, c in out.items()}
-    return out
+    return {name: data.per_top(c) for name, c in out.items()} if top else out
 
 
 def lorenz_curves(data: ReportData) -> Optional[bytes]:
@@ -184,7 +180,7 @@ def guidance_curve(data: ReportData) -> Optional[bytes]:
 
 
 def stage_timings(data: ReportData) -> Optional[bytes]:
-    stages = [s for s in data.run.stages]
+    stages = data.run.stages
     if not stages:
         return None
     plt = _plt()

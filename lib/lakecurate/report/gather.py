@@ -23,6 +23,7 @@ from lakecurate.core.metrics import covered, expected_group_counts, guidance_tar
 from lakecurate.core.sampling import hierarchical_quotas, tree_from_levels
 from lakecurate.errors import TableError
 from lakecurate.history import RunSummary, read_runs
+from lakecurate.lake import read_delta_files
 from lakecurate.tables import ASSIGNMENTS, CLUSTERS, CURATED, DUPLICATES, LABEL_COUNTS, POOL
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,6 @@ DUPLICATE_GROUPS = 4
 DUPLICATE_ROWS = 5
 #: row counts a concept (or cluster) must reach to count as covered
 THRESHOLDS = (10, 100, 1000)
-#: columns of curated/assignments that are lakecurate's own, not payload
-OWN_COLUMNS = {"run_id", "cluster", "path", "rank", "copy", "strategy", "tree_run_id", "added_in", "dropped_in",
-               "row_key", "distance"}
 
 
 @dataclass
@@ -109,7 +107,6 @@ class ReportData:
     labels: Optional[Labels] = None
     dedup: Optional[Dedup] = None
     examples: list[ClusterExample] = field(default_factory=list)
-    payload_columns: list[str] = field(default_factory=list)
     payload_source: Optional[str] = None
     guidance: list[dict] = field(default_factory=list)
     balance: dict = field(default_factory=dict)  # the report stage's figures (known labels)
@@ -127,6 +124,10 @@ class ReportData:
         for lv in self.levels[:-1]:
             top = lv.parents[top]
         return top
+
+    def per_top(self, per_level1: np.ndarray) -> np.ndarray:
+        """Rows per top-level cluster, from rows per level-1 cluster."""
+        return np.bincount(self.top_of_level1, weights=per_level1, minlength=self.levels[-1].sizes.size)
 
 
 def gather(lake, run_id: str, *, seed: int = 0) -> ReportData:
@@ -158,7 +159,7 @@ def gather(lake, run_id: str, *, seed: int = 0) -> ReportData:
         data.labels = _labels(lake, run_id, metrics["report"].get("label_column", "label"))
     dedup_run = _output_run(run_id, metrics, "dedup")
     payload = PayloadSource(lake, cfg, id_col)
-    data.payload_columns, data.payload_source = payload.columns, payload.where
+    data.payload_source = payload.where
     if dedup_run is not None and lake.exists(DUPLICATES):
         data.dedup = _dedup(lake, dedup_run, id_col, metrics["dedup"], payload)
     if data.levels:
@@ -185,8 +186,8 @@ def _tree_run(run_id: str, metrics: dict) -> Optional[str]:
 
 
 def _levels(lake, tree_run: str) -> list[Level]:
-    t = pa.concat_tables(list(lake.scan(CLUSTERS, tree_run, ["level", "cluster_id", "parent_id", "size"])) or
-                         [pa.table({"level": [], "cluster_id": [], "parent_id": [], "size": []})])
+    t = read_delta_files(lake.path(CLUSTERS), storage_options=lake.options, columns=["level", "cluster_id", "parent_id", "size"],
+                         partition={"run_id": tree_run})
     levels = []
     for level in sorted(set(t.column("level").to_pylist())):
         rows = t.filter(pc.equal(t.column("level"), level))
@@ -383,9 +384,10 @@ def _examples(lake, data: ReportData, run_id: str, payload: PayloadSource, rng) 
 
 
 def _dedup(lake, dedup_run: str, id_col: str, metrics: dict, payload: PayloadSource) -> Dedup:
+    rows_in = metrics.get("n_rows") or metrics.get("new_rows")
     kept_ids = [piece.column("kept_id") for piece in lake.scan(DUPLICATES, dedup_run, ["kept_id"], batch_rows=1 << 20)]
     if not kept_ids:
-        return Dedup(0, metrics.get("n_rows") or metrics.get("new_rows"), np.zeros(0, np.int64), [])
+        return Dedup(0, rows_in, np.zeros(0, np.int64), [])
     counts = pc.value_counts(pa.chunked_array([c for k in kept_ids for c in k.chunks]))
     keys, sizes = counts.field("values"), counts.field("counts").to_numpy()
     order = np.argsort(-sizes, kind="stable")[:DUPLICATE_GROUPS]
@@ -399,7 +401,7 @@ def _dedup(lake, dedup_run: str, id_col: str, metrics: dict, payload: PayloadSou
     found = payload.fetch(top + [i for v in shown.values() for _, i in v])
     groups = [DuplicateGroup({id_col: k, **found.get(k, {})}, [{id_col: i, "similarity": s, **found.get(i, {})} for s, i in shown[k]],
                              int(sizes[j])) for k, j in zip(top, order)]
-    return Dedup(int(sizes.sum()), metrics.get("n_rows") or metrics.get("new_rows"), sizes.astype(np.int64), groups)
+    return Dedup(int(sizes.sum()), rows_in, sizes.astype(np.int64), groups)
 
 
 # ---------------------------------------------------------------- the small-subset guidance
@@ -415,14 +417,13 @@ def guidance(data: ReportData, target: int, seed: int) -> list[dict]:
     """
     tree = tree_from_levels([lv.sizes for lv in data.levels], [lv.parents for lv in data.levels])
     pool = tree.n_points
-    top = data.top_of_level1
     rows = []
     for size in guidance_targets(target):
         if size >= pool:
             continue
         quotas = hierarchical_quotas(tree, size, np.random.default_rng(seed))
         row = {"target_size": size, "level1": covered(quotas, THRESHOLDS),
-               "top": covered(np.bincount(top, weights=quotas, minlength=data.levels[-1].sizes.size), THRESHOLDS)}
+               "top": covered(data.per_top(quotas), THRESHOLDS)}
         if data.labels is not None:
             lab = data.labels
             n = len(lab.names)

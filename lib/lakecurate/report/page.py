@@ -140,10 +140,7 @@ def _headline(data: ReportData) -> str:
         items.append("a tree of " + " / ".join(f"{lv.sizes.size:,}" for lv in data.levels) + " clusters (level 1 to the top) over "
                      f"{int(data.levels[0].sizes.sum()):,} rows")
     if data.curated is not None:
-        top = data.top_of_level1
-        k = data.levels[-1].sizes.size
-        g_pool = gini(np.bincount(top, weights=data.levels[0].sizes, minlength=k))
-        g_cur = gini(np.bincount(top, weights=data.curated, minlength=k))
+        g_pool, g_cur = gini(data.per_top(data.levels[0].sizes)), gini(data.per_top(data.curated))
         items.append(f"{int(data.curated.sum()):,} rows curated from {int((data.curated > 0).sum()):,} level-1 clusters; "
                      f"Gini of rows over the top-level clusters {g_pool:.2f} in the pool, {g_cur:.2f} in the curated subset")
     for name in ("pool", "random", "curated"):
@@ -172,14 +169,12 @@ def render(data: ReportData, figures: dict[str, bytes], *, lake_root: str, thumb
 
     # ---- balance
     if data.curated is not None:
-        top = data.top_of_level1
-        k_top = data.levels[-1].sizes.size
         subsets = {"pool": data.levels[0].sizes, "random": data.random, "curated": data.curated}
         rows = []
         for name, c in subsets.items():
             if c is None:
                 continue
-            per_top = np.bincount(top, weights=c, minlength=k_top)
+            per_top = data.per_top(c)
             rows.append([name, int(c.sum()), int((c > 0).sum()), gini(c), int((per_top > 0).sum()), gini(per_top),
                          *[covered(per_top, THRESHOLDS)[t] for t in THRESHOLDS]])
         body = _table(["subset", "rows", "level-1 clusters with rows", "Gini (level 1)", "top clusters with rows", "Gini (top)",
