@@ -27,6 +27,7 @@ import yaml
 from lakecurate.embed.spec import EncoderSpec
 from lakecurate.errors import ConfigError
 from lakecurate.validation import (
+    AUTO,
     STRATEGIES,
     HierarchySettings,
     check_choice,
@@ -34,6 +35,7 @@ from lakecurate.validation import (
     check_eps,
     check_hierarchy,
     check_int,
+    parse_bytes,
     check_settings,
     check_storage_options,
     check_name,
@@ -163,10 +165,14 @@ class ClusteringConfig:
     #: a level whose input (the previous level's centroids) has more rows than this runs on the
     #: executors through the same Spark assigner as level 1, instead of in-process on the driver
     driver_max_rows: int = 500_000
-    #: > 0: fit level 1 in two steps, for very large n_clusters[0] (lakecurate.spark.two_step):
-    #: this many coarse clusters over all rows, then a k-means inside each coarse cluster with a
-    #: share of n_clusters[0] proportional to its size; 0 = one k-means (the default)
-    level1_coarse_clusters: int = 0
+    #: per level (one entry: every level): C > 0 fits the level in two steps, a k-means with C
+    #: coarse clusters over its inputs, then inside each coarse cluster a k-means (with the level's
+    #: resampling) with a share of the level's k proportional to its size; 0 = one k-means;
+    #: ``auto`` = two steps only where one k-means would not fit ``task_memory`` (lakecurate.sizing)
+    n_coarse: tuple[Any, ...] = ("auto",)
+    #: memory of one Spark task's Python worker ("4g", "512m"): the sizing check (``lakecurate
+    #: plan``, and ``run`` before its first job) and ``n_coarse: auto`` read it
+    task_memory: str = "4g"
 
     def hierarchy(self, where: str = "clustering") -> HierarchySettings:
         """The checked per-level settings (computed on each call, never stored)."""
@@ -185,11 +191,23 @@ class ClusteringConfig:
         levels = self.hierarchy(where)
         check_int(self.seed, f"{where}.seed", minimum=0)
         check_int(self.driver_max_rows, f"{where}.driver_max_rows", minimum=1)
-        coarse = check_int(self.level1_coarse_clusters, f"{where}.level1_coarse_clusters", minimum=0)
-        if coarse >= levels.n_clusters[0]:
-            raise ConfigError(f"{where}.level1_coarse_clusters={coarse!r} must be 0 (off) or an integer in [1, n_clusters[0]={levels.n_clusters[0]})")
-        if coarse and levels.resample_size[0] > 1:
-            raise ConfigError(f"{where}.level1_coarse_clusters={coarse} needs resample_size[0] <= 1 (no resampling at a two-step level 1)")
+        self.coarse_per_level(where)
+        parse_bytes(self.task_memory, f"{where}.task_memory")
+
+    def coarse_per_level(self, where: str = "clustering") -> tuple:
+        """``n_coarse`` checked, one entry per level (``auto`` or an int)."""
+        ks = self.hierarchy(where).n_clusters
+        spec = list(self.n_coarse)
+        if len(spec) == 1:
+            spec = spec * len(ks)
+        if len(spec) != len(ks):
+            raise ConfigError(f"{where}.n_coarse has {len(spec)} entries but n_clusters has {len(ks)} levels (or give one for every level)")
+        for t, (c, k) in enumerate(zip(spec, ks)):
+            if c == AUTO:
+                continue
+            if isinstance(c, bool) or not isinstance(c, int) or (c != 0 and not 2 <= c < k):
+                raise ConfigError(f"{where}.n_coarse[{t}]={c!r} must be 'auto', 0 (one k-means) or an integer in [2, n_clusters[{t}]={k})")
+        return tuple(spec)
 
 
 DEDUP_MODES = ("full", "incremental")
@@ -566,6 +584,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+#: keys a later lakecurate replaced, and what to write instead
+RENAMED = {
+    "clustering.level1_coarse_clusters": "write clustering.n_coarse: [C, 0, ...] (two steps at any level, C coarse clusters)",
+}
+
+
 def from_dict(cls, data: Optional[dict], where: str = ""):
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys by their dotted name."""
     if data is None:
@@ -575,8 +599,11 @@ def from_dict(cls, data: Optional[dict], where: str = ""):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
+    prefix = f"{where}." if where else ""
+    for key in unknown:
+        if f"{prefix}{key}" in RENAMED:
+            raise ConfigError(f"config key {prefix}{key} is gone: {RENAMED[prefix + key]}")
     if unknown:
-        prefix = f"{where}." if where else ""
         raise ConfigError(f"unknown config key {prefix}{unknown[0]!s} (known keys: {', '.join(sorted(names))})")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)

@@ -110,6 +110,7 @@ class InputFacts:
     where: str
     columns: dict  # name -> Spark type (simple string)
     rows: Optional[int] = None  # None: not known without reading the data
+    dim: Optional[int] = None  # the embeddings' width where the metadata says (generated pool, .npy)
 
     def require_columns(self, names: dict, key_of: dict) -> None:
         """InputDataError unless every ``name: kind`` is a column of that kind (``array`` / ``id``)."""
@@ -130,11 +131,11 @@ def input_facts(lake: Lake, cfg: InputConfig, snapshot: Optional[dict] = None) -
     if cfg.format == "synthetic":
         pool = cfg.pool
         columns = {"id": "bigint", "embedding": "array<float>", "concept": "int", **({"item": "int"} if pool.n_items else {})}
-        return InputFacts("(the generated pool)", columns, pool.n)
+        return InputFacts("(the generated pool)", columns, pool.n, pool.dim)
     where = repr(cfg.path or cfg.table)
     if cfg.format == "npy":
-        rows = int(open_npy(cfg.path, "input.path").shape[0])  # the staging's own checks, before any job
-        return InputFacts(where, {cfg.id_column: "bigint", cfg.embedding_column: "array<float>"}, rows)
+        shape = open_npy(cfg.path, "input.path").shape  # the staging's own checks, before any job
+        return InputFacts(where, {cfg.id_column: "bigint", cfg.embedding_column: "array<float>"}, int(shape[0]), int(shape[1]))
     df = lake.read_source(cfg.format, path=cfg.path, table=cfg.table, key="input", snapshot=snapshot)
     columns = {f.name: f.dataType.simpleString() for f in df.schema.fields}
     return InputFacts(where, columns, lake.row_count(cfg.format, cfg.path, snapshot, max_files=COUNT_FOOTERS_MAX_FILES) if cfg.path else None)

@@ -192,7 +192,11 @@ def load_plan(
 
 #: keys added to a section after runs were committed, at the value that changes nothing: left out
 #: of fingerprints at that value, so existing runs keep their ids and their committed stages
-_NEW_DEFAULTS = {("sampling", "mode"): "fresh", ("dedup", "mode"): "full"}
+_NEW_DEFAULTS = {("sampling", "mode"): "fresh", ("dedup", "mode"): "full", ("clustering", "n_coarse"): ["auto"],
+                 ("clustering", "task_memory"): "4g"}
+#: keys a later lakecurate removed, with the value every run then had (the one that matches the
+#: new defaults): put back for the hash, so existing runs keep their ids
+_OLD_KEYS = {("clustering", "level1_coarse_clusters"): 0}
 
 
 #: keys that change no table, only what is written beside them: never in a fingerprint
@@ -205,6 +209,9 @@ def _result_keys(d: dict) -> dict:
     for (section, key), value in _NEW_DEFAULTS.items():
         if isinstance(d.get(section), dict) and d[section].get(key) == value:
             d[section].pop(key)
+    for (section, key), value in _OLD_KEYS.items():
+        if isinstance(d.get(section), dict):
+            d[section].setdefault(key, value)
     for section, key in _NO_RESULT:
         if isinstance(d.get(section), dict):
             d[section].pop(key, None)

@@ -15,6 +15,7 @@ REJECTS = "rejects"
 DUPLICATES = "duplicates"
 CORESET = "coreset"
 CLUSTERS = "clusters"
+COARSE_CLUSTERS = "coarse_clusters"
 ASSIGNMENTS = "assignments"
 CURATED = "curated"
 SHARDS = "shards"
@@ -29,6 +30,7 @@ DESCRIPTIONS = {
     DUPLICATES: "rows removed as near-duplicates and the row kept for each",
     CORESET: "the rows most like a target set (SimCore), with the centroid, similarity and round that chose each",
     CLUSTERS: "the cluster tree",
+    COARSE_CLUSTERS: "the coarse clusters of each two-step level: a row goes to the nearest, then to the nearest of its clusters",
     ASSIGNMENTS: "level-1..T cluster of every input row",
     CURATED: "the curated subset",
     SHARDS: "the curated (or all assigned) rows with their payload, one Delta partition per cluster at the chosen level",

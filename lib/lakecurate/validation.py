@@ -14,6 +14,7 @@ what the edges check against, and the cores import them from here.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -27,6 +28,23 @@ METRICS = ("l2", "cosine")
 INITS = ("k-means++", "random")
 #: how balanced sampling picks rows inside a level-1 cluster
 STRATEGIES = ("random", "closest", "furthest")
+
+
+#: ``clustering.n_coarse`` entry: two steps only where one k-means would not fit a task (lakecurate.sizing)
+AUTO = "auto"
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_bytes(value, key: str) -> int:
+    """``"4g"``, ``"512m"``, ``"1.5t"`` or an integer number of bytes, as Spark writes sizes."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0:
+        return int(value)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", str(value).lower()) if isinstance(value, str) else None
+    if m is None or float(m.group(1)) <= 0:
+        raise ConfigError(f"{key}={value!r} must be a size such as 4g, 512m or a number of bytes")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
 
 
 def check_int(value: Any, key: str, *, minimum: Optional[int] = None) -> int:

@@ -1,4 +1,4 @@
-"""Every Spark assignment variant (partials, sums, threads) and the two-step level 1 agree with in-process."""
+"""Every Spark assignment variant (partials, sums, threads) and two-step levels agree with in-process."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from lakecurate.config import LakeConfig
 from lakecurate.core.assign import NumpyAssigner
 from lakecurate.core.hierarchy import LevelParams, fit_hierarchy
 from lakecurate.core.synthetic import long_tailed_pool
-from lakecurate.core.two_step import two_step_centroids
 from lakecurate.errors import ConfigError
 from lakecurate.lake import Lake
 from lakecurate.spark.assigner import AssignTuning, SparkAssigner
@@ -129,19 +128,41 @@ def test_missing_block_files_rerun_those_partitions_on_streamed_blocks(spark, po
     assert not os.path.exists(folder)  # release deletes the block files
 
 
-def test_two_step_level1_matches_in_process(spark, pool_df):
-    from lakecurate.spark.two_step import fit_level1_two_step
+TWO_STEP = [LevelParams(60, resample_size=4, n_resampling_steps=2, n_iter=5, n_coarse=5),
+            LevelParams(12, resample_size=2, n_resampling_steps=1, n_iter=5, n_coarse=3), LevelParams(3, n_iter=5)]
+
+
+def test_two_step_levels_match_in_process(spark, pool_df):
+    """Two steps at level 1 (on the executors) and level 2 (its inputs on the executors too), with
+    resampling inside each coarse cluster: the same tree as in-process, and the assignments rows
+    route every row where the in-process labels put it."""
+    from lakecurate.spark.assignments import assignment_rows
 
     x, df = pool_df
-    params = LevelParams(50, n_iter=6)
+    ref = fit_hierarchy(NumpyAssigner(x), TWO_STEP, 5)
     blocks = EmbeddingBlocks.from_dataframe(spark, df, id_column="id", embedding_column="embedding", partitions=3)
+    upper = []
+
+    def on_executors(c):
+        upper.append(EmbeddingBlocks.from_numpy(spark, c, partitions=2, block_rows=7))
+        return SparkAssigner(upper[-1])
+
     try:
-        level = fit_level1_two_step(SparkAssigner(blocks), params, coarse_k=4, seed=5)
+        got = fit_hierarchy(SparkAssigner(blocks), TWO_STEP, 5, make_assigner=on_executors)
+        _assert_same_tree(ref, got)
+        for a, b in zip(ref[:2], got[:2]):
+            assert np.array_equal(a.routing.coarse, b.routing.coarse) and np.array_equal(a.routing.offsets, b.routing.offsets)
+            assert np.array_equal(a.counts, b.counts) and np.array_equal(a.cluster_inertia, b.cluster_inertia)
+        assert np.array_equal(ref[1].labels, got[1].labels) and np.array_equal(ref[1].distances, got[1].distances)
+        parents = [got[1].labels, got[2].labels]
+        rows = assignment_rows(blocks, got[0].index, parents, id_column="id").toPandas().sort_values("row_key")
     finally:
-        blocks.release()
-    ref = two_step_centroids(x, params, coarse_k=4, seed=5)
-    assert np.array_equal(level.centroids, ref)
-    assert level.counts.sum() == len(x) and level.n_clusters == 50
+        for b in [blocks, *upper]:
+            b.release()
+    assert got[0].n_clusters == 60 and got[1].n_clusters == 12 and got[0].routing.n_groups == 5
+    assert np.array_equal(rows["cluster"].to_numpy(), ref[0].labels)
+    assert np.array_equal(rows["distance"].to_numpy(), ref[0].distances)
+    assert np.array_equal(np.stack(rows["path"].to_numpy())[:, 2], ref[2].labels[ref[1].labels[ref[0].labels]])
 
 
 def test_block_files_that_cannot_be_written_do_not_fail_the_task(spark, tmp_path):

@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from lakecurate.core.assign import assign_batch, cluster_sums, faiss_device, nearest_centroid
-from lakecurate.core.hierarchy import LevelParams
-from lakecurate.core.two_step import allocate_subclusters, two_step_centroids
 
 
 def test_nearest_centroid_does_not_depend_on_batching():
@@ -44,21 +42,3 @@ def test_device_selection_is_cpu_without_gpu(monkeypatch):
     assert faiss_device() == "cpu"
 
 
-def test_allocate_subclusters_is_proportional_and_exact():
-    sizes = np.array([1000, 10, 0, 1, 300, 5])
-    share = allocate_subclusters(sizes, 100)
-    assert share.sum() == 100
-    assert share[2] == 0 and (share[sizes > 0] >= 1).all() and (share <= sizes).all()
-    assert share[0] > share[4] > share[1]
-    assert allocate_subclusters(np.array([3, 2]), 10).tolist() == [3, 2]  # capped by the rows
-
-
-def test_two_step_centroids_shape_and_quality():
-    rng = np.random.default_rng(2)
-    centres = rng.standard_normal((30, 6)) * 10
-    x = (centres[rng.integers(0, 30, 3000)] + rng.standard_normal((3000, 6))).astype(np.float32)
-    c = two_step_centroids(x, LevelParams(60, n_iter=10), coarse_k=5, seed=0)
-    assert c.shape == (60, 6) and c.dtype == np.float32
-    lab, dist = nearest_centroid(x, c)
-    assert dist.mean() < 6 * 1.5  # within-cluster noise is 6 (unit variance in 6 dims)
-    assert np.array_equal(c, two_step_centroids(x, LevelParams(60, n_iter=10), coarse_k=5, seed=0))

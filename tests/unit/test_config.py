@@ -56,7 +56,7 @@ def test_plan_resolves_levels_stages_and_tables():
     assert [p.n_clusters for p in plan.levels] == [10, 2]
     assert [p.resample_size for p in plan.levels] == [1, 3] and all(p.spherical for p in plan.levels)
     assert plan.stage_names == ["cluster", "sample", "report"]  # the report runs when a label column is set
-    assert plan.tables() == ["assignments", "clusters", "curated", "label_counts"]
+    assert plan.tables() == ["assignments", "clusters", "coarse_clusters", "curated", "label_counts"]
     alone = load_plan(os.path.join(ROOT, "conf", "embed-text.yaml"), alone="embed")
     assert alone.stage_names == ["embed"] and alone.tables() == ["embeddings", "rejects"]
     assert alone.run_id.startswith("texts-embed-")  # a fresh run each time it runs alone
@@ -74,7 +74,11 @@ def test_plan_resolves_levels_stages_and_tables():
         ("clustering.metric=dot", "clustering.metric='dot'"),
         ("clustering.n_clusters=[2, 10]", "level 2 has 10 > level 1's 2"),
         ("clustering.resample_size=[1, 2, 3]", "clustering.resample_size has 3 entries"),
-        ("clustering.level1_coarse_clusters=10", r"level1_coarse_clusters=10 must be 0 \(off\) or an integer in \[1, n_clusters\[0\]=10\)"),
+        ("clustering.level1_coarse_clusters=10", r"clustering.level1_coarse_clusters is gone: write clustering.n_coarse: \[C, 0, ...\]"),
+        ("clustering.n_coarse=[10, 0]", r"clustering.n_coarse\[0\]=10 must be 'auto', 0 \(one k-means\) or an integer in \[2, n_clusters\[0\]=10\)"),
+        ("clustering.n_coarse=[3, 0, 0]", "clustering.n_coarse has 3 entries but n_clusters has 2 levels"),
+        ("clustering.n_coarse=often", r"clustering.n_coarse\[0\]='often' must be 'auto'"),
+        ("clustering.task_memory=lots", "clustering.task_memory='lots' must be a size such as 4g"),
         ("dedup.eps=0", r"dedup.eps=0.0 must be in \(0, 1\]"),
         ("input.format=csv", "input.format='csv' is not one of"),
         ("lake.backend=hive", "lake.backend='hive'"),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional, Protocol, runtime_checkable
+from typing import Callable, Optional, Protocol, runtime_checkable
 
 import faiss
 import numpy as np
@@ -79,6 +79,37 @@ class Assigner(Protocol):
 
     def labels(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(label int64 (n,), squared distance float32 (n,)) of every row."""
+
+    def fit_groups(self, coarse: np.ndarray, fit_one: "GroupFitter") -> list["GroupFit"]:
+        """Group the rows by nearest ``coarse`` centroid and fit each group apart (a two-step level).
+
+        ``fit_one(group, rows)`` gets a non-empty group's rows in row-key order and returns its fine
+        centroids; each group's rows are then assigned to those (counts, inertia). Returns the
+        non-empty groups in ascending order. One group's rows are held in one place at a time.
+        """
+
+
+@dataclass
+class GroupFit:
+    """One coarse cluster's fit in a two-step level."""
+
+    group: int  # the coarse cluster
+    centroids: np.ndarray  # (k_g, d) float32 fine centroids
+    counts: np.ndarray  # (k_g,) int64: the group's rows per fine centroid
+    inertia: np.ndarray  # (k_g,) float64: their squared distances summed
+
+
+#: ``fit_one(group, rows) -> (k_g, d) float32 centroids``; must pickle (it runs on executors).
+GroupFitter = Callable[[int, np.ndarray], np.ndarray]
+
+
+def fit_group(group: int, x: np.ndarray, fit_one) -> GroupFit:
+    """``fit_one`` on one group's rows, then the group's counts and inertia (both assigners use this)."""
+    cent = np.ascontiguousarray(fit_one(group, x), dtype=np.float32)
+    lab, dist = nearest_centroid(x, cent)
+    k = cent.shape[0]
+    return GroupFit(group, cent, np.bincount(lab, minlength=k).astype(np.int64),
+                    np.bincount(lab, weights=dist.astype(np.float64), minlength=k))
 
 
 # ---------------------------------------------------------------- per-batch kernels
@@ -142,8 +173,55 @@ def _rowwise_sq_dist(x: np.ndarray, c: np.ndarray, lab: np.ndarray) -> np.ndarra
     return out
 
 
-def nearest_centroid(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+@dataclass
+class RoutedCentroids:
+    """A two-step level's centroids: each row goes to its nearest coarse centroid, then to the
+    nearest fine centroid of that coarse cluster (:func:`lakecurate.core.hierarchy.fit_two_step_level`).
+
+    ``fine`` holds every coarse cluster's fine centroids one group after another; group g's are
+    ``fine[offsets[g]:offsets[g + 1]]`` and a row's label is its index in ``fine``. Only coarse
+    clusters that received fine centroids are kept, so every row has somewhere to go. A row's
+    label depends on that row alone (two exact nearest-centroid searches), whatever the batch.
+    """
+
+    coarse: np.ndarray  # (g, d) float32
+    offsets: np.ndarray  # (g + 1,) int64, offsets[0] = 0, offsets[-1] = k
+    fine: np.ndarray  # (k, d) float32
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.fine.shape
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.coarse.shape[0])
+
+    def group(self, g: int) -> np.ndarray:
+        return self.fine[self.offsets[g] : self.offsets[g + 1]]
+
+    def search(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(labels int64, squared distances float32) of the rows of ``x``."""
+        groups, _ = nearest_centroid(x, self.coarse)
+        labels = np.zeros(x.shape[0], np.int64)
+        dist = np.zeros(x.shape[0], np.float32)
+        for g in np.unique(groups):
+            rows = np.flatnonzero(groups == g)
+            lab, d = nearest_centroid(x[rows], self.group(int(g)))
+            labels[rows] = lab + self.offsets[g]
+            dist[rows] = d
+        return labels, dist
+
+
+def as_centroids(c):
+    """float32 centroids as the kernels take them: an array, or a two-step level's routed centroids."""
+    return c if isinstance(c, RoutedCentroids) else np.ascontiguousarray(c, dtype=np.float32)
+
+
+def nearest_centroid(x: np.ndarray, centroids) -> tuple[np.ndarray, np.ndarray]:
     """Exact nearest centroid by squared L2: (labels int64, squared distances float32).
+
+    ``centroids`` is a (k, d) array or :class:`RoutedCentroids` (a two-step level: nearest coarse
+    centroid, then nearest fine centroid inside it).
 
     faiss's BLAS search finds the two nearest candidates; their distances are then recomputed
     row by row from the difference vectors and the nearer one wins. BLAS results depend on where a row falls in
@@ -151,10 +229,12 @@ def nearest_centroid(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, 
     are a function of (row, centroids) alone, and the Spark and in-process paths agree exactly.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
-    c = np.ascontiguousarray(centroids, dtype=np.float32)
     n = x.shape[0]
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    if isinstance(centroids, RoutedCentroids):
+        return centroids.search(x)
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
     kk = min(2, c.shape[0])
     cand = knn_candidates(x, c, kk)
 
@@ -263,6 +343,13 @@ class NumpyAssigner:
             labs.append(lab)
             dists.append(dist)
         return np.concatenate(labs), np.concatenate(dists)
+
+    def fit_groups(self, coarse: np.ndarray, fit_one) -> list[GroupFit]:
+        groups, _ = self.labels(coarse)
+        order = np.argsort(groups, kind="stable")  # rows of each group in row order
+        bounds = np.r_[0, np.cumsum(np.bincount(groups, minlength=coarse.shape[0]))]
+        return [fit_group(g, self.x[order[bounds[g] : bounds[g + 1]]], fit_one)
+                for g in range(coarse.shape[0]) if bounds[g + 1] > bounds[g]]
 
     def closest_per_cluster(self, centroids: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
         lab, dist = self.labels(centroids)

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 
-from lakecurate.core.assign import Assigner, NumpyAssigner
+from lakecurate.core.assign import Assigner, NumpyAssigner, RoutedCentroids
 from lakecurate.errors import ClusteringWarning, warn_degraded
 from lakecurate.core.kmeans import (
     DEFAULT_INIT_POINTS_PER_CENTROID,
@@ -46,6 +46,8 @@ class LevelParams:
     init: str = "k-means++"
     spherical: bool = False
     init_points_per_centroid: int = DEFAULT_INIT_POINTS_PER_CENTROID
+    #: > 0: fit the level in two steps (:func:`fit_two_step_level`) with this many coarse clusters
+    n_coarse: int = 0
 
 
 @dataclass
@@ -69,13 +71,20 @@ class Level:
     n_empty: int = 0
     seconds: float = 0.0
     steps: list[dict] = field(default_factory=list)  # per k-means run: init/resampling step figures
+    #: a two-step level's coarse centroids and groups (rows reach ``centroids`` through them)
+    routing: Optional[RoutedCentroids] = None
+
+    @property
+    def index(self):
+        """What rows are assigned with: the routed centroids of a two-step level, else the centroids."""
+        return self.routing if self.routing is not None else self.centroids
 
     @property
     def n_clusters(self) -> int:
         return int(self.centroids.shape[0])
 
 
-def level_params(settings: "HierarchySettings") -> list[LevelParams]:
+def level_params(settings: "HierarchySettings", n_coarse: Sequence[int] = ()) -> list[LevelParams]:
     """One :class:`LevelParams` per level from checked settings (:func:`lakecurate.validation.check_hierarchy`)."""
     return [
         LevelParams(
@@ -86,8 +95,9 @@ def level_params(settings: "HierarchySettings") -> list[LevelParams]:
             init=settings.init,
             spherical=settings.metric == "cosine",
             init_points_per_centroid=settings.init_points_per_centroid,
+            n_coarse=int(c),
         )
-        for k, r in zip(settings.n_clusters, settings.resample_size)
+        for k, r, c in zip(settings.n_clusters, settings.resample_size, tuple(n_coarse) + (0,) * len(settings.n_clusters))
     ]
 
 
@@ -153,6 +163,74 @@ def fit_level(
     return centroids, steps, reseeded
 
 
+@dataclass
+class FineFit:
+    """The second step of a two-step level, for one coarse cluster: its share of the level's k,
+    fitted with the level's k-means and resampling steps on the cluster's rows alone.
+
+    Runs wherever the group's rows are (an executor, or in-process); its generator comes from
+    ``(base_seed, group)`` only, so the result does not depend on where or in what order it runs.
+    """
+
+    params: LevelParams
+    share: np.ndarray  # fine clusters per coarse cluster
+    base_seed: int
+    level: int
+
+    def __call__(self, group: int, x: np.ndarray) -> np.ndarray:
+        k = int(self.share[group])
+        if k >= x.shape[0]:
+            return np.array(x[:k], np.float32)  # as many centroids as rows: the rows themselves
+        rng = np.random.default_rng(np.random.SeedSequence([self.base_seed, int(group)]))
+        centroids, _, _ = fit_level(NumpyAssigner(x), replace(self.params, n_clusters=k, n_coarse=0), rng, level=self.level)
+        return centroids
+
+
+def fit_two_step_level(
+    assigner: Assigner,
+    params: LevelParams,
+    rng: np.random.Generator,
+    *,
+    level: int = 1,
+    on_iteration: Optional[LevelCallback] = None,
+    before_groups: Optional[Callable[[int, np.ndarray], None]] = None,
+) -> tuple[RoutedCentroids, np.ndarray, np.ndarray, list[dict], int]:
+    """A level in two steps: k-means with ``params.n_coarse`` coarse clusters over all inputs, then
+    inside each coarse cluster a k-means (with the level's resampling) with a share of
+    ``params.n_clusters`` proportional to its size (the reference code's split of a huge level 1).
+
+    No input is ever compared with more than ``n_coarse`` + its group's fine centroids, and no
+    task holds more than one group's rows and centroids. ``before_groups(level, coarse counts)``
+    may refuse the group pass (a group too large for a task). Returns (routed centroids, counts,
+    per-cluster inertia, step records, clusters re-seeded).
+    """
+    from lakecurate.core.two_step import allocate_subclusters
+
+    progress = None if on_iteration is None else (lambda stats: on_iteration(level, 0, stats))
+    coarse = fit_kmeans_assigner(
+        assigner, params.n_coarse, rng, n_iter=params.n_iter, init=params.init, spherical=params.spherical,
+        init_points_per_centroid=params.init_points_per_centroid, on_iteration=progress,
+    )
+    if before_groups is not None:
+        before_groups(level, coarse.counts)
+    share = allocate_subclusters(coarse.counts, params.n_clusters)
+    log.info("level %d two-step: %d coarse clusters (largest %d inputs); fine k per coarse cluster %d..%d",
+             level, params.n_coarse, int(coarse.counts.max()), int(share[share > 0].min()), int(share.max()))
+    t0 = time.perf_counter()
+    fits = assigner.fit_groups(coarse.centroids, FineFit(params, share, int(rng.integers(2**62)), level))
+    routed = RoutedCentroids(
+        coarse=np.ascontiguousarray(coarse.centroids[[f.group for f in fits]]),
+        offsets=np.r_[0, np.cumsum([f.centroids.shape[0] for f in fits])].astype(np.int64),
+        fine=np.ascontiguousarray(np.concatenate([f.centroids for f in fits]), dtype=np.float32),
+    )
+    counts = np.concatenate([f.counts for f in fits])
+    inertia = np.concatenate([f.inertia for f in fits])
+    step = _step_record(0, assigner.n, coarse)
+    step.update(two_step=True, coarse_clusters=params.n_coarse, coarse_objective=coarse.objective, objective=float(inertia.sum()),
+                fine_groups=len(fits), fine_seconds=round(time.perf_counter() - t0, 3), largest_group=int(coarse.counts.max()))
+    return routed, counts, inertia, [step], coarse.n_reseeded
+
+
 AssignerFactory = Callable[[np.ndarray], Assigner]
 
 
@@ -170,6 +248,7 @@ def fit_hierarchy(
     on_iteration: Optional[LevelCallback] = None,
     on_level: Optional[Callable[[Level], None]] = None,
     start_levels: Sequence[Level] = (),
+    before_groups: Optional[Callable[[int, np.ndarray], None]] = None,
 ) -> list[Level]:
     """Fit all levels bottom-up. ``start_levels`` resumes from levels already fitted (checkpoints).
 
@@ -189,17 +268,25 @@ def fit_hierarchy(
         else:
             assigner = make_assigner(levels[-1].centroids)
             weights = levels[-1].sizes
-        log.info("level %d: k-means with k=%d on %d inputs", idx + 1, p.n_clusters, assigner.n)
-        centroids, steps, reseeded = fit_level(assigner, p, rng, level=idx + 1, on_iteration=on_iteration)
-        labels = distances = None
-        if assigner.in_memory or idx > 0:
-            # above level 1 the inputs are clusters: their labels (O(k_{t-1})) are the tree's edges
-            labels, distances = assigner.labels(centroids)
-            counts = np.bincount(labels, minlength=p.n_clusters).astype(np.int64)
-            cluster_inertia = np.bincount(labels, weights=distances.astype(np.float64), minlength=p.n_clusters)
+        labels = distances = routing = None
+        if p.n_coarse:
+            log.info("level %d: two-step k-means with k=%d (%d coarse clusters) on %d inputs", idx + 1, p.n_clusters, p.n_coarse, assigner.n)
+            routing, counts, cluster_inertia, steps, reseeded = fit_two_step_level(
+                assigner, p, rng, level=idx + 1, on_iteration=on_iteration, before_groups=before_groups)
+            centroids = routing.fine
+            if assigner.in_memory or idx > 0:
+                labels, distances = assigner.labels(routing)
         else:
-            final = assigner.assign(centroids)
-            counts, cluster_inertia = final.counts, final.cluster_inertia
+            log.info("level %d: k-means with k=%d on %d inputs", idx + 1, p.n_clusters, assigner.n)
+            centroids, steps, reseeded = fit_level(assigner, p, rng, level=idx + 1, on_iteration=on_iteration)
+            if assigner.in_memory or idx > 0:
+                # above level 1 the inputs are clusters: their labels (O(k_{t-1})) are the tree's edges
+                labels, distances = assigner.labels(centroids)
+                counts = np.bincount(labels, minlength=p.n_clusters).astype(np.int64)
+                cluster_inertia = np.bincount(labels, weights=distances.astype(np.float64), minlength=p.n_clusters)
+            else:
+                final = assigner.assign(centroids)
+                counts, cluster_inertia = final.counts, final.cluster_inertia
         objective = float(cluster_inertia.sum())
         if weights is None:
             sizes = counts.copy()
@@ -218,6 +305,7 @@ def fit_hierarchy(
             n_empty=int((counts == 0).sum()),
             seconds=time.perf_counter() - t0,
             steps=steps,
+            routing=routing,
         )
         warn_if_degraded(level)
         log.info(
@@ -250,4 +338,4 @@ def parent_ids(levels: Sequence[Level]) -> list[Optional[np.ndarray]]:
     return [levels[i + 1].labels for i in range(len(levels) - 1)] + [None]
 
 
-__all__ = ["Level", "LevelParams", "fit_hierarchy", "fit_level", "level_params", "parent_ids", "normalize_rows"]
+__all__ = ["Level", "LevelParams", "fit_hierarchy", "fit_level", "fit_two_step_level", "level_params", "parent_ids", "normalize_rows"]

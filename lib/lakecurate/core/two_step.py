@@ -1,21 +1,15 @@
-"""Two-step level 1 for very large k_1: a coarse k-means, then a k-means inside each coarse cluster.
+"""How a two-step level splits its k among the coarse clusters.
 
-One k-means with millions of centroids does not fit (every row would be compared with every
-centroid at every iteration); the reference code splits such a level in two: ``coarse_k``
-clusters over all rows, then each coarse cluster gets a share of the k_1 fine clusters
-proportional to its size and runs its own small k-means. The fine centroids of all coarse
-clusters together are level 1's centroids. The Spark form of the second step is a group-by on
-the coarse label with ``applyInPandas`` (:mod:`lakecurate.spark.two_step`); this module
-holds the pure parts, shared with an in-process version used by the tests.
+One k-means with millions of centroids does not fit (every input would be compared with every
+centroid at every iteration); the reference code splits such a level in two: a coarse k-means,
+then inside each coarse cluster a k-means with a share of the level's k proportional to its size.
+The fit is :func:`lakecurate.core.hierarchy.fit_two_step_level` (any level, any assigner); its
+Spark passes are :mod:`lakecurate.spark.two_step`; this module holds the split.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from lakecurate.core.assign import NumpyAssigner
-from lakecurate.core.hierarchy import LevelParams
-from lakecurate.core.kmeans import fit_kmeans_assigner
 
 
 def allocate_subclusters(sizes: np.ndarray, k_total: int) -> np.ndarray:
@@ -42,33 +36,13 @@ def allocate_subclusters(sizes: np.ndarray, k_total: int) -> np.ndarray:
             take = order[: min(rest, int((room > 0).sum()))]
             share[take] += 1
             rest = k_total - int(share.sum())
+    ideal = sizes / max(sizes.sum(), 1) * k_total
+    while rest < 0:  # the one-each minimum of many small clusters overshot: take back from the most over-served
+        if not (share > 1).any():
+            raise ValueError(f"{int(nonempty.sum())} non-empty coarse clusters need at least one fine cluster each; k={k_total}")
+        over = np.where(share > 1, ideal - share, np.inf)
+        order = np.lexsort((np.arange(sizes.size), over))
+        give = order[: min(-rest, int((share > 1).sum()))]
+        share[give] -= 1
+        rest = k_total - int(share.sum())
     return share
-
-
-def fine_seed(seed: int, coarse_id: int) -> np.random.Generator:
-    """The generator of coarse cluster ``coarse_id``'s k-means: independent of where it runs."""
-    return np.random.default_rng(np.random.SeedSequence([int(seed), 1, int(coarse_id)]))
-
-
-def fit_fine(x: np.ndarray, k: int, params: LevelParams, seed: int, coarse_id: int) -> np.ndarray:
-    """Fine centroids (k, d) of one coarse cluster's rows (ordered by row key by the caller)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if k >= x.shape[0]:
-        return x[:k].copy()
-    fit = fit_kmeans_assigner(
-        NumpyAssigner(x), k, fine_seed(seed, coarse_id), n_iter=params.n_iter, init=params.init,
-        spherical=params.spherical, init_points_per_centroid=params.init_points_per_centroid,
-    )
-    return fit.centroids
-
-
-def two_step_centroids(x: np.ndarray, params: LevelParams, coarse_k: int, seed: int) -> np.ndarray:
-    """In-process two-step level-1 centroids (the reference for the Spark version)."""
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0]))
-    a = NumpyAssigner(x)
-    coarse = fit_kmeans_assigner(a, coarse_k, rng, n_iter=params.n_iter, init=params.init, spherical=params.spherical,
-                                 init_points_per_centroid=params.init_points_per_centroid)
-    lab, _ = a.labels(coarse.centroids)
-    share = allocate_subclusters(np.bincount(lab, minlength=coarse_k), params.n_clusters)
-    parts = [fit_fine(x[lab == c], int(share[c]), params, seed, c) for c in range(coarse_k) if share[c] > 0]
-    return np.concatenate(parts).astype(np.float32)

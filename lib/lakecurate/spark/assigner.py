@@ -18,12 +18,16 @@ import pyarrow as pa
 
 from lakecurate.core.assign import (
     Assignment,
+    GroupFit,
+    RoutedCentroids,
+    as_centroids,
     assign_batch,
     nearest_centroid,
     smallest_keys,
     top_r_per_cluster,
 )
 from lakecurate.core.keys import random_keys
+from lakecurate.spark import two_step
 from lakecurate.spark.blocks import EmbeddingBlocks
 
 
@@ -118,7 +122,7 @@ class SparkAssigner:
         mode = self.tuning.partials_for(k, d, self.blocks.num_partitions)
         sums_method = self.tuning.sums
         if mode == "shuffle":
-            return self._assign_shuffle(np.asarray(centroids, np.float32))
+            return self._assign_shuffle(as_centroids(centroids))
 
         def partial(blocks, c):
             acc = partition_assignment(blocks, c, sums_method)
@@ -139,7 +143,7 @@ class SparkAssigner:
         sums = np.zeros((k, d))
         per_cluster = np.zeros(k)
         # partitions arrive in partition order, so the float64 additions happen in a fixed order
-        rows = self.blocks.collect(partial, "cid BINARY, counts BINARY, sums BINARY, inertia BINARY", np.asarray(centroids, np.float32))
+        rows = self.blocks.collect(partial, "cid BINARY, counts BINARY, sums BINARY, inertia BINARY", as_centroids(centroids))
         for row in rows:
             cid = np.frombuffer(row["cid"], np.int32)
             counts[cid] += np.frombuffer(row["counts"], np.int64)
@@ -242,7 +246,7 @@ class SparkAssigner:
                 }
             )
 
-        parts = self.blocks.collect(candidates, "labels BINARY, dist BINARY, rows BINARY, vectors BINARY", np.asarray(centroids, np.float32))
+        parts = self.blocks.collect(candidates, "labels BINARY, dist BINARY, rows BINARY, vectors BINARY", as_centroids(centroids))
         lab = np.concatenate([np.frombuffer(p["labels"], np.int64) for p in parts])
         dist = np.concatenate([np.frombuffer(p["dist"], np.float32) for p in parts])
         rows = np.concatenate([np.frombuffer(p["rows"], np.int64) for p in parts])
@@ -251,15 +255,24 @@ class SparkAssigner:
         order = keep[np.argsort(rows[keep], kind="stable")]
         return rows[order], xs[order]
 
+    def fit_groups(self, coarse: np.ndarray, fit_one) -> list[GroupFit]:
+        return two_step.fit_groups(self.blocks, coarse, fit_one)
+
     def labels(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-row labels collected to the driver, ordered by row key (levels > 1 only: O(k) rows)."""
+        """Per-row labels collected to the driver, ordered by row key (levels > 1 only: O(k) rows).
+
+        A two-step level's routed centroids are never shipped whole: rows meet their group's
+        fine centroids in a cogroup (:func:`lakecurate.spark.two_step.routed_labels`).
+        """
+        if isinstance(centroids, RoutedCentroids):
+            return two_step.routed_labels(self.blocks, centroids)
 
         def label(blocks, c):
             for b in blocks:
                 lab, dist = nearest_centroid(b.vectors, c)
                 yield pa.record_batch({"rows": pa.array([b.keys.tobytes()]), "labels": pa.array([lab.tobytes()]), "dist": pa.array([dist.tobytes()])})
 
-        parts = self.blocks.collect(label, "rows BINARY, labels BINARY, dist BINARY", np.asarray(centroids, np.float32))
+        parts = self.blocks.collect(label, "rows BINARY, labels BINARY, dist BINARY", as_centroids(centroids))
         rows = np.concatenate([np.frombuffer(p["rows"], np.int64) for p in parts])
         lab = np.concatenate([np.frombuffer(p["labels"], np.int64) for p in parts])
         dist = np.concatenate([np.frombuffer(p["dist"], np.float32) for p in parts])

@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from lakecurate.core.assign import nearest_centroid
+from lakecurate.core.assign import RoutedCentroids, nearest_centroid
 from lakecurate.spark.blocks import EmbeddingBlocks
+from lakecurate.spark.two_step import routed_rows
 
 
 def assignment_schema(id_column: str, id_type):
@@ -24,8 +25,20 @@ def assignment_schema(id_column: str, id_type):
     ])
 
 
-def assignment_rows(blocks: EmbeddingBlocks, centroids: np.ndarray, parents: list[np.ndarray], *, id_column: str = "id"):
+def _paths(lab: np.ndarray, parents) -> np.ndarray:
+    path = np.empty((lab.size, len(parents) + 1), np.int32)
+    path[:, 0] = lab
+    for t, p in enumerate(parents):
+        path[:, t + 1] = p[path[:, t]]
+    return path
+
+
+def assignment_rows(blocks: EmbeddingBlocks, centroids, parents: list[np.ndarray], *, id_column: str = "id"):
     """DataFrame (id, row_key, cluster, path, distance) for every row of ``blocks``.
+
+    ``centroids`` are level 1's (k, d) array, or a two-step level 1's
+    :class:`~lakecurate.core.assign.RoutedCentroids` (rows then meet their coarse group's fine
+    centroids in a cogroup, :func:`lakecurate.spark.two_step.routed_rows`).
 
     ``cluster`` is the level-1 cluster, ``path`` the clusters from level 1 to the top
     (``element_at(path, t)`` is the level-t cluster); ``parents[t]`` maps a level-(t+1) cluster to
@@ -34,19 +47,26 @@ def assignment_rows(blocks: EmbeddingBlocks, centroids: np.ndarray, parents: lis
     schema = assignment_schema(id_column, blocks.id_type)
     names = schema.fieldNames()
     levels = len(parents) + 1
+    parents = [np.asarray(p, np.int64) for p in parents]
+    if isinstance(centroids, RoutedCentroids):
+        import pandas as pd
+
+        def emit(rows, lab, dist):
+            path = _paths(lab, parents)
+            return pd.DataFrame({id_column: rows["id"], "row_key": rows["row_key"].to_numpy(np.int64),
+                                 "cluster": path[:, 0], "path": list(path), "distance": dist.astype(np.float32)})
+
+        return routed_rows(blocks, centroids, emit, schema, with_ids=True)
 
     def label(batches, payload):
         c, par = payload
         for b in batches:
             lab, dist = nearest_centroid(b.vectors, c)
-            path = np.empty((b.n, levels), np.int32)
-            path[:, 0] = lab
-            for t, p in enumerate(par):
-                path[:, t + 1] = p[path[:, t]]
+            path = _paths(lab, par)
             offsets = pa.array(np.arange(0, b.n * levels + 1, levels, dtype=np.int32))
             cols = [b.ids, pa.array(b.keys), pa.array(path[:, 0]), pa.ListArray.from_arrays(offsets, pa.array(path.ravel())),
                     pa.array(dist.astype(np.float32))]
             yield pa.record_batch(cols, names=names)
 
-    payload = (np.asarray(centroids, np.float32), [np.asarray(p, np.int64) for p in parents])
+    payload = (np.asarray(centroids, np.float32), parents)
     return blocks.map(label, schema, payload)

@@ -1,91 +1,138 @@
-"""Two-step level 1 on Spark (``clustering.level1_coarse_clusters``): the Spark half of
-:mod:`lakecurate.core.two_step`, for very large k_1.
+"""The Spark half of a two-step level (:func:`lakecurate.core.hierarchy.fit_two_step_level`).
 
-Step 1: a coarse k-means with ``coarse_k`` clusters over all rows, on the executors through the
-usual Spark assigner. Step 2: every row is labelled with its coarse cluster, rows are grouped by
-that label and ``applyInPandas`` runs a k-means inside each coarse cluster with a share of k_1
-proportional to its size (:func:`lakecurate.core.two_step.allocate_subclusters`). Only the k_1
-fine centroids come back to the driver. A final assignment pass over all rows then gives level
-1's counts and inertia, exactly as after a one-step level 1, so the rest of the hierarchy, the
-checkpoints and the ``assignments`` table are unchanged. Resampling is not applied at level 1
-in this mode (the paper's r = 1 at level 1); config validation enforces it.
+A two-step level never ships its fine centroids to every task: at DINOv3's level 1 they would be
+200M x d. Instead every pass groups the rows by their coarse cluster (only the coarse centroids
+are shipped) and brings each group together with its own fine centroids:
+
+- :func:`fit_groups`: rows grouped by coarse label, ``applyInPandas`` fits each group
+  (:class:`~lakecurate.core.hierarchy.FineFit`) and returns its fine centroids, counts and
+  inertia; only those come back to the driver.
+- :func:`routed_rows`: rows grouped by coarse label and *cogrouped* with a small DataFrame of each
+  group's fine centroids, so a task holds one group's rows and one group's centroids. It gives the
+  labels of a level 2..T's inputs (:func:`routed_labels`) and the ``assignments`` rows of a
+  two-step level 1 (:mod:`lakecurate.spark.assignments`).
+
+Each group's rows are sorted by row key before any kernel sees them, and every kernel is the
+in-process one, so the result is the same bits as :class:`~lakecurate.core.assign.NumpyAssigner`
+on one machine whatever the partitioning.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 
-from lakecurate.core.assign import nearest_centroid
-from lakecurate.core.hierarchy import Level, LevelParams, warn_if_degraded
-from lakecurate.core.kmeans import fit_kmeans_assigner
-from lakecurate.core.two_step import allocate_subclusters, fit_fine
-from lakecurate.spark.assigner import SparkAssigner
+from lakecurate.core.assign import GroupFit, RoutedCentroids, fit_group, nearest_centroid
+from lakecurate.spark.blocks import EmbeddingBlocks
 from lakecurate.spark.tasks import configure_faiss
 
 log = logging.getLogger(__name__)
 
 
-def fit_level1_two_step(assigner: SparkAssigner, params: LevelParams, coarse_k: int, seed: int) -> Level:
-    """Level 1 by coarse k-means + per-coarse-cluster k-means (``applyInPandas``)."""
-    import pandas as pd
+def _group_rows(with_ids: bool):
+    """A block function: each row's coarse group, row key, vector bytes (and id)."""
 
-    t0 = time.perf_counter()
-    d = assigner.d
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0]))
-    coarse = fit_kmeans_assigner(
-        assigner, coarse_k, rng, n_iter=params.n_iter, init=params.init, spherical=params.spherical,
-        init_points_per_centroid=params.init_points_per_centroid,
-    )
-    share = allocate_subclusters(coarse.counts, params.n_clusters)
-    log.info("level 1 two-step: %d coarse clusters done in %.1fs; fine k per coarse cluster %d..%d",
-             coarse_k, time.perf_counter() - t0, int(share[share > 0].min()), int(share.max()))
-    blocks = assigner.blocks
-    threads = blocks.faiss_threads
-
-    def label_rows(batches, c):
+    def label(batches, coarse):
         for b in batches:
-            lab, _ = nearest_centroid(b.vectors, c)
-            yield pa.record_batch({
-                "coarse": pa.array(lab.astype(np.int32)),
+            group, _ = nearest_centroid(b.vectors, coarse)
+            cols = {
+                "group": pa.array(group.astype(np.int32)),
                 "row_key": pa.array(b.keys),
                 "vec": pa.array([r.tobytes() for r in b.vectors], pa.binary()),
-            })
+            }
+            if with_ids:
+                cols = {"id": b.ids, **cols}
+            yield pa.record_batch(list(cols.values()), names=list(cols))
 
-    def fine(pdf: "pd.DataFrame") -> "pd.DataFrame":
+    return label
+
+
+def _rows_schema(blocks: EmbeddingBlocks, with_ids: bool):
+    from pyspark.sql import types as T
+
+    fields = [T.StructField("group", T.IntegerType()), T.StructField("row_key", T.LongType()), T.StructField("vec", T.BinaryType())]
+    if with_ids:
+        fields = [T.StructField("id", blocks.id_type)] + fields
+    return T.StructType(fields)
+
+
+def _matrix(pdf, d: int) -> np.ndarray:
+    return np.frombuffer(b"".join(pdf["vec"].tolist()), np.float32).reshape(-1, d)
+
+
+def fit_groups(blocks: EmbeddingBlocks, coarse: np.ndarray, fit_one: Callable[[int, np.ndarray], np.ndarray]) -> list[GroupFit]:
+    """:meth:`lakecurate.core.assign.Assigner.fit_groups` on the executors (one group per task call)."""
+    import pandas as pd
+
+    d = blocks.d
+    threads = blocks.faiss_threads
+
+    def fit(pdf: "pd.DataFrame") -> "pd.DataFrame":
         configure_faiss(threads)
-        cid = int(pdf["coarse"].iloc[0])
         pdf = pdf.sort_values("row_key", kind="stable")  # the fit sees rows in key order: any partitioning
-        x = np.frombuffer(b"".join(pdf["vec"].tolist()), np.float32).reshape(-1, d)
-        cent = fit_fine(x, int(share[cid]), params, seed, cid)
-        return pd.DataFrame({"coarse": cid, "j": np.arange(cent.shape[0], dtype=np.int32), "centroid": [r.tobytes() for r in cent]})
+        f = fit_group(int(pdf["group"].iloc[0]), _matrix(pdf, d), fit_one)
+        return pd.DataFrame({"group": [f.group], "centroids": [f.centroids.tobytes()], "counts": [f.counts.tobytes()],
+                             "inertia": [f.inertia.tobytes()]})
 
-    with blocks.mapped(label_rows, "coarse INT, row_key LONG, vec BINARY", coarse.centroids) as rows:
-        got = rows.groupBy("coarse").applyInPandas(fine, "coarse INT, j INT, centroid BINARY").toPandas()
-    got = got.sort_values(["coarse", "j"], kind="stable")
-    centroids = np.frombuffer(b"".join(got["centroid"].tolist()), np.float32).reshape(-1, d).copy()
-    final = assigner.assign(centroids)
-    level = Level(
-        level=1,
-        centroids=centroids,
-        counts=final.counts,
-        sizes=final.counts.copy(),
-        objective=float(final.inertia),
-        cluster_inertia=final.cluster_inertia,
-        n_reseeded=coarse.n_reseeded,
-        n_empty=int((final.counts == 0).sum()),
-        seconds=time.perf_counter() - t0,
-        steps=[{
-            "step": 0, "n_points": assigner.n, "two_step": True, "coarse_clusters": coarse_k,
-            "init_seconds": round(coarse.init_seconds, 4), "objective": float(final.inertia),
-            "coarse_objective": coarse.objective, "n_reseeded": coarse.n_reseeded,
-            "iterations": [vars(it) for it in coarse.iterations],
-        }],
-    )
-    warn_if_degraded(level)
-    log.info("level 1 two-step done in %.1fs: %d clusters, objective=%.6g, empty=%d",
-             level.seconds, level.n_clusters, level.objective, level.n_empty)
-    return level
+    coarse = np.ascontiguousarray(coarse, np.float32)
+    with blocks.mapped(_group_rows(False), _rows_schema(blocks, False), coarse) as rows:
+        got = rows.groupBy("group").applyInPandas(fit, "group INT, centroids BINARY, counts BINARY, inertia BINARY").toArrow()
+    fits = [
+        GroupFit(int(g), np.frombuffer(c, np.float32).reshape(-1, d).copy(), np.frombuffer(n, np.int64).copy(),
+                 np.frombuffer(i, np.float64).copy())
+        for g, c, n, i in zip(*(got.column(name).to_pylist() for name in ("group", "centroids", "counts", "inertia")))
+    ]
+    return sorted(fits, key=lambda f: f.group)
+
+
+def fine_frame(spark, routed: RoutedCentroids):
+    """One row per coarse group: its first label and its fine centroids as float32 bytes."""
+    g = routed.n_groups
+    return spark.createDataFrame(pa.table({
+        "group": pa.array(np.arange(g, dtype=np.int32)),
+        "first": pa.array(routed.offsets[:-1].astype(np.int64)),
+        "centroids": pa.array([routed.group(i).tobytes() for i in range(g)], pa.binary()),
+    }))
+
+
+def routed_rows(blocks: EmbeddingBlocks, routed: RoutedCentroids, emit, schema, *, with_ids: bool):
+    """A lazy DataFrame of ``emit(rows_pdf, labels, distances)`` per coarse group (see the module docstring).
+
+    ``rows_pdf`` holds the group's rows sorted by row key (``row_key``, ``vec``, and ``id`` when
+    ``with_ids``); labels index the level's fine centroids.
+    """
+    import pandas as pd
+
+    d = blocks.d
+    threads = blocks.faiss_threads
+
+    def assign(rows: "pd.DataFrame", fine: "pd.DataFrame") -> "pd.DataFrame":
+        if rows.empty:
+            return emit(rows, np.zeros(0, np.int64), np.zeros(0, np.float32))
+        configure_faiss(threads)
+        rows = rows.sort_values("row_key", kind="stable").reset_index(drop=True)
+        centroids = np.frombuffer(fine["centroids"].iloc[0], np.float32).reshape(-1, d)
+        lab, dist = nearest_centroid(_matrix(rows, d), centroids)
+        return emit(rows, lab + int(fine["first"].iloc[0]), dist)
+
+    rows = blocks.map(_group_rows(with_ids), _rows_schema(blocks, with_ids), np.ascontiguousarray(routed.coarse, np.float32))
+    fine = fine_frame(blocks.spark, routed)
+    return rows.groupBy("group").cogroup(fine.groupBy("group")).applyInPandas(assign, schema)
+
+
+def routed_labels(blocks: EmbeddingBlocks, routed: RoutedCentroids) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, distances) of every row in row-key order (a level 2..T's inputs: O(k_{t-1}) rows)."""
+    import pandas as pd
+
+    def emit(rows, lab, dist):
+        return pd.DataFrame({"row_key": rows["row_key"].to_numpy(np.int64), "label": lab.astype(np.int64),
+                             "dist": dist.astype(np.float32)})
+
+    t = routed_rows(blocks, routed, emit, "row_key LONG, label LONG, dist FLOAT", with_ids=False).toArrow()
+    order = np.argsort(t.column("row_key").to_numpy(), kind="stable")
+    if order.size != blocks.n:
+        raise RuntimeError(f"two-step labels: {order.size} rows came back for {blocks.n} inputs")
+    return t.column("label").to_numpy()[order], t.column("dist").to_numpy()[order]

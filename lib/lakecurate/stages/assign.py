@@ -36,13 +36,14 @@ import warnings
 import numpy as np
 
 from lakecurate.config import RunConfig, to_dict
+from lakecurate.core.assign import RoutedCentroids
 from lakecurate.core.kmeans import normalize_rows
 from lakecurate.errors import ConfigError, StaleTreeWarning, TableError
 from lakecurate.faults import fault_point
 from lakecurate.spark.arrow import matrix_to_list_array
 from lakecurate.spark.assignments import assignment_rows
 from lakecurate.stages.context import Stage, StageContext
-from lakecurate.tables import ASSIGNMENTS, CLUSTERS, DUPLICATES, RUNS
+from lakecurate.tables import ASSIGNMENTS, CLUSTERS, COARSE_CLUSTERS, DUPLICATES, RUNS
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,23 @@ def read_tree(ctx: StageContext, tree_run: str):
     first = pdf[pdf["level"] == 1]
     centroids = np.stack(first["centroid"].to_numpy()).astype(np.float32)
     parents = [pdf[pdf["level"] == t]["parent_id"].to_numpy(np.int64) for t in levels[:-1]]
-    return centroids, parents, pdf
+    return routing(ctx, tree_run, centroids), parents, pdf
+
+
+def routing(ctx: StageContext, tree_run: str, centroids: np.ndarray):
+    """Level 1's centroids as the tree's rows were assigned: routed through the coarse clusters
+    when level 1 was fitted in two steps (so a new row lands where an old one like it did)."""
+    if not ctx.lake.exists(COARSE_CLUSTERS):
+        return centroids
+    coarse = ctx.lake.read(COARSE_CLUSTERS, tree_run).where("level = 1").toPandas()
+    if coarse.empty:
+        return centroids
+    coarse = coarse.sort_values("coarse_id")
+    offsets = np.r_[coarse["first_cluster"].to_numpy(np.int64), int(coarse["first_cluster"].iloc[-1] + coarse["n_clusters"].iloc[-1])]
+    if offsets[-1] != centroids.shape[0]:
+        raise TableError(f"table {COARSE_CLUSTERS!r} of run {tree_run!r} routes to {offsets[-1]} level-1 clusters; "
+                         f"{CLUSTERS!r} has {centroids.shape[0]}")
+    return RoutedCentroids(np.stack(coarse["centroid"].to_numpy()).astype(np.float32), offsets, centroids)
 
 
 def fit_quantiles(ctx: StageContext, tree_run: str, k: int) -> np.ndarray:

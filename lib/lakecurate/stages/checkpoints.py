@@ -15,6 +15,7 @@ import posixpath
 
 import numpy as np
 
+from lakecurate.core.assign import RoutedCentroids
 from lakecurate.core.hierarchy import Level
 from lakecurate.lake import Lake
 
@@ -37,6 +38,9 @@ class LevelCheckpoints:
             "sizes": level.sizes,
             "cluster_inertia": level.cluster_inertia,
         }
+        if level.routing is not None:
+            arrays["coarse"] = level.routing.coarse
+            arrays["offsets"] = level.routing.offsets
         if level.labels is not None:
             arrays["labels"] = level.labels
             arrays["distances"] = level.distances
@@ -75,6 +79,7 @@ class LevelCheckpoints:
                     objective=meta["objective"],
                     cluster_inertia=data["cluster_inertia"],
                     labels=data["labels"] if "labels" in data else None,
+                    routing=RoutedCentroids(data["coarse"], data["offsets"], data["centroids"]) if "coarse" in data else None,
                     distances=data["distances"] if "distances" in data else None,
                     n_reseeded=meta["n_reseeded"],
                     n_empty=meta["n_empty"],

@@ -11,7 +11,9 @@ version; the stage's ``succeeded`` row in ``runs`` marks them as belonging toget
 from __future__ import annotations
 
 import logging
+import os
 import time
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -24,10 +26,11 @@ from lakecurate.spark.arrow import matrix_to_list_array
 from lakecurate.spark.assigner import SparkAssigner
 from lakecurate.spark.assignments import assignment_rows
 from lakecurate.spark.blocks import EmbeddingBlocks
-from lakecurate.spark.two_step import fit_level1_two_step
 from lakecurate.stages.checkpoints import LevelCheckpoints
 from lakecurate.stages.context import Stage, StageContext
-from lakecurate.tables import ASSIGNMENTS, CLUSTERS
+from lakecurate.errors import ConfigError
+from lakecurate.sizing import GROUP_BYTES_PER_FLOAT, USABLE_SHARE, Hardware, fmt_bytes, parse_bytes, resolve_n_coarse, size_config
+from lakecurate.tables import ASSIGNMENTS, CLUSTERS, COARSE_CLUSTERS
 from lakecurate.validation import check_levels
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,64 @@ def clusters_table(levels: list[Level]) -> pa.Table:
     return pa.table(table)
 
 
+def coarse_table(levels: list[Level]) -> pa.Table:
+    """One row per coarse cluster of every two-step level: what routes a row to its fine centroids."""
+    cols: dict[str, list] = {"level": [], "coarse_id": [], "first_cluster": [], "n_clusters": []}
+    centroids = []
+    for lv in levels:
+        if lv.routing is None:
+            continue
+        g = lv.routing.n_groups
+        cols["level"].append(np.full(g, lv.level, np.int32))
+        cols["coarse_id"].append(np.arange(g, dtype=np.int32))
+        cols["first_cluster"].append(lv.routing.offsets[:-1].astype(np.int32))
+        cols["n_clusters"].append(np.diff(lv.routing.offsets).astype(np.int32))
+        centroids.append(lv.routing.coarse)
+    d = levels[0].centroids.shape[1]
+    table = {k: pa.array(np.concatenate(v) if v else np.zeros(0, np.int32)) for k, v in cols.items()}
+    table["centroid"] = matrix_to_list_array(np.concatenate(centroids) if centroids else np.zeros((0, d), np.float32))
+    return pa.table(table)
+
+
+def machine_memory() -> int:
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def resolved_levels(ccfg, params, n: int, d: int) -> list:
+    """The plan's levels with ``n_coarse`` resolved (``auto`` from the sizing model), each choice logged."""
+    spec = ccfg.coarse_per_level()
+    task_memory = parse_bytes(ccfg.task_memory, "clustering.task_memory")
+    out = []
+    for t, p in enumerate(params):
+        inputs = n if t == 0 else params[t - 1].n_clusters
+        c, why = resolve_n_coarse(spec[t], p.n_clusters, inputs, d, on_executors=t == 0 or inputs > ccfg.driver_max_rows,
+                                  task_memory=task_memory, level=t + 1)
+        if why:
+            log.info("level %d: %s", t + 1, why)
+        out.append(replace(p, n_coarse=c))
+    return out
+
+
+def check_size(cfg, n: int, d: int) -> None:
+    """The sizing check of ``lakecurate plan`` (memory only: time does not stop a run)."""
+    hw = Hardware(task_memory=parse_bytes(cfg.clustering.task_memory, "clustering.task_memory"), driver_memory=machine_memory())
+    size = size_config(cfg, n, d, hw)
+    size.raise_if_impossible()
+    log.info("sizing: %s", "; ".join(f"level {lv.level} {lv.where}{f' two-step {lv.n_coarse}' if lv.n_coarse else ''} "
+                                      f"{fmt_bytes(lv.task_bytes)} per task" for lv in size.levels))
+
+
+def _group_check(task_memory: int, d: int):
+    def check(level: int, counts: np.ndarray) -> None:
+        need = GROUP_BYTES_PER_FLOAT * int(counts.max()) * d
+        if need > USABLE_SHARE * task_memory:
+            raise ConfigError(
+                f"level {level}: the largest coarse cluster holds {int(counts.max()):,} of {int(counts.sum()):,} inputs, "
+                f"{fmt_bytes(need)} in one task > {USABLE_SHARE:.0%} of clustering.task_memory={fmt_bytes(task_memory)}; "
+                f"fix: more coarse clusters (clustering.n_coarse[{level - 1}] above {counts.size}) or more task memory")
+    return check
+
+
 def level_metrics(lv: Level, n_inputs: int) -> dict:
     return {
         "level": lv.level,
@@ -72,6 +133,7 @@ def level_metrics(lv: Level, n_inputs: int) -> dict:
         "n_reseeded": lv.n_reseeded,
         "n_empty": lv.n_empty,
         "seconds": round(lv.seconds, 3),
+        "coarse_clusters": lv.routing.n_groups if lv.routing is not None else 0,
         "largest_cluster": int(lv.sizes.max()),
         "smallest_cluster": int(lv.sizes.min()),
         "steps": lv.steps,
@@ -95,19 +157,17 @@ def _log_iteration(n_iters: list[int]):
 def run_cluster(ctx: StageContext, metrics: dict) -> None:
     cfg = ctx.config
     ccfg = cfg.clustering
-    params = ctx.plan.levels
     t0 = time.perf_counter()
     blocks = ctx.input_blocks("cluster", transform=normalize_rows if ccfg.metric == "cosine" else None)
     assigner = SparkAssigner(blocks)
     upper: list[EmbeddingBlocks] = []  # levels 2..T run on the executors
     metrics.update(n_rows=blocks.n, dim=blocks.d, cache_seconds=round(time.perf_counter() - t0, 3))
     try:
-        check_levels([p.n_clusters for p in params], blocks.n, key="clustering.n_clusters")
+        check_levels([p.n_clusters for p in ctx.plan.levels], blocks.n, key="clustering.n_clusters")
+        check_size(cfg, blocks.n, blocks.d)
+        params = resolved_levels(ccfg, ctx.plan.levels, blocks.n, blocks.d)
         checkpoints = LevelCheckpoints(ctx.lake, ctx.run_id, ctx.plan.fingerprint)
         start = checkpoints.load(len(params))
-        if not start and ccfg.level1_coarse_clusters:  # very large k_1: level 1 in two steps
-            start = [fit_level1_two_step(assigner, params[0], ccfg.level1_coarse_clusters, ccfg.seed)]
-            checkpoints.save(start[0])
 
         def make_assigner(x: np.ndarray):
             if x.shape[0] <= ccfg.driver_max_rows:
@@ -122,7 +182,7 @@ def run_cluster(ctx: StageContext, metrics: dict) -> None:
 
         levels = fit_hierarchy(
             assigner, params, ccfg.seed, make_assigner=make_assigner, on_iteration=_log_iteration([p.n_iter for p in params]),
-            on_level=saved, start_levels=start,
+            on_level=saved, start_levels=start, before_groups=_group_check(parse_bytes(ccfg.task_memory, "clustering.task_memory"), blocks.d),
         )
         while upper:
             upper.pop().release()
@@ -131,9 +191,10 @@ def run_cluster(ctx: StageContext, metrics: dict) -> None:
 
         t1 = time.perf_counter()
         parents = [p for p in parent_ids(levels) if p is not None]
-        rows = assignment_rows(blocks, levels[0].centroids, parents, id_column=cfg.input.id_column)
+        rows = assignment_rows(blocks, levels[0].index, parents, id_column=cfg.input.id_column)
         # the tree first, then the rows that point into it; runs' "succeeded" row marks both as one
         ctx.lake.write_arrow(clusters_table(levels), CLUSTERS, ctx.run_id)
+        ctx.lake.write_arrow(coarse_table(levels), COARSE_CLUSTERS, ctx.run_id)
         ctx.lake.write_run(rows, ASSIGNMENTS, ctx.run_id)
         metrics.update(write_seconds=round(time.perf_counter() - t1, 3), spark_passes=blocks.passes,
                        block_cache=blocks.cache, block_file_fallback_partitions=blocks.fallback_partitions)
@@ -147,11 +208,14 @@ def run_cluster(ctx: StageContext, metrics: dict) -> None:
 def preflight(cfg, facts) -> None:
     if facts.rows is not None:
         check_levels(list(cfg.clustering.n_clusters), facts.rows, key="clustering.n_clusters")
+        if facts.dim is not None:
+            check_size(cfg, facts.rows, facts.dim)  # again in the stage, with the rows and width it caches
 
 
 def summarize(m: dict) -> list[str]:
     return [
-        f"  level {lv['level']}: {lv['n_clusters']} clusters over {lv['n_inputs']} inputs, "
+        f"  level {lv['level']}: {lv['n_clusters']} clusters over {lv['n_inputs']} inputs"
+        f"{' (two-step: ' + str(lv['coarse_clusters']) + ' coarse)' if lv.get('coarse_clusters') else ''}, "
         f"objective {lv['objective']:.4g}, re-seeded {lv['n_reseeded']}, empty {lv['n_empty']}, "
         f"sizes {lv['smallest_cluster']}..{lv['largest_cluster']}, {lv['seconds']:.1f}s"
         for lv in m.get("levels", [])
@@ -164,7 +228,7 @@ STAGE = Stage(
     reusable=True,
     run=run_cluster,
     help="hierarchical k-means with resampling: embeddings -> the clusters and assignments tables",
-    writes=lambda cfg: (ASSIGNMENTS, CLUSTERS),
+    writes=lambda cfg: (ASSIGNMENTS, CLUSTERS, COARSE_CLUSTERS),
     summary=summarize,
     preflight=preflight,
 )

@@ -1,0 +1,333 @@
+"""Size a clustering job before it runs: memory per task and on the driver, FLOPs, passes, time.
+
+``lakecurate plan CONFIG --rows N --dim D [--executors E --cores C --gpus G --task-memory M]``
+prints :func:`size_job`'s table; ``lakecurate run`` calls the same :func:`size_job` (with the
+input's real rows and width) before its first job and refuses a configuration that cannot run,
+naming the level and the fix. The cluster stage resolves ``clustering.n_coarse: auto`` with
+:func:`resolve_n_coarse`, from the same memory model.
+
+The model (no Spark import; every constant names where it was measured):
+
+- **A one-step level on the executors.** Every assignment pass ships the k x d float32 centroids
+  to each task, which accumulates float64 sums for the clusters it touches:
+  ``TASK_BYTES_PER_CENTROID_FLOAT`` x k x d bytes per task, plus its block buffers.
+- **A two-step level** (:func:`lakecurate.core.hierarchy.fit_two_step_level`): the coarse passes
+  as above with k = n_coarse; then each coarse cluster's rows come together in one task (Arrow,
+  pandas and numpy copies: ``GROUP_BYTES_PER_FLOAT`` x rows x d) with its own fine centroids.
+  The largest group is assumed ``GROUP_SKEW`` x the mean (long-tailed pools), and the cluster
+  stage checks the real largest group before its group pass.
+- **The driver** holds every level's centroids (centroids, the checkpoint, the clusters table:
+  ``DRIVER_BYTES_PER_CENTROID_FLOAT`` x k x d per level), the partial sums of the level in flight,
+  and the inputs of a level it fits in-process.
+- **Time** = FLOPs of every assignment / the measured rate of the assignment kernel
+  (:func:`measure_rate`: lakecurate's exact kernel, one thread, at the level's shape) x cores,
+  + passes x ``PASS_SECONDS`` (a Spark job's fixed cost) + the one-off cache of the input
+  (``CACHE_BYTES_PER_CORE_SECOND``) + the sampled k-means++ seedings. GPU rates are the
+  documented constant ``GPU_FLOPS`` until measured on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from lakecurate.errors import ConfigError
+from lakecurate.validation import AUTO, parse_bytes  # noqa: F401  (re-exported: the sizes and the auto choice live here)
+
+#: bytes per centroid float held by one task in a one-step assignment pass: the float32
+#: centroids (4, twice while the payload is unpickled) and float64 partial sums of the touched
+#: clusters (8, up to three live while batches are added): 4 * 2 + 8 * 3
+TASK_BYTES_PER_CENTROID_FLOAT = 32
+#: bytes per float of a coarse group's rows while one task fits it (Arrow batch, pandas column
+#: of bytes, the joined buffer and the numpy matrix)
+GROUP_BYTES_PER_FLOAT = 16
+#: the largest coarse cluster is assumed this many times the mean before the run measures it
+GROUP_SKEW = 4.0
+#: bytes per centroid float on the driver: centroids, the checkpoint, the clusters table (Arrow
+#: and Spark's copy)
+DRIVER_BYTES_PER_CENTROID_FLOAT = 16
+#: a task may use this share of its memory for the assignment (the rest: Python, Arrow, Spark)
+USABLE_SHARE = 0.6
+#: fixed seconds per Spark pass (job start, one Python task per partition, the collect):
+#: 0.42 s per iteration in the scale_n fit of bench/RESULTS.md run F (2 cores, local[*])
+PASS_SECONDS = 0.42
+#: input bytes (list<float> Parquet) read, validated and cached per core-second: 1M x 384
+#: cached in 29.9 s on 2 cores (bench/RESULTS.md run F)
+CACHE_BYTES_PER_CORE_SECOND = 1_000_000 * 384 * 4 / 29.9 / 2
+#: rows shuffled per core-second in a two-step group pass, as d x 4-byte vectors: bytes/second
+SHUFFLE_BYTES_PER_CORE_SECOND = 40e6
+#: fp32 FLOP/s of one GPU for faiss's search, until measured (about half an A100's 19.5 TFLOP/s
+#: fp32 peak: faiss's brute-force search runs near the GEMM rate); per GPU, not per core
+GPU_FLOPS = 10e12
+
+def fmt_bytes(n: float) -> str:
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def fmt_seconds(s: float) -> str:
+    if s >= 86400:
+        return f"{s / 86400:.1f} d"
+    if s >= 3600:
+        return f"{s / 3600:.1f} h"
+    if s >= 60:
+        return f"{s / 60:.1f} min"
+    return f"{s:.1f} s"
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Where the job runs. ``cores`` and ``gpus`` are per executor; ``task_memory`` per task."""
+
+    executors: int = 1
+    cores: int = 2
+    gpus: int = 0
+    task_memory: int = 4 << 30
+    driver_memory: int = 8 << 30
+    driver_cores: int = 2
+    #: FLOP/s of the assignment kernel on one core (measured by :func:`measure_rate`)
+    core_flops: float = 50e9
+    gpu_flops: float = GPU_FLOPS
+
+    @property
+    def total_cores(self) -> int:
+        return self.executors * self.cores
+
+    @property
+    def executor_flops(self) -> float:
+        """FLOP/s of all executors together for the assignment search."""
+        if self.gpus:
+            return self.executors * self.gpus * self.gpu_flops
+        return self.total_cores * self.core_flops
+
+
+def measure_rate(d: int, k: int, *, rows: int = 8192, repeats: int = 3) -> float:
+    """FLOP/s (2 x rows x k x d per second) of lakecurate's exact assignment kernel on one thread.
+
+    The same ``assign_batch`` every pass runs (faiss's BLAS search of two candidates, the
+    row-wise re-score, float64 sums), at the level's width and up to 2048 centroids (the rate is
+    flat above a few hundred), on random data; best of ``repeats``. About a second.
+    """
+    import faiss
+
+    from lakecurate.core.assign import assign_batch
+
+    kk = int(min(max(k, 64), 2048))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((rows, d), dtype=np.float32)
+    c = rng.standard_normal((kk, d), dtype=np.float32)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        assign_batch(x[:1024], c)  # warm up
+        best = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            assign_batch(x, c)
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return 2.0 * rows * kk * d / best
+
+
+def measure_seeding(d: int, *, k: int = 200, points_per_centroid: int = 40) -> float:
+    """Seconds per (sample rows x k x d) of the sampled k-means++ seeding, measured at small k."""
+    from lakecurate.core.kmeans import kmeans_plusplus
+
+    n = points_per_centroid * k
+    x = np.random.default_rng(1).standard_normal((n, d), dtype=np.float32)
+    t0 = time.perf_counter()
+    kmeans_plusplus(x, k, np.random.default_rng(0))
+    return (time.perf_counter() - t0) / (n * k * d)
+
+
+@dataclass
+class LevelSize:
+    """The sizing of one level (one row of the plan)."""
+
+    level: int
+    k: int
+    inputs: int
+    where: str  # "executors" or "driver"
+    n_coarse: int  # 0: one k-means
+    task_bytes: int  # per task, largest over the level's passes
+    driver_bytes: int
+    flops_per_iteration: float  # one Lloyd iteration's assignment over every input
+    passes: int  # Spark passes over the level's inputs (0 on the driver)
+    seconds: float
+    why: str = ""  # how n_coarse was chosen
+
+
+@dataclass
+class Problem:
+    level: int
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"level {self.level}: {self.message}; fix: {self.fix}"
+
+
+@dataclass
+class JobSize:
+    rows: int
+    dim: int
+    hardware: Hardware
+    levels: list[LevelSize]
+    cache_seconds: float
+    driver_bytes: int
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return self.cache_seconds + sum(lv.seconds for lv in self.levels)
+
+    def raise_if_impossible(self) -> None:
+        if self.problems:
+            raise ConfigError("this clustering cannot run on the given hardware:\n  " + "\n  ".join(map(str, self.problems)))
+
+    def lines(self) -> list[str]:
+        hw = self.hardware
+        gpu = f", {hw.gpus} GPU(s) each at {hw.gpu_flops / 1e12:.0f} TFLOP/s (documented constant)" if hw.gpus else ""
+        out = [
+            f"input: {self.rows:,} rows x {self.dim} float32 ({fmt_bytes(self.rows * self.dim * 4)})",
+            f"hardware: {hw.executors} executor(s) x {hw.cores} cores{gpu}, {fmt_bytes(hw.task_memory)} per task, "
+            f"driver {fmt_bytes(hw.driver_memory)}; assignment kernel {hw.core_flops / 1e9:.1f} GFLOP/s per core (measured here)",
+            "",
+            "| level | k | inputs | where | steps | centroids per task | task memory | driver memory | GFLOP per iteration | passes | est. time |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+            f"| cache | | {self.rows:,} | executors | | | | | | 1 | {fmt_seconds(self.cache_seconds)} |",
+        ]
+        for lv in self.levels:
+            steps = f"two-step ({lv.n_coarse} coarse)" if lv.n_coarse else "one"
+            held = lv.n_coarse + max(1, lv.k // max(lv.n_coarse, 1)) if lv.n_coarse else lv.k
+            out.append(
+                f"| {lv.level} | {lv.k:,} | {lv.inputs:,} | {lv.where} | {steps} | {fmt_bytes(held * self.dim * 4)} | "
+                f"{fmt_bytes(lv.task_bytes)} | {fmt_bytes(lv.driver_bytes)} | {lv.flops_per_iteration / 1e9:,.1f} | {lv.passes} | "
+                f"{fmt_seconds(lv.seconds)} |"
+            )
+        out += ["", f"driver peak (estimate): {fmt_bytes(self.driver_bytes)}; total (estimate): {fmt_seconds(self.seconds)}"]
+        out += [f"level {lv.level}: {lv.why}" for lv in self.levels if lv.why]
+        if self.problems:
+            out += ["", "CANNOT RUN:"] + [f"  {p}" for p in self.problems]
+        return out
+
+
+def one_step_task_bytes(k: int, d: int, block_rows: int = 20_000) -> int:
+    return int(TASK_BYTES_PER_CENTROID_FLOAT * k * d + 2 * 4 * block_rows * d)
+
+
+def group_task_bytes(n: int, k: int, n_coarse: int, d: int) -> int:
+    """A two-step level's largest task: one coarse group's rows and its fine centroids."""
+    rows = GROUP_SKEW * n / n_coarse
+    fine = GROUP_SKEW * k / n_coarse
+    return int(GROUP_BYTES_PER_FLOAT * rows * d + TASK_BYTES_PER_CENTROID_FLOAT * fine * d)
+
+
+def resolve_n_coarse(spec, k: int, n: int, d: int, *, on_executors: bool, task_memory: int, level: int) -> tuple[int, str]:
+    """The coarse clusters of one level and why: ``spec`` is ``auto``, 0 (one k-means) or C."""
+    if spec != AUTO:
+        return int(spec), ("two-step as configured" if spec else "")
+    budget = USABLE_SHARE * task_memory
+    need = one_step_task_bytes(k, d)
+    if not on_executors or need <= budget or k < 4:
+        return 0, ""
+    c = max(2, math.ceil(math.sqrt(k)))
+    while c < k - 1 and max(one_step_task_bytes(c, d), group_task_bytes(n, k, c, d)) > budget:
+        c = min(k - 1, c * 2)
+    return c, (f"two-step with {c} coarse clusters (auto): one k-means with k={k:,} needs {fmt_bytes(need)} per task, over "
+               f"{USABLE_SHARE:.0%} of clustering.task_memory={fmt_bytes(task_memory)}")
+
+
+def size_job(
+    rows: int,
+    dim: int,
+    n_clusters: Sequence[int],
+    *,
+    n_coarse: Sequence = (AUTO,),
+    resample_size: Sequence[int] = (1,),
+    n_resampling_steps: int = 10,
+    n_iter: int = 50,
+    init_points_per_centroid: int = 40,
+    driver_max_rows: int = 500_000,
+    hardware: Optional[Hardware] = None,
+    seeding_seconds_per_flop: float = 2.5e-10,
+) -> JobSize:
+    """The plan of one hierarchical k-means (see the module docstring for the model)."""
+    hw = hardware or Hardware()
+    T = len(n_clusters)
+    coarse_spec = list(n_coarse) * T if len(n_coarse) == 1 else list(n_coarse)
+    rs = list(resample_size) * T if len(resample_size) == 1 else list(resample_size)
+    d = dim
+    levels: list[LevelSize] = []
+    problems: list[Problem] = []
+    centroid_bytes_held = 0
+    driver_peak = 0
+    budget = USABLE_SHARE * hw.task_memory
+    driver_budget = USABLE_SHARE * hw.driver_memory
+    for t, k in enumerate(n_clusters, start=1):
+        n = rows if t == 1 else n_clusters[t - 2]
+        on_exec = t == 1 or n > driver_max_rows
+        c, why = resolve_n_coarse(coarse_spec[t - 1], k, n, d, on_executors=on_exec, task_memory=hw.task_memory, level=t)
+        m = n_resampling_steps if rs[t - 1] > 1 else 0
+        lloyd_passes = n_iter + 1 + 2  # iterations, the final assignment, the two passes drawing the seeding sample
+        rate = hw.executor_flops if on_exec else hw.driver_cores * hw.core_flops
+        seed_s = lambda kk: seeding_seconds_per_flop * min(n, init_points_per_centroid * kk) * kk * d  # noqa: E731
+        if c:
+            flops = 2.0 * n * (c + k / c) * d
+            fine_rows = GROUP_SKEW * n / c  # the fine fits: each group's k-means and resampling inside one task
+            fine_flops = 2.0 * n * (k / c) * d * (n_iter + 2) * (1 + m) * GROUP_SKEW ** 0.5
+            fine_cores = min(hw.total_cores if on_exec else hw.driver_cores, c)
+            passes = lloyd_passes + 2 if on_exec else 0  # coarse passes, the group pass, the routed labels
+            shuffle = 2 * n * d * 4 / (SHUFFLE_BYTES_PER_CORE_SECOND * hw.total_cores) if on_exec else 0.0
+            seconds = (2.0 * n * c * d * lloyd_passes / rate + fine_flops / (fine_cores * hw.core_flops)
+                       + 2.0 * n * (c + k / c) * d / rate + passes * PASS_SECONDS + shuffle + seed_s(c)
+                       + c * seed_s(k / c) / fine_cores)
+            task = max(one_step_task_bytes(c, d), group_task_bytes(n, k, c, d)) if on_exec else 0
+            if on_exec and group_task_bytes(n, k, c, d) > budget:
+                problems.append(Problem(t, f"two-step with {c} coarse clusters puts ~{fine_rows:,.0f} rows (the largest group, "
+                                           f"{GROUP_SKEW:g}x the mean) in one task: {fmt_bytes(group_task_bytes(n, k, c, d))} > "
+                                           f"{USABLE_SHARE:.0%} of the task memory {fmt_bytes(hw.task_memory)}",
+                                        f"more coarse clusters (clustering.n_coarse[{t - 1}] >= "
+                                        f"{math.ceil(c * group_task_bytes(n, k, c, d) / budget)}) or more task memory"))
+        else:
+            flops = 2.0 * n * k * d
+            passes = (lloyd_passes + m + 1) if on_exec else 0  # + one closest-rows pass per resampling step + the final one
+            resample_flops = 2.0 * min(n, k * rs[t - 1]) * k * d * (n_iter + 1) * m  # k-means on the resampled points (driver)
+            seconds = (flops * (lloyd_passes + m + 1) / rate + resample_flops / (hw.driver_cores * hw.core_flops)
+                       + passes * PASS_SECONDS + seed_s(k) * (1 + m))
+            task = one_step_task_bytes(k, d) if on_exec else 0
+            if on_exec and task > budget:
+                alt = resolve_n_coarse(AUTO, k, n, d, on_executors=True, task_memory=hw.task_memory, level=t)[0]
+                problems.append(Problem(t, f"one k-means with k={k:,} holds {fmt_bytes(task)} per task (centroids and partial sums) > "
+                                           f"{USABLE_SHARE:.0%} of the task memory {fmt_bytes(hw.task_memory)}",
+                                        f"two-step at this level (clustering.n_coarse[{t - 1}]: {alt or 'auto'}), fewer clusters, "
+                                        f"or more task memory"))
+        centroid_bytes_held += DRIVER_BYTES_PER_CENTROID_FLOAT * k * d
+        in_flight = 8 * k * d * 2 + (4 * n * d * 3 if not on_exec else 0)
+        driver = centroid_bytes_held + in_flight
+        driver_peak = max(driver_peak, driver)
+        if driver > driver_budget:
+            fix = ("fewer clusters at this level or a larger driver (spark.driver.memory)" if on_exec else
+                   f"clustering.driver_max_rows < {n:,} (the level runs on the executors), or a larger driver")
+            problems.append(Problem(t, f"the driver holds {fmt_bytes(driver)} (every level's centroids so far, this level's "
+                                       f"{'partial sums' if on_exec else 'inputs and sums'}) > {USABLE_SHARE:.0%} of the driver memory "
+                                       f"{fmt_bytes(hw.driver_memory)}", fix))
+        levels.append(LevelSize(t, k, n, "executors" if on_exec else "driver", c, task, driver, flops, passes, seconds, why))
+    cache = rows * d * 4 / (CACHE_BYTES_PER_CORE_SECOND * hw.total_cores) + PASS_SECONDS
+    return JobSize(rows, dim, hw, levels, cache, driver_peak, problems)
+
+
+def size_config(cfg, rows: int, dim: int, hardware: Optional[Hardware] = None, **kw) -> JobSize:
+    """:func:`size_job` for a run config's ``clustering`` section."""
+    cc = cfg.clustering
+    h = cc.hierarchy()
+    return size_job(rows, dim, h.n_clusters, n_coarse=cc.n_coarse, resample_size=h.resample_size,
+                    n_resampling_steps=h.n_resampling_steps, n_iter=h.n_iter, init_points_per_centroid=h.init_points_per_centroid,
+                    driver_max_rows=cc.driver_max_rows, hardware=hardware, **kw)

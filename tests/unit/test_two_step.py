@@ -1,0 +1,78 @@
+"""Two-step levels in-process: the split of k, the routed labels, the fit's determinism and quality."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lakecurate.core.assign import NumpyAssigner, RoutedCentroids, nearest_centroid
+from lakecurate.core.hierarchy import LevelParams, fit_hierarchy
+from lakecurate.core.two_step import allocate_subclusters
+
+
+def test_allocate_subclusters_is_proportional_and_exact():
+    sizes = np.array([1000, 10, 0, 1, 300, 5])
+    share = allocate_subclusters(sizes, 100)
+    assert share.sum() == 100
+    assert share[2] == 0 and (share[sizes > 0] >= 1).all() and (share <= sizes).all()
+    assert share[0] > share[4] > share[1]
+    assert allocate_subclusters(np.array([3, 2]), 10).tolist() == [3, 2]  # capped by the rows
+
+
+def test_allocate_subclusters_adds_up_when_many_small_clusters_get_their_one():
+    # 19 tiny clusters each get 1 although their proportional share is < 1: the big one gives back
+    sizes = np.array([14755, 1518, 298, 267, 2, 434, 200, 1682, 68, 4, 239, 11, 302, 11, 16, 2, 95, 3, 21, 72])
+    share = allocate_subclusters(sizes, 400)
+    assert share.sum() == 400 and (share >= 1).all() and (share <= sizes).all()
+    with pytest.raises(ValueError, match="need at least one fine cluster each"):
+        allocate_subclusters(np.array([5, 5, 5]), 2)
+
+
+def _mixture(n=6000, d=8, seed=2):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((40, d)) * 10
+    sizes = rng.zipf(1.5, 40).astype(float)
+    return (centres[rng.choice(40, n, p=sizes / sizes.sum())] + rng.standard_normal((n, d))).astype(np.float32)
+
+
+PARAMS = [LevelParams(80, resample_size=4, n_resampling_steps=2, n_iter=8, n_coarse=6),
+          LevelParams(10, resample_size=3, n_resampling_steps=1, n_iter=8, n_coarse=3), LevelParams(3, n_iter=8)]
+
+
+def test_a_two_step_hierarchy_is_a_tree_of_the_asked_shape_and_routes_rows_exactly():
+    x = _mixture()
+    levels = fit_hierarchy(NumpyAssigner(x), PARAMS, 7)
+    assert [lv.n_clusters for lv in levels] == [80, 10, 3]
+    assert levels[0].routing is not None and levels[1].routing is not None and levels[2].routing is None
+    r = levels[0].routing
+    assert r.offsets[0] == 0 and r.offsets[-1] == 80 and np.all(np.diff(r.offsets) >= 1)
+    # a row's label is its nearest coarse centroid's nearest fine centroid: checked row by row
+    groups, _ = nearest_centroid(x, r.coarse)
+    for i in range(0, len(x), 97):
+        fine = r.group(int(groups[i]))
+        j = np.argmin(((fine - x[i]) ** 2).sum(1))
+        assert levels[0].labels[i] == r.offsets[groups[i]] + j
+    assert np.array_equal(np.bincount(levels[0].labels, minlength=80), levels[0].counts)
+    assert levels[0].objective == pytest.approx(float(levels[0].distances.astype(np.float64).sum()), rel=1e-6)
+    assert levels[2].sizes.sum() == len(x)
+    # routing does not depend on how the rows are batched
+    lab, dist = NumpyAssigner(x, batch_rows=333).labels(r)
+    assert np.array_equal(lab, levels[0].labels) and np.array_equal(dist, levels[0].distances)
+    again = fit_hierarchy(NumpyAssigner(x), PARAMS, 7)
+    assert all(np.array_equal(a.centroids, b.centroids) for a, b in zip(levels, again))
+    other = fit_hierarchy(NumpyAssigner(x), PARAMS, 8)
+    assert not np.array_equal(other[0].centroids, levels[0].centroids)
+
+
+def test_two_steps_cost_little_objective_on_clustered_data():
+    x = _mixture()
+    flat = fit_hierarchy(NumpyAssigner(x), [LevelParams(80, n_iter=8)], 7)[0]
+    two = fit_hierarchy(NumpyAssigner(x), [LevelParams(80, n_iter=8, n_coarse=6)], 7)[0]
+    assert two.objective < 1.5 * flat.objective  # within-cluster noise dominates both
+
+
+def test_routed_centroids_skip_groups_without_fine_centroids():
+    coarse = np.array([[0.0, 0.0], [10.0, 10.0]], np.float32)
+    r = RoutedCentroids(coarse, np.array([0, 2, 3]), np.array([[0, 0], [1, 1], [10, 10]], np.float32))
+    lab, dist = nearest_centroid(np.array([[0.9, 0.9], [9, 9], [-1, 0]], np.float32), r)
+    assert lab.tolist() == [1, 2, 0] and r.shape == (3, 2)
