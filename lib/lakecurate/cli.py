@@ -58,6 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write one run's HTML report (figures, balance, duplicates, example rows) into the lake (no Spark)")
     report.add_argument("run_id")
     report.add_argument("--lake", default=DEFAULT_LAKE, help=f"the lake root (folder or URI; default {DEFAULT_LAKE}, the demo's)")
+    size = sub.add_parser("plan", help="size a config's clustering before paying for a cluster: memory per task and on the "
+                                       "driver, FLOPs, passes and time per level; refuses what cannot run (no Spark)")
+    size.add_argument("config", help="YAML job config (a path, a URI or a bundled config's name)")
+    size.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    size.add_argument("--rows", type=int, help="rows to cluster (default: the input's, where its metadata says)")
+    size.add_argument("--dim", type=int, help="embedding width (default: the input's, where its metadata says)")
+    size.add_argument("--executors", type=int, default=1, help="executors (default 1)")
+    size.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores per executor (default: this machine's)")
+    size.add_argument("--gpus", type=int, default=0, help="GPUs per executor (default 0)")
+    size.add_argument("--task-memory", help="memory per task, e.g. 8g (default: clustering.task_memory)")
+    size.add_argument("--driver-memory", help="driver memory, e.g. 64g (default: this machine's)")
     where = sub.add_parser("where", help="print where the installed package keeps its spark-submit job files or bundled configs")
     where.add_argument("what", choices=["jobs", "conf", "curate", "dedup", "embed", "coreset", "shards", "assign"],
                        help="jobs or conf: the folder; a job's name: its spark-submit file")
@@ -87,6 +98,41 @@ def _report(args) -> None:
 
     path = write_report(Lake(None, LakeConfig(root=args.lake)), args.run_id)
     print(f"report of run {args.run_id}: {path}")
+
+
+def _plan(args) -> int:
+    from lakecurate.plan import load_plan
+    from lakecurate.sizing import Hardware, measure_rate, measure_seeding, size_config
+    from lakecurate.stages.cluster import machine_memory
+    from lakecurate.validation import check_int, parse_bytes
+
+    cfg = load_plan(args.config, args.overrides).config
+    rows, dim = args.rows, args.dim
+    if rows is None or dim is None:
+        from lakecurate.inputs import input_facts
+        from lakecurate.lake import Lake
+
+        if cfg.input.format not in ("synthetic", "npy"):
+            raise ConfigError("lakecurate plan needs --rows and --dim for this input (only a generated pool or a .npy says them up front)")
+        facts = input_facts(Lake(None, cfg.lake), cfg.input)
+        rows = facts.rows if rows is None else rows
+        dim = facts.dim if dim is None else dim
+    rows, dim = check_int(rows, "--rows", minimum=1), check_int(dim, "--dim", minimum=1)
+    hw = Hardware(
+        executors=check_int(args.executors, "--executors", minimum=1), cores=check_int(args.cores, "--cores", minimum=1),
+        gpus=check_int(args.gpus, "--gpus", minimum=0),
+        task_memory=parse_bytes(args.task_memory or cfg.clustering.task_memory, "--task-memory" if args.task_memory else "clustering.task_memory"),
+        driver_memory=parse_bytes(args.driver_memory, "--driver-memory") if args.driver_memory else machine_memory(),
+        driver_cores=os.cpu_count() or 1, core_flops=measure_rate(dim, cfg.clustering.n_clusters[0]),
+    )
+    if args.task_memory:
+        args.overrides = [*args.overrides, f"clustering.task_memory={args.task_memory}"]
+        cfg = load_plan(args.config, args.overrides).config
+    size = size_config(cfg, rows, dim, hw, seeding_seconds_per_flop=measure_seeding(dim))
+    print(f"plan of {args.config}: clustering {list(cfg.clustering.n_clusters)}, {cfg.clustering.n_iter} iterations, "
+          f"{cfg.clustering.n_resampling_steps} resampling steps, r = {list(cfg.clustering.hierarchy().resample_size)}")
+    print("\n".join(size.lines()))
+    return 1 if size.problems else 0
 
 
 def _where(what: str) -> str:
@@ -180,6 +226,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "report":
             _report(args)
             return 0
+        if args.command == "plan":
+            return _plan(args)
         if args.command == "where":
             print(_where(args.what))
             return 0

@@ -58,6 +58,16 @@ PASS_SECONDS = 0.42
 #: input bytes (list<float> Parquet) read, validated and cached per core-second: 1M x 384
 #: cached in 29.9 s on 2 cores (bench/RESULTS.md run F)
 CACHE_BYTES_PER_CORE_SECOND = 1_000_000 * 384 * 4 / 29.9 / 2
+#: assignments rows written per core-second (the final labelling pass's output, Delta commit
+#: included): 1M rows' assignments + clusters written in 14.0 s on 2 cores (bench/RESULTS.md run F)
+WRITE_ROWS_PER_CORE_SECOND = 1_000_000 / 14.0 / 2
+#: seconds per Delta commit of a stage's table (a small Spark write + the log entry, embedded
+#: Delta; the cluster stage commits clusters, coarse_clusters and assignments, and writes a
+#: checkpoint per level): ~5 s over the per-pass model in tests/spark/test_sizing_measured.py
+COMMIT_SECONDS = 1.5
+#: the one-off start of a Spark session and its Python workers (importing numpy, faiss, pyarrow):
+#: 6-13 s here (DESIGN.md section 5); counted apart from the stages
+STARTUP_SECONDS = 10.0
 #: rows shuffled per core-second in a two-step group pass, as d x 4-byte vectors: bytes/second
 SHUFFLE_BYTES_PER_CORE_SECOND = 40e6
 #: fp32 FLOP/s of one GPU for faiss's search, until measured (about half an A100's 19.5 TFLOP/s
@@ -181,12 +191,13 @@ class JobSize:
     hardware: Hardware
     levels: list[LevelSize]
     cache_seconds: float
+    write_seconds: float  # the assignments pass and the tables' writes
     driver_bytes: int
     problems: list[Problem] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
-        return self.cache_seconds + sum(lv.seconds for lv in self.levels)
+        return self.cache_seconds + sum(lv.seconds for lv in self.levels) + self.write_seconds
 
     def raise_if_impossible(self) -> None:
         if self.problems:
@@ -212,7 +223,9 @@ class JobSize:
                 f"{fmt_bytes(lv.task_bytes)} | {fmt_bytes(lv.driver_bytes)} | {lv.flops_per_iteration / 1e9:,.1f} | {lv.passes} | "
                 f"{fmt_seconds(lv.seconds)} |"
             )
-        out += ["", f"driver peak (estimate): {fmt_bytes(self.driver_bytes)}; total (estimate): {fmt_seconds(self.seconds)}"]
+        out.append(f"| assignments | | {self.rows:,} | executors | | | | | | 1 | {fmt_seconds(self.write_seconds)} |")
+        out += ["", f"driver peak (estimate): {fmt_bytes(self.driver_bytes)}; cluster stage (estimate): {fmt_seconds(self.seconds)}, "
+                    f"plus ~{STARTUP_SECONDS:.0f} s for the Spark session and its workers to start"]
         out += [f"level {lv.level}: {lv.why}" for lv in self.levels if lv.why]
         if self.problems:
             out += ["", "CANNOT RUN:"] + [f"  {p}" for p in self.problems]
@@ -321,7 +334,11 @@ def size_job(
                                        f"{fmt_bytes(hw.driver_memory)}", fix))
         levels.append(LevelSize(t, k, n, "executors" if on_exec else "driver", c, task, driver, flops, passes, seconds, why))
     cache = rows * d * 4 / (CACHE_BYTES_PER_CORE_SECOND * hw.total_cores) + PASS_SECONDS
-    return JobSize(rows, dim, hw, levels, cache, driver_peak, problems)
+    first = levels[0]
+    label_flops = 2.0 * rows * ((first.n_coarse + first.k / first.n_coarse) if first.n_coarse else first.k) * d
+    write = (label_flops / hw.executor_flops + rows / (WRITE_ROWS_PER_CORE_SECOND * hw.total_cores) + 2 * PASS_SECONDS
+             + 3 * COMMIT_SECONDS)
+    return JobSize(rows, dim, hw, levels, cache, write, driver_peak, problems)
 
 
 def size_config(cfg, rows: int, dim: int, hardware: Optional[Hardware] = None, **kw) -> JobSize:

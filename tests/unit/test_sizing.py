@@ -1,0 +1,64 @@
+"""The sizing model: refusals name the level and the fix, ``auto`` picks two steps only where
+memory requires it, and ``lakecurate plan`` prints the table and exits 1 for what cannot run."""
+
+from __future__ import annotations
+
+import pytest
+
+from lakecurate.cli import main
+from lakecurate.errors import ConfigError
+from lakecurate.sizing import Hardware, parse_bytes, resolve_n_coarse, size_job
+
+DINOV3 = [200_000_000, 8_000_000, 800_000, 100_000, 25_000]
+GIB = 1 << 30
+
+
+def test_parse_bytes_reads_spark_sizes_and_names_a_bad_value():
+    assert parse_bytes("4g", "k") == 4 * GIB and parse_bytes("512m", "k") == 512 << 20 and parse_bytes(1000, "k") == 1000
+    assert parse_bytes("1.5GiB", "k") == int(1.5 * GIB)
+    with pytest.raises(ConfigError, match="clustering.task_memory='four' must be a size"):
+        parse_bytes("four", "clustering.task_memory")
+
+
+def test_auto_stays_one_step_where_it_fits_and_splits_where_it_does_not():
+    assert resolve_n_coarse("auto", 1000, 1_000_000, 384, on_executors=True, task_memory=4 * GIB, level=1) == (0, "")
+    c, why = resolve_n_coarse("auto", 1_000_000, 100_000_000, 384, on_executors=True, task_memory=4 * GIB, level=1)
+    assert 1000 <= c < 1_000_000 and "two-step" in why and "task_memory" in why
+    assert resolve_n_coarse(7, 1000, 10_000, 8, on_executors=True, task_memory=GIB, level=2)[0] == 7
+    assert resolve_n_coarse("auto", 1_000_000, 2_000_000, 384, on_executors=False, task_memory=GIB, level=2)[0] == 0  # the driver's
+
+
+def test_one_step_that_cannot_fit_a_task_is_refused_with_the_level_and_the_fix():
+    size = size_job(10_000_000, 384, [1_000_000, 1000], n_coarse=[0, 0], hardware=Hardware(executors=10, cores=8, driver_memory=64 * GIB))
+    assert [p.level for p in size.problems] == [1]
+    text = str(size.problems[0])
+    assert "one k-means with k=1,000,000" in text and "two-step at this level (clustering.n_coarse[0]" in text
+    with pytest.raises(ConfigError, match="level 1: one k-means"):
+        size.raise_if_impossible()
+    auto = size_job(10_000_000, 384, [1_000_000, 1000], hardware=Hardware(executors=10, cores=8, driver_memory=64 * GIB))
+    assert not auto.problems and auto.levels[0].n_coarse > 0 and auto.levels[1].n_coarse == 0
+    assert auto.levels[0].flops_per_iteration < size.levels[0].flops_per_iteration / 100
+
+
+def test_dinov3_at_full_scale_is_refused_for_the_driver_and_fits_scaled_down():
+    full = size_job(17_000_000_000, 1024, DINOV3, resample_size=[1, 20, 8, 8, 4], n_iter=20,
+                    hardware=Hardware(executors=400, cores=32, gpus=8, task_memory=64 * GIB, driver_memory=512 * GIB))
+    assert full.problems and full.problems[0].level == 1 and "driver holds" in full.problems[0].message
+    assert all(lv.n_coarse > 0 for lv in full.levels[:1])
+    small = size_job(1_700_000, 128, [20_000, 800, 80, 10, 3], resample_size=[1, 20, 8, 4, 2], n_iter=20,
+                     hardware=Hardware(task_memory=4 * GIB, driver_memory=16 * GIB))
+    assert not small.problems
+    assert small.levels[0].where == "executors" and all(lv.where == "driver" for lv in small.levels[1:])
+    assert small.seconds > small.cache_seconds > 0
+
+
+def test_lakecurate_plan_prints_the_table_and_refuses_what_cannot_run(capsys):
+    assert main(["plan", "demo", "--rows", "200000", "--dim", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "| 1 | 1,000 | 200,000 | executors | one |" in out and "GFLOP per iteration" in out and "CANNOT RUN" not in out
+    assert main(["plan", "demo", "clustering.n_clusters=[200000,1000,50]", "clustering.n_coarse=[0,0,0]",
+                 "--rows", "50000000", "--dim", "1024", "--task-memory", "64m"]) == 1
+    out = capsys.readouterr().out
+    assert "CANNOT RUN" in out and "level 1: one k-means with k=200,000" in out
+    assert main(["plan", "demo", "--rows", "0"]) == 2
+    assert "--rows=0 must be an integer >= 1" in capsys.readouterr().err
