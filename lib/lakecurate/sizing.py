@@ -68,6 +68,10 @@ COMMIT_SECONDS = 1.5
 #: the one-off start of a Spark session and its Python workers (importing numpy, faiss, pyarrow):
 #: 6-13 s here (DESIGN.md section 5); counted apart from the stages
 STARTUP_SECONDS = 10.0
+#: ``n_coarse: auto`` also splits a level on the executors from this many clusters: one k-means
+#: then costs sqrt(k)/2 >= 50x the FLOPs per iteration of two steps with sqrt(k) coarse clusters
+#: (the large-k figures of bench/scale.py in bench/RESULTS.md: time and objective, flat vs two-step)
+AUTO_TWO_STEP_MIN_K = 10_000
 #: rows shuffled per core-second in a two-step group pass, as d x 4-byte vectors: bytes/second
 SHUFFLE_BYTES_PER_CORE_SECOND = 40e6
 #: fp32 FLOP/s of one GPU for faiss's search, until measured (about half an A100's 19.5 TFLOP/s
@@ -249,13 +253,18 @@ def resolve_n_coarse(spec, k: int, n: int, d: int, *, on_executors: bool, task_m
         return int(spec), ("two-step as configured" if spec else "")
     budget = USABLE_SHARE * task_memory
     need = one_step_task_bytes(k, d)
-    if not on_executors or need <= budget or k < 4:
+    big = k >= AUTO_TWO_STEP_MIN_K
+    if not on_executors or k < 4 or (need <= budget and not big):
         return 0, ""
     c = max(2, math.ceil(math.sqrt(k)))
     while c < k - 1 and max(one_step_task_bytes(c, d), group_task_bytes(n, k, c, d)) > budget:
         c = min(k - 1, c * 2)
-    return c, (f"two-step with {c} coarse clusters (auto): one k-means with k={k:,} needs {fmt_bytes(need)} per task, over "
-               f"{USABLE_SHARE:.0%} of clustering.task_memory={fmt_bytes(task_memory)}")
+    if need > budget:
+        why = (f"one k-means with k={k:,} needs {fmt_bytes(need)} per task, over {USABLE_SHARE:.0%} of "
+               f"clustering.task_memory={fmt_bytes(task_memory)}")
+    else:
+        why = f"k={k:,} >= {AUTO_TWO_STEP_MIN_K:,}: one k-means would cost {k / (c + k / c):.0f}x the FLOPs per iteration"
+    return c, f"two-step with {c} coarse clusters (auto): {why}"
 
 
 def size_job(
