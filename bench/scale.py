@@ -14,6 +14,9 @@ Sections:
 - ``paper``: the paper's four-level web-image run (743M rows: 10M / 500k / 50k / 10k, level 1 in
   two steps of 100k coarse clusters, r = 1 / 10 / 5 / 3, 10 resampling steps) scaled the same way,
   target a tenth of the pool.
+- The pool (``--pool``): ``tree`` (default) nests its concepts in groups of groups (what the upper
+  levels of a tree can find, as real data's concepts nest); ``flat`` has 2000 independent concepts,
+  where nothing above the concepts has structure for the upper levels to find.
 - ``large_k``: level 1 at ``--large-n`` x 384 with k = 20k and 100k, one k-means (flat) against
   two steps (sqrt(k) coarse clusters), seconds per Lloyd iteration and the objective after the
   same iterations, on one cached Spark input.
@@ -47,8 +50,12 @@ DINOV3_ROWS, DINOV3_LEVELS = 17_000_000_000, [200_000_000, 8_000_000, 800_000, 1
 PAPER_ROWS, PAPER_LEVELS, PAPER_COARSE = 743_000_000, [10_000_000, 500_000, 50_000, 10_000], 100_000
 
 
+#: the nested concepts of the default pool: 3 groups of 3 of 8 of 10 of 3 concepts (2160)
+POOL_TREE = (3, 3, 8, 10, 3)
+
+
 def scaled(levels, rows_from, rows_to):
-    return [max(2, round(k * rows_to / rows_from)) for k in levels]
+    return [max(2, int(k * rows_to / rows_from + 0.5)) for k in levels]  # half up: DINOv3's 25k -> 2.5 -> 3
 
 
 def half_mean_sizes(levels):
@@ -180,7 +187,7 @@ def curation_run(name, npy, levels, r, n_coarse, n_iter, target, rows, dim):
 
     from lakecurate.lake import read_delta_files
     from lakecurate.plan import load_plan
-    from lakecurate.sizing import Hardware, measure_rate, measure_seeding, size_config
+    from lakecurate.sizing import Hardware, calibrate, size_config
     from lakecurate.stages.cluster import machine_memory
 
     lake = os.path.join(RESULTS, f"lake-{name}")
@@ -191,30 +198,29 @@ def curation_run(name, npy, levels, r, n_coarse, n_iter, target, rows, dim):
     config = write_config(name, npy, levels, r, n_coarse, n_iter, target, lake)
     plan = load_plan(config)
     cores = os.cpu_count() or 1
-    size = size_config(plan.config, rows, dim, Hardware(cores=cores, driver_cores=cores, driver_memory=machine_memory(),
-                                                        core_flops=measure_rate(dim, levels[0])),
-                       seeding_seconds_per_flop=measure_seeding(dim))
+    size = size_config(plan.config, rows, dim, Hardware(cores=cores, driver_cores=cores, driver_memory=machine_memory(), **calibrate(dim)))
     res = run_worker("run", {"config": config, "name": name})
     runs = read_delta_files(os.path.join(lake, "runs")).to_pandas()
-    runs = runs[(runs["run_id"] == plan.run_id) & (runs["status"] == "succeeded")]
+    run_id = runs["run_id"].iloc[0]  # a fresh lake per run: its one run (the id also hashes the input's fingerprint)
+    runs = runs[(runs["run_id"] == run_id) & (runs["status"] == "succeeded")]
     stage = {row["stage"]: (json.loads(row["metrics"]) if isinstance(row["metrics"], str) else row["metrics"], row["seconds"])
              for _, row in runs.iterrows()}
     cluster, cluster_s = stage["cluster"]
     curated = read_delta_files(os.path.join(lake, "curated"), columns=["id", "run_id"]).to_pandas()
-    curated = curated[curated["run_id"] == plan.run_id]["id"].to_numpy(np.int64)
+    curated = curated[curated["run_id"] == run_id]["id"].to_numpy(np.int64)
     from data import concepts_path
 
     concepts = np.load(concepts_path(npy))
     del DeltaTable
     return {
         "name": name, "rows": rows, "dim": dim, "levels": levels, "r": r, "n_coarse": n_coarse, "n_iter": n_iter,
-        "target": target, "run_id": plan.run_id, "wall_seconds": res["wall_seconds"], "driver_peak_rss_mb": res["driver_peak_rss_mb"],
+        "target": target, "run_id": run_id, "wall_seconds": res["wall_seconds"], "driver_peak_rss_mb": res["driver_peak_rss_mb"],
         "cluster_seconds": cluster_s, "sample_seconds": stage.get("sample", (None, None))[1],
         "cache_seconds": cluster.get("cache_seconds"), "write_seconds": cluster.get("write_seconds"),
         "per_level": cluster["levels"], "plan_seconds": size.seconds, "plan_lines": size.lines(),
         "plan_levels": [{"level": lv.level, "seconds": lv.seconds, "n_coarse": lv.n_coarse, "task_bytes": lv.task_bytes,
                          "why": lv.why} for lv in size.levels],
-        "balance": balance(curated, concepts), "report": os.path.join(lake, "reports", plan.run_id, "index.html"),
+        "balance": balance(curated, concepts), "report": os.path.join(lake, "reports", run_id, "index.html"),
     }
 
 
@@ -228,7 +234,7 @@ def render(R: dict) -> str:
         if key not in R:
             continue
         x = R[key]
-        out += [f"## {key}: {x['rows']:,} x {x['dim']}, levels {x['levels']}, r = {x['r']}, n_coarse = {x['n_coarse']}, "
+        out += [f"## {key} ({R.get('pool', 'flat')} pool): {x['rows']:,} x {x['dim']}, levels {x['levels']}, r = {x['r']}, n_coarse = {x['n_coarse']}, "
                 f"{x['n_iter']} iterations, 10 resampling steps, target {x['target']:,}",
                 f"wall (lakecurate run, incl. Spark start) {x['wall_seconds']:.1f} s; cluster stage {x['cluster_seconds']:.1f} s "
                 f"(plan's estimate {x['plan_seconds']:.1f} s, measured/estimate {x['cluster_seconds'] / x['plan_seconds']:.2f}); "
@@ -275,6 +281,9 @@ def main(argv=None) -> int:
     ap.add_argument("--flat-max-k", type=int, default=20_000, help="above this k the flat k-means times one pass only")
     ap.add_argument("--large-iters", type=int, default=3)
     ap.add_argument("--sections", default="dinov3,paper,large_k")
+    ap.add_argument("--pool", choices=["tree", "flat"], default="tree",
+                    help="tree: concepts nested in groups (3 x 3 x 8 x 10 x 3 = 2160 leaves, what a 5-level tree can find); "
+                         "flat: 2000 independent concepts (no structure above the concepts)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.path.join(RESULTS, "scale.json"))
     ap.add_argument("--render", metavar="JSON")
@@ -294,12 +303,12 @@ def main(argv=None) -> int:
     from data import generate
 
     os.makedirs(DATA, exist_ok=True)
-    R = {"command": " ".join([".venv/bin/python bench/scale.py", *(argv if argv is not None else sys.argv[1:])]),
+    R = {"command": " ".join([".venv/bin/python bench/scale.py", *(argv if argv is not None else sys.argv[1:])]), "pool": args.pool,
          "cores": os.cpu_count(), "load_start": os.getloadavg()[0],
          "args": {"ks": [int(k) for k in args.ks.split(",")], "flat_max_k": args.flat_max_k, "large_iters": args.large_iters}}
     sections = args.sections.split(",")
     if "dinov3" in sections or "paper" in sections:
-        npy, _ = generate(DATA, args.n, args.dim, n_concepts=2000, seed=0)
+        npy, _ = generate(DATA, args.n, args.dim, n_concepts=2000, seed=0, tree=POOL_TREE if args.pool == "tree" else ())
     if "dinov3" in sections:
         levels = scaled(DINOV3_LEVELS, DINOV3_ROWS, args.n)
         target = round(1_689_000_000 * args.n / DINOV3_ROWS)  # DINOv3 kept 1.689B of ~17B

@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--gpus", type=int, default=0, help="GPUs per executor (default 0)")
     size.add_argument("--task-memory", help="memory per task, e.g. 8g (default: clustering.task_memory)")
     size.add_argument("--driver-memory", help="driver memory, e.g. 64g (default: this machine's)")
+    size.add_argument("--driver-cores", type=int, help="driver cores, for the levels fitted in-process (default: --cores)")
     where = sub.add_parser("where", help="print where the installed package keeps its spark-submit job files or bundled configs")
     where.add_argument("what", choices=["jobs", "conf", "curate", "dedup", "embed", "coreset", "shards", "assign"],
                        help="jobs or conf: the folder; a job's name: its spark-submit file")
@@ -102,7 +103,7 @@ def _report(args) -> None:
 
 def _plan(args) -> int:
     from lakecurate.plan import load_plan
-    from lakecurate.sizing import Hardware, measure_rate, measure_seeding, size_config
+    from lakecurate.sizing import Hardware, calibrate, size_config
     from lakecurate.stages.cluster import machine_memory
     from lakecurate.validation import check_int, parse_bytes
 
@@ -123,12 +124,13 @@ def _plan(args) -> int:
         gpus=check_int(args.gpus, "--gpus", minimum=0),
         task_memory=parse_bytes(args.task_memory or cfg.clustering.task_memory, "--task-memory" if args.task_memory else "clustering.task_memory"),
         driver_memory=parse_bytes(args.driver_memory, "--driver-memory") if args.driver_memory else machine_memory(),
-        driver_cores=os.cpu_count() or 1, core_flops=measure_rate(dim, cfg.clustering.n_clusters[0]),
+        driver_cores=check_int(args.driver_cores if args.driver_cores is not None else args.cores, "--driver-cores", minimum=1),
+        **calibrate(dim),
     )
     if args.task_memory:
         args.overrides = [*args.overrides, f"clustering.task_memory={args.task_memory}"]
         cfg = load_plan(args.config, args.overrides).config
-    size = size_config(cfg, rows, dim, hw, seeding_seconds_per_flop=measure_seeding(dim))
+    size = size_config(cfg, rows, dim, hw)
     print(f"plan of {args.config}: clustering {list(cfg.clustering.n_clusters)}, {cfg.clustering.n_iter} iterations, "
           f"{cfg.clustering.n_resampling_steps} resampling steps, r = {list(cfg.clustering.hierarchy().resample_size)}")
     print("\n".join(size.lines()))

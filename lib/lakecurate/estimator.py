@@ -19,7 +19,7 @@ from lakecurate.core.coreset import CoresetResult, default_budget, greedy, in_me
 from lakecurate.core.sampling import ClusterTree, balanced_sample_from_tree
 from lakecurate.errors import ConfigError, InputDataError
 from lakecurate.validation import (STRATEGIES, check_choice, check_coreset_params, check_embeddings, check_hierarchy, check_int,
-                                   check_levels)
+                                   check_int_list, check_levels)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ class HierarchicalKMeans:
     init : "k-means++" (on a uniform sample of ``init_points_per_centroid * k`` rows) or "random".
     metric : "l2" (squared Euclidean on raw vectors) or "cosine" (rows and centroids normalised).
     seed : seeds every random choice; the same seed gives the same tree.
+    n_coarse : per level (an int applies to every level): 0 fits the level with one k-means; C > 0
+        fits it in two steps, a k-means with C coarse clusters, then one inside each coarse cluster
+        with a share of the level's k (the Spark cluster stage's ``clustering.n_coarse``, same bits).
 
     Attributes after ``fit``: ``levels_`` (list of :class:`~lakecurate.core.hierarchy.Level`,
     level 1 first), ``tree_`` (:class:`~lakecurate.core.sampling.ClusterTree`), ``n_samples_``.
@@ -52,6 +55,7 @@ class HierarchicalKMeans:
         metric: str = "l2",
         init_points_per_centroid: int = DEFAULT_INIT_POINTS_PER_CENTROID,
         seed: int = 0,
+        n_coarse: Union[int, Sequence[int]] = 0,
     ):
         self.n_clusters = n_clusters
         self.n_resampling_steps = n_resampling_steps
@@ -61,19 +65,27 @@ class HierarchicalKMeans:
         self.metric = metric
         self.init_points_per_centroid = init_points_per_centroid
         self.seed = seed
+        self.n_coarse = n_coarse
 
     def _params(self) -> list[LevelParams]:
-        return level_params(
-            check_hierarchy(
-                self.n_clusters,
-                n_resampling_steps=self.n_resampling_steps,
-                resample_size=self.resample_size,
-                n_iter=self.n_iter,
-                init=self.init,
-                metric=self.metric,
-                init_points_per_centroid=self.init_points_per_centroid,
-            )
+        settings = check_hierarchy(
+            self.n_clusters,
+            n_resampling_steps=self.n_resampling_steps,
+            resample_size=self.resample_size,
+            n_iter=self.n_iter,
+            init=self.init,
+            metric=self.metric,
+            init_points_per_centroid=self.init_points_per_centroid,
         )
+        coarse = check_int_list(self.n_coarse, "n_coarse", minimum=0)
+        if len(coarse) == 1:
+            coarse = coarse * len(settings.n_clusters)
+        if len(coarse) != len(settings.n_clusters):
+            raise ConfigError(f"n_coarse has {len(coarse)} entries but n_clusters has {len(settings.n_clusters)} levels")
+        for t, (c, k) in enumerate(zip(coarse, settings.n_clusters)):
+            if c and not 2 <= c < k:
+                raise ConfigError(f"n_coarse[{t}]={c} must be 0 (one k-means) or an integer in [2, n_clusters[{t}]={k})")
+        return level_params(settings, coarse)
 
     def fit(self, X, y=None) -> "HierarchicalKMeans":
         params = self._params()

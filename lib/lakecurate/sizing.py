@@ -19,8 +19,8 @@ The model (no Spark import; every constant names where it was measured):
 - **The driver** holds every level's centroids (centroids, the checkpoint, the clusters table:
   ``DRIVER_BYTES_PER_CENTROID_FLOAT`` x k x d per level), the partial sums of the level in flight,
   and the inputs of a level it fits in-process.
-- **Time** = FLOPs of every assignment / the measured rate of the assignment kernel
-  (:func:`measure_rate`: lakecurate's exact kernel, one thread, at the level's shape) x cores,
+- **Time** = per assignment pass, rows x (a + b k) / cores, with a and b this machine's measured
+  costs of lakecurate's exact kernel (:func:`calibrate`: one thread, at the job's width, at two k),
   + passes x ``PASS_SECONDS`` (a Spark job's fixed cost) + the one-off cache of the input
   (``CACHE_BYTES_PER_CORE_SECOND``) + the sampled k-means++ seedings. GPU rates are the
   documented constant ``GPU_FLOPS`` until measured on a GPU machine.
@@ -105,9 +105,20 @@ class Hardware:
     task_memory: int = 4 << 30
     driver_memory: int = 8 << 30
     driver_cores: int = 2
-    #: FLOP/s of the assignment kernel on one core (measured by :func:`measure_rate`)
+    #: FLOP/s of the assignment kernel's search on one core, and its seconds per row that do not
+    #: grow with k (re-score, sums, reading the block): both measured by :func:`calibrate`
     core_flops: float = 50e9
+    row_seconds: float = 0.0
+    #: seconds per (sample rows x k x d) of the sampled k-means++ seeding (:func:`calibrate`)
+    seeding_seconds: float = 2.5e-10
     gpu_flops: float = GPU_FLOPS
+
+    def pass_seconds(self, n: float, k: float, d: int, *, on_executors: bool) -> float:
+        """Compute seconds of one exact assignment of n rows to k centroids (no fixed Spark cost)."""
+        if on_executors and self.gpus:
+            return 2.0 * n * k * d / (self.executors * self.gpus * self.gpu_flops) + n * self.row_seconds / self.total_cores
+        cores = self.total_cores if on_executors else self.driver_cores
+        return n * (self.row_seconds + 2.0 * k * d / self.core_flops) / cores
 
     @property
     def total_cores(self) -> int:
@@ -121,21 +132,14 @@ class Hardware:
         return self.total_cores * self.core_flops
 
 
-def measure_rate(d: int, k: int, *, rows: int = 8192, repeats: int = 3) -> float:
-    """FLOP/s (2 x rows x k x d per second) of lakecurate's exact assignment kernel on one thread.
-
-    The same ``assign_batch`` every pass runs (faiss's BLAS search of two candidates, the
-    row-wise re-score, float64 sums), at the level's width and up to 2048 centroids (the rate is
-    flat above a few hundred), on random data; best of ``repeats``. About a second.
-    """
+def _kernel_seconds_per_row(d: int, k: int, rows: int, repeats: int) -> float:
     import faiss
 
     from lakecurate.core.assign import assign_batch
 
-    kk = int(min(max(k, 64), 2048))
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(k)
     x = rng.standard_normal((rows, d), dtype=np.float32)
-    c = rng.standard_normal((kk, d), dtype=np.float32)
+    c = rng.standard_normal((k, d), dtype=np.float32)
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
@@ -147,18 +151,29 @@ def measure_rate(d: int, k: int, *, rows: int = 8192, repeats: int = 3) -> float
             best = min(best, time.perf_counter() - t0)
     finally:
         faiss.omp_set_num_threads(threads)
-    return 2.0 * rows * kk * d / best
+    return best / rows
 
 
-def measure_seeding(d: int, *, k: int = 200, points_per_centroid: int = 40) -> float:
-    """Seconds per (sample rows x k x d) of the sampled k-means++ seeding, measured at small k."""
+def calibrate(d: int, *, rows: int = 8192, repeats: int = 3) -> dict:
+    """This machine's rates for :class:`Hardware`, measured at width ``d`` on one thread (~2 s).
+
+    lakecurate's exact assignment kernel (``assign_batch``: faiss's search of two candidates, the
+    re-score, float64 sums) at k = 32 and k = 1024: its seconds per row are a + b k, so
+    ``core_flops`` = 2 d / b (the search) and ``row_seconds`` = a (what every row costs whatever k);
+    and the sampled k-means++ seeding's seconds per (sample rows x k x d).
+    """
     from lakecurate.core.kmeans import kmeans_plusplus
 
-    n = points_per_centroid * k
-    x = np.random.default_rng(1).standard_normal((n, d), dtype=np.float32)
+    lo, hi = 32, 1024
+    t_lo = _kernel_seconds_per_row(d, lo, rows, repeats)
+    t_hi = _kernel_seconds_per_row(d, hi, rows, repeats)
+    b = max((t_hi - t_lo) / (hi - lo), 1e-15)
+    k, ppc = 200, 40
+    x = np.random.default_rng(1).standard_normal((ppc * k, d), dtype=np.float32)
     t0 = time.perf_counter()
     kmeans_plusplus(x, k, np.random.default_rng(0))
-    return (time.perf_counter() - t0) / (n * k * d)
+    seeding = (time.perf_counter() - t0) / (ppc * k * k * d)
+    return {"core_flops": 2.0 * d / b, "row_seconds": max(t_lo - b * lo, 0.0), "seeding_seconds": seeding}
 
 
 @dataclass
@@ -213,7 +228,8 @@ class JobSize:
         out = [
             f"input: {self.rows:,} rows x {self.dim} float32 ({fmt_bytes(self.rows * self.dim * 4)})",
             f"hardware: {hw.executors} executor(s) x {hw.cores} cores{gpu}, {fmt_bytes(hw.task_memory)} per task, "
-            f"driver {fmt_bytes(hw.driver_memory)}; assignment kernel {hw.core_flops / 1e9:.1f} GFLOP/s per core (measured here)",
+            f"driver {fmt_bytes(hw.driver_memory)}; assignment kernel {hw.core_flops / 1e9:.1f} GFLOP/s per core + "
+            f"{hw.row_seconds * 1e6:.2f} us per row (measured here)",
             "",
             "| level | k | inputs | where | steps | centroids per task | task memory | driver memory | GFLOP per iteration | passes | est. time |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -279,7 +295,6 @@ def size_job(
     init_points_per_centroid: int = 40,
     driver_max_rows: int = 500_000,
     hardware: Optional[Hardware] = None,
-    seeding_seconds_per_flop: float = 2.5e-10,
 ) -> JobSize:
     """The plan of one hierarchical k-means (see the module docstring for the model)."""
     hw = hardware or Hardware()
@@ -299,18 +314,26 @@ def size_job(
         c, why = resolve_n_coarse(coarse_spec[t - 1], k, n, d, on_executors=on_exec, task_memory=hw.task_memory, level=t)
         m = n_resampling_steps if rs[t - 1] > 1 else 0
         lloyd_passes = n_iter + 1 + 2  # iterations, the final assignment, the two passes drawing the seeding sample
-        rate = hw.executor_flops if on_exec else hw.driver_cores * hw.core_flops
-        seed_s = lambda kk: seeding_seconds_per_flop * min(n, init_points_per_centroid * kk) * kk * d  # noqa: E731
+        npass = lambda rows_, kk: hw.pass_seconds(rows_, kk, d, on_executors=on_exec)  # noqa: E731
+        seed_s = lambda kk, rows_=n: hw.seeding_seconds * min(rows_, init_points_per_centroid * kk) * kk * d  # noqa: E731
         if c:
             flops = 2.0 * n * (c + k / c) * d
             fine_rows = GROUP_SKEW * n / c  # the fine fits: each group's k-means and resampling inside one task
-            fine_flops = 2.0 * n * (k / c) * d * (n_iter + 2) * (1 + m) * GROUP_SKEW ** 0.5
+            # sum over groups of rows x fine k, with k_g proportional to n_g: (k / n) sum n_g^2 = n k / c x (1 + cv^2);
+            # GROUP_SKEW stands for 1 + cv^2 of a long-tailed pool's coarse clusters
+            fine_work = n * (k / c) * GROUP_SKEW
             fine_cores = min(hw.total_cores if on_exec else hw.driver_cores, c)
+            runs = (n_iter + 2) * (1 + m)  # Lloyd passes of each k-means inside a group, times its resampling steps
+
+            def group_s(rows_: float, kk: float) -> float:  # one group's fit, on one core
+                return rows_ * (hw.row_seconds + 2.0 * kk * d / hw.core_flops) * runs + seed_s(kk, rows_)
+
+            # all groups over the cores, but never less than the largest group alone (one task)
+            fine = max(group_s(fine_rows, GROUP_SKEW * k / c),
+                       (n * hw.row_seconds * runs + 2.0 * fine_work * d / hw.core_flops * runs + c * seed_s(k / c, n / c)) / fine_cores)
             passes = lloyd_passes + 2 if on_exec else 0  # coarse passes, the group pass, the routed labels
             shuffle = 2 * n * d * 4 / (SHUFFLE_BYTES_PER_CORE_SECOND * hw.total_cores) if on_exec else 0.0
-            seconds = (2.0 * n * c * d * lloyd_passes / rate + fine_flops / (fine_cores * hw.core_flops)
-                       + 2.0 * n * (c + k / c) * d / rate + passes * PASS_SECONDS + shuffle + seed_s(c)
-                       + c * seed_s(k / c) / fine_cores)
+            seconds = (npass(n, c) * lloyd_passes + fine + npass(n, c + k / c) + passes * PASS_SECONDS + shuffle + seed_s(c))
             task = max(one_step_task_bytes(c, d), group_task_bytes(n, k, c, d)) if on_exec else 0
             if on_exec and group_task_bytes(n, k, c, d) > budget:
                 problems.append(Problem(t, f"two-step with {c} coarse clusters puts ~{fine_rows:,.0f} rows (the largest group, "
@@ -321,8 +344,8 @@ def size_job(
         else:
             flops = 2.0 * n * k * d
             passes = (lloyd_passes + m + 1) if on_exec else 0  # + one closest-rows pass per resampling step + the final one
-            resample_flops = 2.0 * min(n, k * rs[t - 1]) * k * d * (n_iter + 1) * m  # k-means on the resampled points (driver)
-            seconds = (flops * (lloyd_passes + m + 1) / rate + resample_flops / (hw.driver_cores * hw.core_flops)
+            resampled = min(n, k * rs[t - 1])  # the k-means of each resampling step runs on these points, on the driver
+            seconds = (npass(n, k) * (lloyd_passes + m + 1) + m * (n_iter + 1) * hw.pass_seconds(resampled, k, d, on_executors=False)
                        + passes * PASS_SECONDS + seed_s(k) * (1 + m))
             task = one_step_task_bytes(k, d) if on_exec else 0
             if on_exec and task > budget:
@@ -344,9 +367,9 @@ def size_job(
         levels.append(LevelSize(t, k, n, "executors" if on_exec else "driver", c, task, driver, flops, passes, seconds, why))
     cache = rows * d * 4 / (CACHE_BYTES_PER_CORE_SECOND * hw.total_cores) + PASS_SECONDS
     first = levels[0]
-    label_flops = 2.0 * rows * ((first.n_coarse + first.k / first.n_coarse) if first.n_coarse else first.k) * d
-    write = (label_flops / hw.executor_flops + rows / (WRITE_ROWS_PER_CORE_SECOND * hw.total_cores) + 2 * PASS_SECONDS
-             + 3 * COMMIT_SECONDS)
+    label_k = (first.n_coarse + first.k / first.n_coarse) if first.n_coarse else first.k
+    write = (hw.pass_seconds(rows, label_k, d, on_executors=True) + rows / (WRITE_ROWS_PER_CORE_SECOND * hw.total_cores)
+             + 2 * PASS_SECONDS + 3 * COMMIT_SECONDS)
     return JobSize(rows, dim, hw, levels, cache, write, driver_peak, problems)
 
 

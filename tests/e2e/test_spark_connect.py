@@ -34,7 +34,7 @@ from lakecurate.pipeline import run
 from lakecurate.plan import load_plan
 
 from builders import make_texts
-from digests import _sha
+from digests import _sha, run_digests
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.spark, pytest.mark.connect]
 
@@ -64,6 +64,12 @@ def grown_input(lake_root: str, folder: str) -> str:
     pq.write_table(pa.table({"id": pa.array(ids), "embedding": matrix_to_list_array(np.concatenate([x, new]))}),
                    os.path.join(folder, "part-0.parquet"))
     return folder
+
+
+def two_step_plan(lake_root: str, extra=()):
+    """Two steps at both levels, level 2 on the executors too: the group and cogroup passes."""
+    return load_plan("demo-redundant", [*DEMO, *extra, f"lake.root={lake_root}", "stages=[cluster,sample]", "report.label_column=null",
+                                        "clustering.n_coarse=[3,2]", "clustering.driver_max_rows=10", "spark.block_cache=lake"])
 
 
 def nightly_plan(lake_root: str, grown: str, extra=()):
@@ -107,7 +113,8 @@ def embeddings_digest(lake_root: str) -> dict:
 CHILD = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from test_spark_connect import DEMO, coreset_config, coreset_rows, curate_plan, embed_config, embeddings_digest, grown_input, nightly_plan
+from test_spark_connect import (DEMO, coreset_config, coreset_rows, curate_plan, embed_config, embeddings_digest, grown_input, nightly_plan,
+                                two_step_plan)
 from digests import run_digests
 from lakecurate.pipeline import run
 from lakecurate.plan import load_plan
@@ -127,6 +134,8 @@ res = run(load_plan("demo-redundant", [*DEMO, *NO_HTML, f"lake.root={root}", "sp
 out["shards"] = {"run_id": res.run_id, "skipped": res.skipped, "metrics": res.stages["shards"]}
 res = run(nightly_plan(root, grown_input(root, f"{sys.argv[2]}/grown"), NO_HTML), spark=spark)
 out["nightly"] = {"run_id": res.run_id, "stages": res.stages}
+res = run(two_step_plan(f"{sys.argv[2]}/twostep", NO_HTML), spark=spark)
+out["two_step"] = {"digests": run_digests(f"{sys.argv[2]}/twostep", res.run_id), "levels": res.stages["cluster"]["levels"]}
 res = run(load_plan(data=embed_config(f"{sys.argv[2]}/embed", sys.argv[3]), overrides=NO_HTML, alone="embed"), spark=spark)
 out["embed"] = {"digest": embeddings_digest(f"{sys.argv[2]}/embed"), "metrics": {k: res.stages["embed"][k] for k in ("embedded", "rejected")}}
 cfg = coreset_config(f"{sys.argv[2]}/coreset", f"{sys.argv[2]}/embed/embeddings", sys.argv[3], sys.argv[4])
@@ -213,6 +222,16 @@ def test_a_nightly_increment_on_spark_connect(connect_results):
     assert assign["new_rows"] == 60 - dedup["removed"] and not set(mine.index) & assigned
     assert (sample["dropped"], sample["added"]) == (sample["dropped_least"], sample["added_least"])
     assert sample["added"] - sample["dropped"] == 20 and sample["previous_run_id"] == tree
+
+
+def test_two_step_levels_on_spark_connect_equal_classic(spark, tmp_path, connect_results):
+    """The two-step passes (groups by coarse cluster, cogroups with each group's fine centroids) on
+    Connect give the tables a classic session gives, bit for bit."""
+    got = connect_results["two_step"]
+    assert [lv["coarse_clusters"] for lv in got["levels"]] == [3, 2]
+    root = str(tmp_path / "classic")
+    res = run(two_step_plan(root, ["report.html=false"]), spark=spark)
+    assert run_digests(root, res.run_id) == got["digests"]
 
 
 def test_embedding_on_spark_connect_equals_classic(spark, tmp_path, text_source, connect_results):

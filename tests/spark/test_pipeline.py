@@ -162,3 +162,37 @@ def test_upper_levels_on_executors_give_the_same_tree(spark, pool_npy, pure, tmp
     assert np.array_equal(top["size"].to_numpy(), pure.levels_[1].sizes)
     parents = clusters[clusters.level == 1].sort_values("cluster_id")["parent_id"].to_numpy()
     assert np.array_equal(parents, pure.levels_[1].labels)
+
+
+def test_a_two_step_level_1_gives_the_pure_apis_tree_and_routes_new_rows_the_same_way(spark, pool_npy, tmp_path):
+    """clustering.n_coarse at level 1 (with resampling inside each coarse cluster): the Spark run's
+    tree and assignments equal HierarchicalKMeans(n_coarse=...), and the coarse_clusters table
+    routes rows (as the assign stage does for new ones) exactly where the fit put them."""
+    from types import SimpleNamespace
+
+    from lakecurate.core.assign import nearest_centroid
+    from lakecurate.stages.assign import read_tree
+
+    x = pool_npy[1].x
+    pure2 = HierarchicalKMeans(LEVELS, resample_size=RESAMPLE, n_resampling_steps=2, n_iter=6, seed=11, n_coarse=[5, 0]).fit(x)
+    res = run(config(pool_npy[0], str(tmp_path / "lake"), clustering__n_coarse=[5, 0]), spark=spark)
+    assert res.stages["cluster"]["levels"][0]["coarse_clusters"] == 5 and res.stages["cluster"]["levels"][1]["coarse_clusters"] == 0
+    clusters = DeltaTable(res.tables["clusters"]).to_pandas()
+    for t, lv in enumerate(pure2.levels_, start=1):
+        got = clusters[clusters.level == t].sort_values("cluster_id")
+        assert np.array_equal(got["size"].to_numpy(), lv.sizes)
+        np.testing.assert_array_equal(np.stack(got["centroid"].to_numpy()).astype(np.float32), lv.centroids)
+    assign = DeltaTable(res.tables["assignments"]).to_pandas().sort_values("id")
+    assert np.array_equal(assign["cluster"].to_numpy(), pure2.levels_[0].labels)
+    assert np.array_equal(np.stack(assign["path"].to_numpy()), pure2.leaf_path())
+    coarse = DeltaTable(res.tables["coarse_clusters"]).to_pandas().sort_values("coarse_id")
+    assert coarse["level"].tolist() == [1] * 5 and coarse["n_clusters"].sum() == LEVELS[0]
+    routed, _, _ = read_tree(SimpleNamespace(lake=Lake(spark, cfg_lake(tmp_path))), res.run_id)
+    np.testing.assert_array_equal(routed.coarse, pure2.levels_[0].routing.coarse)
+    assert np.array_equal(nearest_centroid(x, routed)[0], pure2.levels_[0].labels)
+
+
+def cfg_lake(tmp_path):
+    from lakecurate.config import LakeConfig
+
+    return LakeConfig(root=str(tmp_path / "lake"))

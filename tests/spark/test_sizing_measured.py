@@ -1,7 +1,7 @@
 """``lakecurate plan``'s time estimate against the measured cluster stage, at three sizes.
 
-The plan is calibrated the way ``lakecurate plan`` calibrates it (the assignment kernel's rate
-measured on this machine, one thread, at the level's shape); each run is a real ``cluster`` stage
+The plan is calibrated the way ``lakecurate plan`` calibrates it (:func:`lakecurate.sizing.calibrate`:
+the assignment kernel measured on this machine, one thread, at the job's width); each run is a real ``cluster`` stage
 on the shared local session once its Python workers have started (the plan counts that start,
 6-13 s here, apart from the stages). The stated factor: the estimate is within 2.5x of the measured
 seconds either way, at every size (fixed per-pass costs dominate the small sizes, FLOPs the
@@ -16,7 +16,7 @@ import pytest
 
 from lakecurate.pipeline import run
 from lakecurate.plan import load_plan
-from lakecurate.sizing import Hardware, measure_rate, measure_seeding, size_config
+from lakecurate.sizing import Hardware, calibrate, size_config
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -39,7 +39,7 @@ def warm_workers(spark) -> None:
 def test_the_plans_estimate_is_within_the_stated_factor_of_measured_time(spark, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     d = 128
-    rate, seeding = measure_rate(d, 1000), measure_seeding(d)
+    rates = calibrate(d)
     cores = int(spark.conf.get("spark.master").strip("local[]*") or 2)
     warm_workers(spark)
     seen = []
@@ -51,8 +51,7 @@ def test_the_plans_estimate_is_within_the_stated_factor_of_measured_time(spark, 
             "sampling": {"target_size": rows // 4}, "spark": {"master": "local[2]", "partitions": 4},
             "stages": ["cluster", "sample"],
         })
-        estimate = size_config(plan.config, rows, d, Hardware(cores=cores, driver_cores=cores, core_flops=rate),
-                               seeding_seconds_per_flop=seeding)
+        estimate = size_config(plan.config, rows, d, Hardware(cores=cores, driver_cores=cores, **rates))
         assert not estimate.problems
         measured = run(plan, spark=spark).stage_seconds["cluster"]
         if rows != 4_000:

@@ -34,3 +34,13 @@ def test_a_clean_fit_does_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error", LakecurateWarning)
         HierarchicalKMeans([30, 5], resample_size=[3, 2], n_resampling_steps=1, n_iter=5).fit(x)
+
+
+def test_a_level_where_one_cluster_holds_most_points_warns():
+    # a tight ball of 1000 points and 3 far outliers: any 3-means gives the ball one cluster (99.7%)
+    rng = np.random.default_rng(1)
+    x = np.concatenate([0.01 * rng.standard_normal((1000, 4)), 50 * np.eye(4)[:3]]).astype(np.float32)
+    with pytest.warns(ClusteringWarning) as record:
+        HierarchicalKMeans([3], n_iter=5).fit(x)
+    assert any("level 1: one of its 3 clusters holds 100% of the data points" in str(w.message) for w in record), \
+        [str(w.message) for w in record]

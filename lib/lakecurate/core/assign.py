@@ -154,14 +154,27 @@ def _gpu_resources():
     return _gpu_state["resources"]
 
 
-def knn_candidates(x: np.ndarray, centroids: np.ndarray, kk: int) -> np.ndarray:
-    """Indices (n, kk) of the kk nearest centroids by faiss's matrix-multiply search (CPU or GPU)."""
+def knn_candidates(x: np.ndarray, centroids: np.ndarray, kk: int, with_distances: bool = False):
+    """Indices (n, kk) of the kk nearest centroids by faiss's matrix-multiply search (CPU or GPU);
+    with ``with_distances``, (faiss's float32 squared distances, indices)."""
     if faiss_device() == "gpu":
         dev = _gpu_state["device"]
-        _, cand = faiss.knn_gpu(_gpu_resources(), x, centroids, kk, device=-1 if dev is None else int(dev))
-        return cand
-    _, cand = faiss.knn(x, centroids, kk)
-    return cand
+        dist, cand = faiss.knn_gpu(_gpu_resources(), x, centroids, kk, device=-1 if dev is None else int(dev))
+    else:
+        dist, cand = faiss.knn(x, centroids, kk)
+    return (dist, cand) if with_distances else cand
+
+
+#: float32 unit roundoff
+_UNIT_ROUNDOFF = float(np.finfo(np.float32).eps) / 2
+#: relative slack for the row-wise re-computed squared distances (float32 sums of d squares)
+_RECOMPUTE_SLACK = 1e-4
+
+
+def search_error(x_sq: np.ndarray, c_sq_max: float, d: int) -> np.ndarray:
+    """A bound on the error of faiss's float32 squared distance ||x||^2 + ||c||^2 - 2 x.c (BLAS):
+    (d + 3) roundings of terms no larger than ||x||^2 + ||c||^2, twice over for the dot product."""
+    return 2.0 * (d + 3) * _UNIT_ROUNDOFF * (x_sq + c_sq_max)
 
 
 def _rowwise_sq_dist(x: np.ndarray, c: np.ndarray, lab: np.ndarray) -> np.ndarray:
@@ -204,8 +217,10 @@ class RoutedCentroids:
         groups, _ = nearest_centroid(x, self.coarse)
         labels = np.zeros(x.shape[0], np.int64)
         dist = np.zeros(x.shape[0], np.float32)
-        for g in np.unique(groups):
-            rows = np.flatnonzero(groups == g)
+        order = np.argsort(groups, kind="stable")
+        bounds = np.r_[0, np.cumsum(np.bincount(groups, minlength=self.n_groups))]
+        for g in np.flatnonzero(np.diff(bounds)):
+            rows = order[bounds[g] : bounds[g + 1]]
             lab, d = nearest_centroid(x[rows], self.group(int(g)))
             labels[rows] = lab + self.offsets[g]
             dist[rows] = d
@@ -224,7 +239,9 @@ def nearest_centroid(x: np.ndarray, centroids) -> tuple[np.ndarray, np.ndarray]:
     centroid, then nearest fine centroid inside it).
 
     faiss's BLAS search finds the two nearest candidates; their distances are then recomputed
-    row by row from the difference vectors and the nearer one wins. BLAS results depend on where a row falls in
+    row by row from the difference vectors and the nearer one wins. Where faiss's two distances are
+    farther apart than its rounding can explain (:func:`search_error`: nearly every row), the
+    first candidate wins the re-score whatever it finds, so only its distance is re-computed. BLAS results depend on where a row falls in
     the matrix tiles (so on batch boundaries), the recomputation does not: labels and distances
     are a function of (row, centroids) alone, and the Spark and in-process paths agree exactly.
     """
@@ -236,16 +253,24 @@ def nearest_centroid(x: np.ndarray, centroids) -> tuple[np.ndarray, np.ndarray]:
         return centroids.search(x)
     c = np.ascontiguousarray(centroids, dtype=np.float32)
     kk = min(2, c.shape[0])
-    cand = knn_candidates(x, c, kk)
+    cpu = faiss_device() == "cpu"
+    dist, cand = knn_candidates(x, c, kk, with_distances=True)
 
     best_lab = cand[:, 0].astype(np.int64)
     best = _rowwise_sq_dist(x, c, best_lab)
     if kk == 2:
-        alt_lab = cand[:, 1].astype(np.int64)
-        alt = _rowwise_sq_dist(x, c, alt_lab)
-        swap = (alt < best) | ((alt == best) & (alt_lab < best_lab))
-        best_lab = np.where(swap, alt_lab, best_lab)
-        best = np.where(swap, alt, best)
+        rows = slice(None)
+        if cpu:  # re-score the second candidate only where faiss's rounding could have ranked the two wrongly
+            x_sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+            c_sq_max = float(np.einsum("ij,ij->i", c, c, dtype=np.float64).max())
+            d1, d2 = dist[:, 0].astype(np.float64), dist[:, 1].astype(np.float64)
+            rows = np.flatnonzero(d2 - d1 <= 2.0 * search_error(x_sq, c_sq_max, x.shape[1]) + 2.0 * _RECOMPUTE_SLACK * np.abs(d2))
+        alt_lab = cand[rows, 1].astype(np.int64)
+        alt = _rowwise_sq_dist(x[rows], c, alt_lab)
+        b_lab, b = best_lab[rows], best[rows]
+        swap = (alt < b) | ((alt == b) & (alt_lab < b_lab))
+        best_lab[rows] = np.where(swap, alt_lab, b_lab)
+        best[rows] = np.where(swap, alt, b)
     return best_lab, best.astype(np.float32)
 
 

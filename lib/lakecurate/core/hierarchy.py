@@ -101,6 +101,9 @@ def level_params(settings: "HierarchySettings", n_coarse: Sequence[int] = ()) ->
     ]
 
 
+#: a level whose largest cluster holds more than this share of the data points is reported as degenerate
+DOMINANT_SHARE = 0.5
+
 LevelCallback = Callable[[int, int, IterationStats], None]  # (level, step, stats)
 
 
@@ -327,6 +330,14 @@ def warn_if_degraded(level: Level) -> None:
     if level.n_empty:
         warn_degraded(f"level {level.level}: {level.n_empty} of {k} clusters are empty after the final assignment",
                       ClusteringWarning, logger=log)
+    total = int(level.sizes.sum())
+    if k >= 2 and total and level.sizes.max() > DOMINANT_SHARE * total:
+        share = level.sizes.max() / total
+        warn_degraded(f"level {level.level}: one of its {k} clusters holds {share:.0%} of the data points: the level found "
+                      f"little structure in its inputs; balanced sampling gives each cluster of the level the same share of the "
+                      f"target where its points allow, so the other clusters' {total - int(level.sizes.max()):,} points are "
+                      f"taken at a far higher rate than the largest's; a tree with fewer levels, or fewer clusters at this "
+                      f"level, may curate a more balanced subset", ClusteringWarning, logger=log)
     distinct = int(np.unique(level.centroids, axis=0).shape[0])
     if distinct < k:
         warn_degraded(f"level {level.level}: only {distinct} distinct centroids for k={k} (the inputs hold fewer "
