@@ -198,7 +198,7 @@ def curation_run(name, npy, levels, r, n_coarse, n_iter, target, rows, dim):
     config = write_config(name, npy, levels, r, n_coarse, n_iter, target, lake)
     plan = load_plan(config)
     cores = os.cpu_count() or 1
-    size = size_config(plan.config, rows, dim, Hardware(cores=cores, driver_cores=cores, driver_memory=machine_memory(), **calibrate(dim)))
+    size = size_config(plan.config, rows, dim, Hardware(cores=cores, driver_cores=cores, driver_memory=machine_memory(), **calibrate(dim, levels[0])))
     res = run_worker("run", {"config": config, "name": name})
     runs = read_delta_files(os.path.join(lake, "runs")).to_pandas()
     run_id = runs["run_id"].iloc[0]  # a fresh lake per run: its one run (the id also hashes the input's fingerprint)

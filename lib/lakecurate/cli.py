@@ -125,7 +125,7 @@ def _plan(args) -> int:
         task_memory=parse_bytes(args.task_memory or cfg.clustering.task_memory, "--task-memory" if args.task_memory else "clustering.task_memory"),
         driver_memory=parse_bytes(args.driver_memory, "--driver-memory") if args.driver_memory else machine_memory(),
         driver_cores=check_int(args.driver_cores if args.driver_cores is not None else args.cores, "--driver-cores", minimum=1),
-        **calibrate(dim),
+        **calibrate(dim, cfg.clustering.n_clusters[0]),
     )
     if args.task_memory:
         args.overrides = [*args.overrides, f"clustering.task_memory={args.task_memory}"]

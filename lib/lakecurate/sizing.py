@@ -154,13 +154,14 @@ def _kernel_seconds_per_row(d: int, k: int, rows: int, repeats: int) -> float:
     return best / rows
 
 
-def calibrate(d: int, *, rows: int = 8192, repeats: int = 3) -> dict:
+def calibrate(d: int, k: int = 200, *, rows: int = 8192, repeats: int = 3) -> dict:
     """This machine's rates for :class:`Hardware`, measured at width ``d`` on one thread (~2 s).
 
     lakecurate's exact assignment kernel (``assign_batch``: faiss's search of two candidates, the
     re-score, float64 sums) at k = 32 and k = 1024: its seconds per row are a + b k, so
     ``core_flops`` = 2 d / b (the search) and ``row_seconds`` = a (what every row costs whatever k);
-    and the sampled k-means++ seeding's seconds per (sample rows x k x d).
+    and the sampled k-means++ seeding's seconds per (sample rows x k x d), measured at ``k`` (capped
+    at 500: the seeding's pruning makes that figure fall as k grows, so pass the job's level-1 k).
     """
     from lakecurate.core.kmeans import kmeans_plusplus
 
@@ -168,7 +169,7 @@ def calibrate(d: int, *, rows: int = 8192, repeats: int = 3) -> dict:
     t_lo = _kernel_seconds_per_row(d, lo, rows, repeats)
     t_hi = _kernel_seconds_per_row(d, hi, rows, repeats)
     b = max((t_hi - t_lo) / (hi - lo), 1e-15)
-    k, ppc = 200, 40
+    k, ppc = int(min(max(k, 50), 500)), 40
     x = np.random.default_rng(1).standard_normal((ppc * k, d), dtype=np.float32)
     t0 = time.perf_counter()
     kmeans_plusplus(x, k, np.random.default_rng(0))
@@ -346,7 +347,7 @@ def size_job(
             passes = (lloyd_passes + m + 1) if on_exec else 0  # + one closest-rows pass per resampling step + the final one
             resampled = min(n, k * rs[t - 1])  # the k-means of each resampling step runs on these points, on the driver
             seconds = (npass(n, k) * (lloyd_passes + m + 1) + m * (n_iter + 1) * hw.pass_seconds(resampled, k, d, on_executors=False)
-                       + passes * PASS_SECONDS + seed_s(k) * (1 + m))
+                       + passes * PASS_SECONDS + seed_s(k) + m * seed_s(k, resampled))
             task = one_step_task_bytes(k, d) if on_exec else 0
             if on_exec and task > budget:
                 alt = resolve_n_coarse(AUTO, k, n, d, on_executors=True, task_memory=hw.task_memory, level=t)[0]

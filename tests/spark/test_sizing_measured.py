@@ -39,7 +39,7 @@ def warm_workers(spark) -> None:
 def test_the_plans_estimate_is_within_the_stated_factor_of_measured_time(spark, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     d = 128
-    rates = calibrate(d)
+    rates = calibrate(d, 600)
     cores = int(spark.conf.get("spark.master").strip("local[]*") or 2)
     warm_workers(spark)
     seen = []

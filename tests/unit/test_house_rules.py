@@ -54,4 +54,4 @@ def test_every_stage_that_runs_alone_is_a_cli_command():
     from lakecurate.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"run", "vacuum", "where", "runs", "show", "report"} | {s.name for s in STAGES if s.command}
+    assert set(sub.choices) == {"run", "vacuum", "where", "runs", "show", "report", "plan"} | {s.name for s in STAGES if s.command}

@@ -194,7 +194,9 @@ def run_cluster(ctx: StageContext, metrics: dict) -> None:
         rows = assignment_rows(blocks, levels[0].index, parents, id_column=cfg.input.id_column)
         # the tree first, then the rows that point into it; runs' "succeeded" row marks both as one
         ctx.lake.write_arrow(clusters_table(levels), CLUSTERS, ctx.run_id)
-        ctx.lake.write_arrow(coarse_table(levels), COARSE_CLUSTERS, ctx.run_id)
+        coarse = coarse_table(levels)
+        if coarse.num_rows:  # a one-step tree has no coarse clusters (readers take a missing run as one-step)
+            ctx.lake.write_arrow(coarse, COARSE_CLUSTERS, ctx.run_id)
         ctx.lake.write_run(rows, ASSIGNMENTS, ctx.run_id)
         metrics.update(write_seconds=round(time.perf_counter() - t1, 3), spark_passes=blocks.passes,
                        block_cache=blocks.cache, block_file_fallback_partitions=blocks.fallback_partitions)
