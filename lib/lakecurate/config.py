@@ -27,7 +27,6 @@ import yaml
 from lakecurate.embed.spec import EncoderSpec
 from lakecurate.errors import ConfigError
 from lakecurate.validation import (
-    AUTO,
     STRATEGIES,
     HierarchySettings,
     check_choice,
@@ -35,6 +34,7 @@ from lakecurate.validation import (
     check_eps,
     check_hierarchy,
     check_int,
+    check_n_coarse,
     parse_bytes,
     check_settings,
     check_storage_options,
@@ -196,18 +196,7 @@ class ClusteringConfig:
 
     def coarse_per_level(self, where: str = "clustering") -> tuple:
         """``n_coarse`` checked, one entry per level (``auto`` or an int)."""
-        ks = self.hierarchy(where).n_clusters
-        spec = list(self.n_coarse)
-        if len(spec) == 1:
-            spec = spec * len(ks)
-        if len(spec) != len(ks):
-            raise ConfigError(f"{where}.n_coarse has {len(spec)} entries but n_clusters has {len(ks)} levels (or give one for every level)")
-        for t, (c, k) in enumerate(zip(spec, ks)):
-            if c == AUTO:
-                continue
-            if isinstance(c, bool) or not isinstance(c, int) or (c != 0 and not 2 <= c < k):
-                raise ConfigError(f"{where}.n_coarse[{t}]={c!r} must be 'auto', 0 (one k-means) or an integer in [2, n_clusters[{t}]={k})")
-        return tuple(spec)
+        return check_n_coarse(self.n_coarse, self.hierarchy(where).n_clusters, where=f"{where}.")
 
 
 DEDUP_MODES = ("full", "incremental")

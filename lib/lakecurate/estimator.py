@@ -19,7 +19,7 @@ from lakecurate.core.coreset import CoresetResult, default_budget, greedy, in_me
 from lakecurate.core.sampling import ClusterTree, balanced_sample_from_tree
 from lakecurate.errors import ConfigError, InputDataError
 from lakecurate.validation import (STRATEGIES, check_choice, check_coreset_params, check_embeddings, check_hierarchy, check_int,
-                                   check_int_list, check_levels)
+                                   check_levels, check_n_coarse)
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,7 @@ class HierarchicalKMeans:
             metric=self.metric,
             init_points_per_centroid=self.init_points_per_centroid,
         )
-        coarse = check_int_list(self.n_coarse, "n_coarse", minimum=0)
-        if len(coarse) == 1:
-            coarse = coarse * len(settings.n_clusters)
-        if len(coarse) != len(settings.n_clusters):
-            raise ConfigError(f"n_coarse has {len(coarse)} entries but n_clusters has {len(settings.n_clusters)} levels")
-        for t, (c, k) in enumerate(zip(coarse, settings.n_clusters)):
-            if c and not 2 <= c < k:
-                raise ConfigError(f"n_coarse[{t}]={c} must be 0 (one k-means) or an integer in [2, n_clusters[{t}]={k})")
+        coarse = check_n_coarse(self.n_coarse, settings.n_clusters, allow_auto=False)
         return level_params(settings, coarse)
 
     def fit(self, X, y=None) -> "HierarchicalKMeans":

@@ -198,6 +198,24 @@ def check_hierarchy(
     )
 
 
+def check_n_coarse(value: Any, n_clusters: Sequence[int], *, where: str = "", allow_auto: bool = True) -> tuple:
+    """Coarse clusters per level (one entry: every level): ``auto`` (where allowed), 0 = one
+    k-means, or C in [2, k) = two steps; ``where`` prefixes the key (``"clustering."``)."""
+    spec = list(value) if isinstance(value, (list, tuple)) else [value]
+    if len(spec) == 1:
+        spec = spec * len(n_clusters)
+    if len(spec) != len(n_clusters):
+        raise ConfigError(f"{where}n_coarse has {len(spec)} entries but n_clusters has {len(n_clusters)} levels "
+                          f"(or give one for every level)")
+    options = "'auto', 0 (one k-means)" if allow_auto else "0 (one k-means)"
+    for t, (c, k) in enumerate(zip(spec, n_clusters)):
+        if allow_auto and c == AUTO:
+            continue
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or (c != 0 and not 2 <= c < k):
+            raise ConfigError(f"{where}n_coarse[{t}]={c!r} must be {options} or an integer in [2, n_clusters[{t}]={k})")
+    return tuple(c if c == AUTO else int(c) for c in spec)
+
+
 def check_eps(eps: Any, *, key: str = "eps") -> float:
     """The de-duplication threshold: rows are duplicates when cosine similarity >= 1 - eps.
 

@@ -76,3 +76,14 @@ def test_routed_centroids_skip_groups_without_fine_centroids():
     r = RoutedCentroids(coarse, np.array([0, 2, 3]), np.array([[0, 0], [1, 1], [10, 10]], np.float32))
     lab, dist = nearest_centroid(np.array([[0.9, 0.9], [9, 9], [-1, 0]], np.float32), r)
     assert lab.tolist() == [1, 2, 0] and r.shape == (3, 2)
+
+
+def test_the_public_api_checks_n_coarse_and_names_the_level():
+    from lakecurate import HierarchicalKMeans
+    from lakecurate.errors import ConfigError
+
+    x = _mixture(600)
+    with pytest.raises(ConfigError, match=r"n_coarse\[0\]=80 must be 0 \(one k-means\) or an integer in \[2, n_clusters\[0\]=80\)"):
+        HierarchicalKMeans([80, 10], n_coarse=[80, 0]).fit(x)
+    with pytest.raises(ConfigError, match="n_coarse has 3 entries but n_clusters has 2 levels"):
+        HierarchicalKMeans([80, 10], n_coarse=[2, 0, 0]).fit(x)

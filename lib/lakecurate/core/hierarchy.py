@@ -102,7 +102,7 @@ def level_params(settings: "HierarchySettings", n_coarse: Sequence[int] = ()) ->
 
 
 #: a level whose largest cluster holds more than this share of the data points is reported as degenerate
-DOMINANT_SHARE = 0.5
+DOMINANT_SHARE = 0.8
 
 LevelCallback = Callable[[int, int, IterationStats], None]  # (level, step, stats)
 
@@ -333,7 +333,7 @@ def warn_if_degraded(level: Level) -> None:
     total = int(level.sizes.sum())
     if k >= 2 and total and level.sizes.max() > DOMINANT_SHARE * total:
         share = level.sizes.max() / total
-        warn_degraded(f"level {level.level}: one of its {k} clusters holds {share:.0%} of the data points: the level found "
+        warn_degraded(f"level {level.level}: one of its {k} clusters holds {share:.0%} of the data points: the level may have found "
                       f"little structure in its inputs; balanced sampling gives each cluster of the level the same share of the "
                       f"target where its points allow, so the other clusters' {total - int(level.sizes.max()):,} points are "
                       f"taken at a far higher rate than the largest's; a tree with fewer levels, or fewer clusters at this "
