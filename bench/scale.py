@@ -187,8 +187,7 @@ def curation_run(name, npy, levels, r, n_coarse, n_iter, target, rows, dim):
 
     from lakecurate.lake import read_delta_files
     from lakecurate.plan import load_plan
-    from lakecurate.sizing import Hardware, calibrate, size_config
-    from lakecurate.stages.cluster import machine_memory
+    from lakecurate.sizing import Hardware, calibrate, machine_memory, size_config
 
     lake = os.path.join(RESULTS, f"lake-{name}")
     if os.path.exists(lake):

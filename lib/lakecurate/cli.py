@@ -103,8 +103,7 @@ def _report(args) -> None:
 
 def _plan(args) -> int:
     from lakecurate.plan import load_plan
-    from lakecurate.sizing import Hardware, calibrate, size_config
-    from lakecurate.stages.cluster import machine_memory
+    from lakecurate.sizing import Hardware, calibrate, machine_memory, size_config
     from lakecurate.validation import check_int, parse_bytes
 
     cfg = load_plan(args.config, args.overrides).config

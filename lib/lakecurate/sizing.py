@@ -29,6 +29,7 @@ The model (no Spark import; every constant names where it was measured):
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -78,6 +79,11 @@ SHUFFLE_BYTES_PER_CORE_SECOND = 40e6
 #: fp32 peak: faiss's brute-force search runs near the GEMM rate); per GPU, not per core
 GPU_FLOPS = 10e12
 
+def machine_memory() -> int:
+    """This machine's physical memory (the driver's default in ``lakecurate plan`` and the run's check)."""
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
 def fmt_bytes(n: float) -> str:
     for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= size:
@@ -124,12 +130,6 @@ class Hardware:
     def total_cores(self) -> int:
         return self.executors * self.cores
 
-    @property
-    def executor_flops(self) -> float:
-        """FLOP/s of all executors together for the assignment search."""
-        if self.gpus:
-            return self.executors * self.gpus * self.gpu_flops
-        return self.total_cores * self.core_flops
 
 
 def _kernel_seconds_per_row(d: int, k: int, rows: int, repeats: int) -> float:

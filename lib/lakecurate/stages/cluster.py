@@ -11,7 +11,6 @@ version; the stage's ``succeeded`` row in ``runs`` marks them as belonging toget
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import replace
 
@@ -29,7 +28,8 @@ from lakecurate.spark.blocks import EmbeddingBlocks
 from lakecurate.stages.checkpoints import LevelCheckpoints
 from lakecurate.stages.context import Stage, StageContext
 from lakecurate.errors import ConfigError
-from lakecurate.sizing import GROUP_BYTES_PER_FLOAT, USABLE_SHARE, Hardware, fmt_bytes, parse_bytes, resolve_n_coarse, size_config
+from lakecurate.sizing import (GROUP_BYTES_PER_FLOAT, USABLE_SHARE, Hardware, fmt_bytes, machine_memory, parse_bytes, resolve_n_coarse,
+                               size_config)
 from lakecurate.tables import ASSIGNMENTS, CLUSTERS, COARSE_CLUSTERS
 from lakecurate.validation import check_levels
 
@@ -83,10 +83,6 @@ def coarse_table(levels: list[Level]) -> pa.Table:
     table = {k: pa.array(np.concatenate(v) if v else np.zeros(0, np.int32)) for k, v in cols.items()}
     table["centroid"] = matrix_to_list_array(np.concatenate(centroids) if centroids else np.zeros((0, d), np.float32))
     return pa.table(table)
-
-
-def machine_memory() -> int:
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 def resolved_levels(ccfg, params, n: int, d: int) -> list:
