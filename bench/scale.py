@@ -83,7 +83,9 @@ def w_large_k(p):
     import resource
 
     from lakecurate.core.hierarchy import LevelParams, fit_two_step_level
+    from lakecurate.config import LakeConfig
     from lakecurate.core.kmeans import lloyd
+    from lakecurate.lake import Lake
     from lakecurate.spark.assigner import SparkAssigner
     from lakecurate.spark.blocks import EmbeddingBlocks
     from lakecurate.spark.session import get_spark
@@ -92,9 +94,16 @@ def w_large_k(p):
     df = spark.read.parquet(p["parquet"])
     if p.get("limit"):
         df = df.where(f"id < {int(p['limit'])}")
-    blocks = EmbeddingBlocks.from_dataframe(spark, df, id_column="id", embedding_column="embedding", where="bench")
+    # the lake is where centroids too large for a task's closure travel (k = 100k x 384: 146 MiB)
+    lake = Lake(spark, LakeConfig(root=os.path.join(RESULTS, "lake-large_k")))
+    blocks = EmbeddingBlocks.from_dataframe(spark, df, id_column="id", embedding_column="embedding", where="bench", lake=lake)
     sa = SparkAssigner(blocks)
     out = {"n": sa.n, "d": sa.d}
+
+    def keep():  # each k's figures as soon as they exist: a later k that fails loses only its own
+        with open(p["partial"], "w") as f:
+            json.dump(out, f)
+
     for k in p["ks"]:
         rng = np.random.default_rng(0)
         c0 = sa.sample(k, 12345)  # random init (k-means++ over 40k rows is itself O(40 k^2 d): minutes at 100k)
@@ -107,6 +116,7 @@ def w_large_k(p):
             t0 = time.perf_counter()
             a = sa.assign(c0)
             out[f"flat_{k}"] = {"per_iter": [time.perf_counter() - t0], "objective": None, "init_objective": a.inertia, "iters": 1}
+        keep()
         c = max(2, math.ceil(math.sqrt(k)))
         params = LevelParams(k, n_iter=p["flat_iters"], init="random", n_coarse=c)
         t0 = time.perf_counter()
@@ -117,6 +127,7 @@ def w_large_k(p):
             "coarse_per_iter": [it["seconds"] for it in step["iterations"]], "fine_seconds": step["fine_seconds"],
             "largest_group": step["largest_group"], "empty": int((counts == 0).sum()),
         }
+        keep()
     blocks.release()
     out["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return out
@@ -321,7 +332,8 @@ def main(argv=None) -> int:
     if "large_k" in sections:
         _, parquet = generate(DATA, args.large_n, 384, n_concepts=2000, seed=0)
         R["large_k"] = run_worker("large_k", {"parquet": parquet, "ks": R["args"]["ks"], "flat_max_k": args.flat_max_k,
-                                              "flat_iters": args.large_iters, "name": "large_k"})
+                                              "flat_iters": args.large_iters, "name": "large_k",
+                                              "partial": args.out + ".large_k.partial"})
     R["load_end"] = os.getloadavg()[0]
     with open(args.out, "w") as f:
         json.dump(R, f, indent=1)

@@ -69,9 +69,11 @@ COMMIT_SECONDS = 1.5
 #: the one-off start of a Spark session and its Python workers (importing numpy, faiss, pyarrow):
 #: 6-13 s here (DESIGN.md section 5); counted apart from the stages
 STARTUP_SECONDS = 10.0
-#: ``n_coarse: auto`` also splits a level on the executors from this many clusters: one k-means
-#: then costs sqrt(k)/2 >= 50x the FLOPs per iteration of two steps with sqrt(k) coarse clusters
-#: (the large-k figures of bench/scale.py in bench/RESULTS.md: time and objective, flat vs two-step)
+#: ``n_coarse: auto`` also splits a level on the executors from this many clusters. Measured at
+#: 1M x 384 (bench/scale.py --sections large_k, bench/RESULTS.md): one k-means costs ~5.7 ms per
+#: cluster per iteration, two steps ~5.6 s + 0.061 s x sqrt(k), for a 10-13% higher objective;
+#: from 10,000 clusters two steps are >= 5x faster (8x at 20k, 32x at 100k), below that the
+#: objective's cost buys less
 AUTO_TWO_STEP_MIN_K = 10_000
 #: rows shuffled per core-second in a two-step group pass, as d x 4-byte vectors: bytes/second
 SHUFFLE_BYTES_PER_CORE_SECOND = 40e6
