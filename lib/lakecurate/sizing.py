@@ -134,29 +134,35 @@ class Hardware:
 
 
 
-def _kernel_seconds_per_row(d: int, k: int, rows: int, repeats: int) -> float:
+def _kernel_seconds_per_row(d: int, ks: tuple[int, ...], rows: int, repeats: int) -> list[float]:
+    """Best seconds per row of ``assign_batch`` on one thread at each k in ``ks``. The k's are timed
+    in turn, ``repeats`` rounds of all of them, so a busy spell on a shared machine slows every k
+    alike instead of bending the fitted slope (the line the estimate extrapolates along)."""
     import faiss
 
     from lakecurate.core.assign import assign_batch
 
-    rng = np.random.default_rng(k)
-    x = rng.standard_normal((rows, d), dtype=np.float32)
-    c = rng.standard_normal((k, d), dtype=np.float32)
+    data = []
+    for k in ks:
+        rng = np.random.default_rng(k)
+        data.append((rng.standard_normal((rows, d), dtype=np.float32), rng.standard_normal((k, d), dtype=np.float32)))
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
+    best = [math.inf] * len(ks)
     try:
-        assign_batch(x[:1024], c)  # warm up
-        best = math.inf
+        for x, c in data:
+            assign_batch(x[:1024], c)  # warm up
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            assign_batch(x, c)
-            best = min(best, time.perf_counter() - t0)
+            for i, (x, c) in enumerate(data):
+                t0 = time.perf_counter()
+                assign_batch(x, c)
+                best[i] = min(best[i], time.perf_counter() - t0)
     finally:
         faiss.omp_set_num_threads(threads)
-    return best / rows
+    return [b / rows for b in best]
 
 
-def calibrate(d: int, k: int = 200, *, rows: int = 8192, repeats: int = 3) -> dict:
+def calibrate(d: int, k: int = 200, *, rows: int = 8192, repeats: int = 5) -> dict:
     """This machine's rates for :class:`Hardware`, measured at width ``d`` on one thread (~2 s).
 
     lakecurate's exact assignment kernel (``assign_batch``: faiss's search of two candidates, the
@@ -168,8 +174,7 @@ def calibrate(d: int, k: int = 200, *, rows: int = 8192, repeats: int = 3) -> di
     from lakecurate.core.kmeans import kmeans_plusplus
 
     lo, hi = 32, 1024
-    t_lo = _kernel_seconds_per_row(d, lo, rows, repeats)
-    t_hi = _kernel_seconds_per_row(d, hi, rows, repeats)
+    t_lo, t_hi = _kernel_seconds_per_row(d, (lo, hi), rows, repeats)
     b = max((t_hi - t_lo) / (hi - lo), 1e-15)
     k, ppc = int(min(max(k, 50), 500)), 40
     x = np.random.default_rng(1).standard_normal((ppc * k, d), dtype=np.float32)

@@ -5,7 +5,12 @@ the assignment kernel measured on this machine, one thread, at the job's width);
 on the shared local session once its Python workers have started (the plan counts that start,
 6-13 s here, apart from the stages). The stated factor: the estimate is within 2.5x of the measured
 seconds either way, at every size (fixed per-pass costs dominate the small sizes, FLOPs the
-large one).
+large one). It runs after the rest of the suite, alone (the ``timing`` marker): under another
+worker's load the calibration and the runs see different machines (an estimate 3.5x high at the
+largest size, seen once). Alone, on this idle 2-core machine (2026-12-03): estimates 9.9, 11.6 and
+18.3 s against 4.6, 5.4 and 9.6 s measured: the model's fixed per-pass and commit costs, measured
+at 1M rows, make it ~2x high on jobs this small (and 1.2-1.8x low on the 1.7M-row scale runs,
+bench/RESULTS.md), inside the stated factor either way.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from lakecurate.pipeline import run
 from lakecurate.plan import load_plan
 from lakecurate.sizing import Hardware, calibrate, size_config
 
-pytestmark = [pytest.mark.spark, pytest.mark.slow]
+pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.timing]  # alone: see the Makefile
 
 FACTOR = 2.5
 SIZES = [(10_000, 200), (30_000, 600), (60_000, 1500)]  # (rows, k_1): FLOPs grow 45x from the first to the last
