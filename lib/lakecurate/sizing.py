@@ -271,7 +271,7 @@ def group_task_bytes(n: int, k: int, n_coarse: int, d: int) -> int:
     return int(GROUP_BYTES_PER_FLOAT * rows * d + TASK_BYTES_PER_CENTROID_FLOAT * fine * d)
 
 
-def resolve_n_coarse(spec, k: int, n: int, d: int, *, on_executors: bool, task_memory: int, level: int) -> tuple[int, str]:
+def resolve_n_coarse(spec, k: int, n: int, d: int, *, on_executors: bool, task_memory: int) -> tuple[int, str]:
     """The coarse clusters of one level and why: ``spec`` is ``auto``, 0 (one k-means) or C."""
     if spec != AUTO:
         return int(spec), ("two-step as configured" if spec else "")
@@ -319,7 +319,7 @@ def size_job(
     for t, k in enumerate(n_clusters, start=1):
         n = rows if t == 1 else n_clusters[t - 2]
         on_exec = t == 1 or n > driver_max_rows
-        c, why = resolve_n_coarse(coarse_spec[t - 1], k, n, d, on_executors=on_exec, task_memory=hw.task_memory, level=t)
+        c, why = resolve_n_coarse(coarse_spec[t - 1], k, n, d, on_executors=on_exec, task_memory=hw.task_memory)
         m = n_resampling_steps if rs[t - 1] > 1 else 0
         lloyd_passes = n_iter + 1 + 2  # iterations, the final assignment, the two passes drawing the seeding sample
         npass = lambda rows_, kk: hw.pass_seconds(rows_, kk, d, on_executors=on_exec)  # noqa: E731
@@ -357,7 +357,7 @@ def size_job(
                        + passes * PASS_SECONDS + seed_s(k) + m * seed_s(k, resampled))
             task = one_step_task_bytes(k, d) if on_exec else 0
             if on_exec and task > budget:
-                alt = resolve_n_coarse(AUTO, k, n, d, on_executors=True, task_memory=hw.task_memory, level=t)[0]
+                alt = resolve_n_coarse(AUTO, k, n, d, on_executors=True, task_memory=hw.task_memory)[0]
                 problems.append(Problem(t, f"one k-means with k={k:,} holds {fmt_bytes(task)} per task (centroids and partial sums) > "
                                            f"{USABLE_SHARE:.0%} of the task memory {fmt_bytes(hw.task_memory)}",
                                         f"two-step at this level (clustering.n_coarse[{t - 1}]: {alt or 'auto'}), fewer clusters, "

@@ -21,12 +21,12 @@ def test_parse_bytes_reads_spark_sizes_and_names_a_bad_value():
 
 
 def test_auto_stays_one_step_where_it_fits_and_splits_where_it_does_not():
-    assert resolve_n_coarse("auto", 1000, 1_000_000, 384, on_executors=True, task_memory=4 * GIB, level=1) == (0, "")
-    c, why = resolve_n_coarse("auto", 1_000_000, 100_000_000, 384, on_executors=True, task_memory=4 * GIB, level=1)
+    assert resolve_n_coarse("auto", 1000, 1_000_000, 384, on_executors=True, task_memory=4 * GIB) == (0, "")
+    c, why = resolve_n_coarse("auto", 1_000_000, 100_000_000, 384, on_executors=True, task_memory=4 * GIB)
     assert 1000 <= c < 1_000_000 and "two-step" in why and "task_memory" in why
-    assert resolve_n_coarse(7, 1000, 10_000, 8, on_executors=True, task_memory=GIB, level=2)[0] == 7
-    assert resolve_n_coarse("auto", 1_000_000, 2_000_000, 384, on_executors=False, task_memory=GIB, level=2)[0] == 0  # the driver's
-    c, why = resolve_n_coarse("auto", 20_000, 1_700_000, 128, on_executors=True, task_memory=4 * GIB, level=1)  # fits, but large
+    assert resolve_n_coarse(7, 1000, 10_000, 8, on_executors=True, task_memory=GIB)[0] == 7
+    assert resolve_n_coarse("auto", 1_000_000, 2_000_000, 384, on_executors=False, task_memory=GIB)[0] == 0  # the driver's
+    c, why = resolve_n_coarse("auto", 20_000, 1_700_000, 128, on_executors=True, task_memory=4 * GIB)  # fits, but large
     assert c == 142 and "k=20,000 >= 10,000" in why
 
 

@@ -93,7 +93,7 @@ def resolved_levels(ccfg, params, n: int, d: int) -> list:
     for t, p in enumerate(params):
         inputs = n if t == 0 else params[t - 1].n_clusters
         c, why = resolve_n_coarse(spec[t], p.n_clusters, inputs, d, on_executors=t == 0 or inputs > ccfg.driver_max_rows,
-                                  task_memory=task_memory, level=t + 1)
+                                  task_memory=task_memory)
         if why:
             log.info("level %d: %s", t + 1, why)
         out.append(replace(p, n_coarse=c))
