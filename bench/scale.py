@@ -82,8 +82,8 @@ def w_large_k(p):
     """Flat vs two-step level 1 at large k on one cached input: seconds per iteration and objective."""
     import resource
 
-    from lakecurate.core.hierarchy import LevelParams, fit_two_step_level
     from lakecurate.config import LakeConfig
+    from lakecurate.core.hierarchy import LevelParams, fit_two_step_level
     from lakecurate.core.kmeans import lloyd
     from lakecurate.lake import Lake
     from lakecurate.spark.assigner import SparkAssigner

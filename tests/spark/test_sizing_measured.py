@@ -9,7 +9,7 @@ large one). It runs after the rest of the suite, alone (the ``timing`` marker): 
 worker's load the calibration and the runs see different machines (an estimate 3.5x high at the
 largest size, seen once). Alone, on this idle 2-core machine (2026-12-03): estimates 9.9, 11.6 and
 18.3 s against 4.6, 5.4 and 9.6 s measured: the model's fixed per-pass and commit costs, measured
-at 1M rows, make it ~2x high on jobs this small (and 1.2-1.8x low on the 1.7M-row scale runs,
+at 1M rows, make it ~2x high on jobs this small (and 1.06-1.83x low on the 1.7M-row scale runs,
 bench/RESULTS.md), inside the stated factor either way.
 """
 
