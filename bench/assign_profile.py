@@ -49,7 +49,7 @@ def kernels(rows: int, d: int, k: int) -> None:
     for name, fn in [
         ("faiss knn k=1 (faiss's own k-means search)", lambda: faiss.knn(x, c, 1)),
         ("faiss knn k=2 (lakecurate's candidates)", lambda: faiss.knn(x, c, 2)),
-        ("exact re-score of one candidate", lambda: A._rowwise_sq_dist(x, c, lab)),
+        ("exact re-score of one candidate", lambda: A.rowwise_sq_dist(x, c, lab)),
         ("float64 cluster sums (sparse one-hot)", lambda: A.cluster_sums(x, lab, k)),
         ("  (for scale: one float32 -> float64 copy of the whole block)", lambda: x.astype(np.float64)),
         ("assign_batch (everything per block)", lambda: A.assign_batch(x, c)),

@@ -29,6 +29,7 @@ sys.path.insert(0, HERE)
 
 # issue 4 targets
 TARGET_FAISS_RATIO = 1.3
+TARGET_FAISS_RATIO_17 = 1.0  # issue 17
 TARGET_MLLIB_SPEEDUP = 20.0
 TARGET_INIT_ITERS = 2.0
 TARGET_INIT_OBJECTIVE = 0.02
@@ -38,6 +39,10 @@ TARGET_LINEAR_R2 = 0.98  # per-iteration time vs N: a straight line through the 
 
 def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _mean(v):
+    return float(sum(v) / len(v))
 
 
 def _median(v):
@@ -465,12 +470,19 @@ def main(argv=None) -> int:
         f = run_worker("faiss", {**base, "n": args.n, "k": args.k, "iters": args.iters})
         print("headline: lakecurate on Spark ...", flush=True)
         s = run_worker("spark", {**base, **lim(args.n), "k": args.k, "iters": args.iters})
+        print("headline: lakecurate on Spark without group bounds ...", flush=True)
+        s_off = run_worker("spark", {**base, **lim(args.n), "k": args.k, "iters": args.iters, "tuning": {"prune": False}})
         print("headline: the machine's sgemm rate at the assignment's shapes ...", flush=True)
         g = run_worker("sgemm", {"d": args.dim, "k": args.k})
-        ratio = min(s["per_iter"]) / min(f["faiss_per_iter"])
-        S["headline"] = {"faiss": f, "spark": s, "sgemm": g, "ratio": ratio, "ratio_median": _median(s["per_iter"]) / _median(f["faiss_per_iter"])}
-        verdicts.append((f"Spark per-iteration <= {TARGET_FAISS_RATIO}x faiss in-process ({args.n} x {args.dim}, k={args.k})",
-                         f"{ratio:.2f}x", _verdict(ratio <= TARGET_FAISS_RATIO)))
+        # the mean over the fit: with group bounds an iteration's cost falls as the centroids settle,
+        # so the best iteration would flatter; faiss's iterations all cost the same
+        ratio = _mean(s["per_iter"]) / _mean(f["faiss_per_iter"])
+        S["headline"] = {"faiss": f, "spark": s, "spark_no_bounds": s_off, "sgemm": g, "ratio": ratio,
+                         "ratio_best": min(s["per_iter"]) / min(f["faiss_per_iter"]),
+                         "ratio_no_bounds": _mean(s_off["per_iter"]) / _mean(f["faiss_per_iter"])}
+        for target in (TARGET_FAISS_RATIO, TARGET_FAISS_RATIO_17):
+            verdicts.append((f"Spark per-iteration (mean of {args.iters}) <= {target}x faiss in-process ({args.n} x {args.dim}, k={args.k})",
+                             f"{ratio:.2f}x", _verdict(ratio <= target)))
 
     if "mllib" in sections:
         print(f"mllib: Spark MLlib KMeans at {args.mllib_n} x {args.dim}, k={args.k} ...", flush=True)
@@ -587,15 +599,22 @@ def render(R: dict) -> str:
         L.append("")
     if "headline" in S:
         h = S["headline"]
-        L += [f"## Level-1 k-means per Lloyd iteration: {a['n']} x {a['dim']}, k={a['k']}, {a['iters']} iterations (best / median s/iter)",
-              "| implementation | best s/iter | median s/iter | vs faiss (best) |", "|---|---|---|---|"]
-        fb, fm = min(h["faiss"]["faiss_per_iter"]), _median(h["faiss"]["faiss_per_iter"])
-        row(f"faiss.Kmeans in-process ({h['faiss']['faiss_threads']} threads, every point)", f"{fb:.2f}", f"{fm:.2f}", "1.00x")
+        L += [f"## Level-1 k-means per Lloyd iteration: {a['n']} x {a['dim']}, k={a['k']}, {a['iters']} iterations (mean / best / median s/iter)",
+              "| implementation | mean s/iter | best | median | vs faiss (mean) | every iteration, s |", "|---|---|---|---|---|---|"]
+        fmean = _mean(h["faiss"]["faiss_per_iter"])
+
+        def impl(name, per_iter):
+            row(name, f"{_mean(per_iter):.2f}", f"{min(per_iter):.2f}", f"{_median(per_iter):.2f}", f"{_mean(per_iter) / fmean:.2f}x",
+                " ".join(f"{v:.1f}" for v in per_iter))
+
+        impl(f"faiss.Kmeans in-process ({h['faiss']['faiss_threads']} threads, every point)", h["faiss"]["faiss_per_iter"])
         if "inprocess_per_iter" in h["faiss"]:
-            ib, im = min(h["faiss"]["inprocess_per_iter"]), _median(h["faiss"]["inprocess_per_iter"])
-            row("lakecurate Lloyd in-process (NumpyAssigner: exact recompute, float64 sums)", f"{ib:.2f}", f"{im:.2f}", f"{ib / fb:.2f}x")
-        sb, sm = min(h["spark"]["per_iter"]), _median(h["spark"]["per_iter"])
-        row(f"lakecurate on Spark local[*] ({h['spark']['partitions']} partitions)", f"{sb:.2f}", f"{sm:.2f}", f"{sb / fb:.2f}x")
+            impl("lakecurate Lloyd in-process (NumpyAssigner: exact recompute, float64 sums)", h["faiss"]["inprocess_per_iter"])
+        impl(f"lakecurate on Spark local[*] ({h['spark']['partitions']} partitions), group bounds (default)", h["spark"]["per_iter"])
+        if "spark_no_bounds" in h:
+            impl("lakecurate on Spark, without group bounds (`AssignTuning(prune=False)`)", h["spark_no_bounds"]["per_iter"])
+        fb, sb = min(h["faiss"]["faiss_per_iter"]), (h["spark_no_bounds"] if "spark_no_bounds" in h else h["spark"])["per_iter"]
+        sb = min(sb)  # the sgemm shares below: a full pass (no bounds), best iteration
         L.append(f"Spark one-off costs: cache {h['spark']['cache_seconds']:.1f}s, sampled k-means++ init {h['spark']['init_seconds']:.1f}s; driver peak RSS {h['spark']['driver_peak_rss_mb']:.0f} MB")
         L.append("")
         if "sgemm" in h:
@@ -608,7 +627,7 @@ def render(R: dict) -> str:
             one = g["sgemm_one_thread"]
             for name, v, ref in [
                 ("faiss.Kmeans, one iteration (best), all threads", flops / fb, rate),
-                ("lakecurate on Spark, one iteration (best), all cores", flops / sb, rate),
+                ("lakecurate on Spark without bounds, one iteration (best), all cores", flops / sb, rate),
                 ("faiss knn k=1 (faiss.Kmeans' search), one thread, 20k-row block", g["faiss_knn1_one_thread"], one),
                 ("faiss knn k=2 (lakecurate's search), one thread", g["faiss_knn2_one_thread"], one),
                 ("lakecurate assignment kernel (assign_batch), one thread", g["assign_batch_one_thread"], one),
@@ -669,7 +688,7 @@ def render(R: dict) -> str:
                 row(nm, f"{md:.2f}", f"{md / ref:.2f}x")
             L.append("")
     if R.get("verdicts"):
-        L += ["## Targets (issue 4)", "| target | measured | verdict |", "|---|---|---|"]
+        L += ["## Targets (issues 4 and 17)", "| target | measured | verdict |", "|---|---|---|"]
         for vd in R["verdicts"]:
             row(vd["target"], vd["measured"], vd["verdict"])
     return "\n".join(L)

@@ -23,7 +23,10 @@ The model (no Spark import; every constant names where it was measured):
   costs of lakecurate's exact kernel (:func:`calibrate`: one thread, at the job's width, at two k),
   + passes x ``PASS_SECONDS`` (a Spark job's fixed cost) + the one-off cache of the input
   (``CACHE_BYTES_PER_CORE_SECOND``) + the sampled k-means++ seedings. GPU rates are the
-  documented constant ``GPU_FLOPS`` until measured on a GPU machine.
+  documented constant ``GPU_FLOPS`` until measured on a GPU machine. Every pass is counted as a
+  full product: the group bounds (:mod:`lakecurate.core.pruning`) make later passes cheaper by an
+  amount that depends on the data (0.6-0.8x of a full pass after ~8 iterations in
+  bench/RESULTS.md run K), so for long fits the estimate errs high.
 """
 
 from __future__ import annotations

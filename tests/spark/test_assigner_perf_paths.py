@@ -184,3 +184,43 @@ def test_block_files_that_cannot_be_written_do_not_fail_the_task(spark, tmp_path
     import shutil
 
     shutil.rmtree(block_folder("writable-test"))
+
+
+def test_group_bounds_on_spark_give_the_in_process_fit_even_when_lost_or_corrupt(spark, pool_df, monkeypatch):
+    """Bounds kept beside the block files between passes: the same centroids as the full search
+    in-process, and a block whose bounds file went missing or is garbage just computes everything."""
+    from lakecurate.core import pruning
+    from lakecurate.core.kmeans import init_centroids, lloyd
+
+    monkeypatch.setattr(pruning, "MIN_K", 16)  # decided on the driver: the executors follow the step
+    monkeypatch.setattr(pruning, "CENTROIDS_PER_GROUP", 8)
+    x, df = pool_df
+    k, iters = 48, 8
+    c0 = init_centroids(NumpyAssigner(x), k, np.random.default_rng(2))
+    ref = lloyd(NumpyAssigner(x), c0, iters, np.random.default_rng(3))
+    blocks = EmbeddingBlocks.from_dataframe(spark, df, id_column="id", embedding_column="embedding", partitions=3)
+    folder = block_folder(blocks.cache_id)
+    seen = []
+
+    def meddle(stats):
+        files = sorted(glob.glob(os.path.join(folder, "*-bounds.npz")))
+        seen.append(len(files))
+        if stats.iteration == 2:
+            os.remove(files[0])
+        if stats.iteration == 4:
+            with open(files[-1], "wb") as f:
+                f.write(b"not an npz")
+        if stats.iteration == 5:  # a damaged zip (np.load raises BadZipFile)
+            with open(files[0], "r+b") as f:
+                f.truncate(64)
+
+    try:
+        got = lloyd(SparkAssigner(blocks), c0, iters, np.random.default_rng(3), on_iteration=meddle)
+        assert blocks.fallback_partitions == 0
+    finally:
+        blocks.release()
+    assert min(seen) >= 3  # every block kept its bounds after every pass
+    assert np.array_equal(got.centroids, ref.centroids)
+    assert np.array_equal(got.counts, ref.counts)
+    assert got.objective == ref.objective
+    assert [it.objective for it in got.iterations] == [it.objective for it in ref.iterations]

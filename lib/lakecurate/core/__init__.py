@@ -2,6 +2,7 @@
 
 Modules:
   assign     - the assigner seam (nearest-centroid search + per-cluster sums) and its numpy/faiss implementation
+  pruning    - the same assignment with per-row group bounds kept between passes (Yinyang-style): fewer products
   kmeans     - the one Lloyd loop, k-means++ on a sample, empty-cluster re-seeding
   hierarchy  - hierarchical k-means with resampling (Vo et al. 2024)
   sampling   - water-filling quotas and balanced hierarchical sampling

@@ -168,7 +168,7 @@ def knn_candidates(x: np.ndarray, centroids: np.ndarray, kk: int, with_distances
 #: float32 unit roundoff
 _UNIT_ROUNDOFF = float(np.finfo(np.float32).eps) / 2
 #: relative slack for the row-wise re-computed squared distances (float32 sums of d squares)
-_RECOMPUTE_SLACK = 1e-4
+RECOMPUTE_SLACK = 1e-4
 
 
 def search_error(x_sq: np.ndarray, c_sq_max: float, d: int) -> np.ndarray:
@@ -177,7 +177,7 @@ def search_error(x_sq: np.ndarray, c_sq_max: float, d: int) -> np.ndarray:
     return 2.0 * (d + 3) * _UNIT_ROUNDOFF * (x_sq + c_sq_max)
 
 
-def _rowwise_sq_dist(x: np.ndarray, c: np.ndarray, lab: np.ndarray) -> np.ndarray:
+def rowwise_sq_dist(x: np.ndarray, c: np.ndarray, lab: np.ndarray) -> np.ndarray:
     """||x_i - c[lab_i]||^2 per row; each row's value depends on that row alone (not on chunking)."""
     out = np.empty(x.shape[0], np.float32)
     for s in range(0, x.shape[0], _RECOMPUTE_ROWS):
@@ -257,16 +257,16 @@ def nearest_centroid(x: np.ndarray, centroids) -> tuple[np.ndarray, np.ndarray]:
     dist, cand = knn_candidates(x, c, kk, with_distances=True)
 
     best_lab = cand[:, 0].astype(np.int64)
-    best = _rowwise_sq_dist(x, c, best_lab)
+    best = rowwise_sq_dist(x, c, best_lab)
     if kk == 2:
         rows = slice(None)
         if cpu:  # re-score the second candidate only where faiss's rounding could have ranked the two wrongly
             x_sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
             c_sq_max = float(np.einsum("ij,ij->i", c, c, dtype=np.float64).max())
             d1, d2 = dist[:, 0].astype(np.float64), dist[:, 1].astype(np.float64)
-            rows = np.flatnonzero(d2 - d1 <= 2.0 * search_error(x_sq, c_sq_max, x.shape[1]) + 2.0 * _RECOMPUTE_SLACK * np.abs(d2))
+            rows = np.flatnonzero(d2 - d1 <= 2.0 * search_error(x_sq, c_sq_max, x.shape[1]) + 2.0 * RECOMPUTE_SLACK * np.abs(d2))
         alt_lab = cand[rows, 1].astype(np.int64)
-        alt = _rowwise_sq_dist(x[rows], c, alt_lab)
+        alt = rowwise_sq_dist(x[rows], c, alt_lab)
         b_lab, b = best_lab[rows], best[rows]
         swap = (alt < b) | ((alt == b) & (alt_lab < b_lab))
         best_lab[rows] = np.where(swap, alt_lab, b_lab)
@@ -342,10 +342,15 @@ class NumpyAssigner:
 
     in_memory = True
 
-    def __init__(self, x: np.ndarray, batch_rows: int = DEFAULT_BATCH_ROWS):
+    def __init__(self, x: np.ndarray, batch_rows: int = DEFAULT_BATCH_ROWS, prune: bool = False):
         self.x = np.ascontiguousarray(x, dtype=np.float32)
         self.n, self.d = self.x.shape
         self.batch_rows = batch_rows
+        #: group bounds between passes (:mod:`lakecurate.core.pruning`): same results, fewer products
+        self.prune = prune
+        self._tracker = None
+        self._bounds: dict = {}  # batch start -> Bounds of the last pass
+        self.prune_stats = None  # PruneStats of the last pass, when it used bounds
 
     def _batches(self):
         for start in range(0, self.n, self.batch_rows):
@@ -356,9 +361,24 @@ class NumpyAssigner:
         return self.x[smallest_keys(random_keys(rows, salt), rows, size)]
 
     def assign(self, centroids: np.ndarray) -> Assignment:
+        from lakecurate.core import pruning
+
+        step = None
+        if self.prune and not isinstance(centroids, RoutedCentroids) and faiss_device() == "cpu":
+            if self._tracker is None:
+                self._tracker = pruning.BoundsTracker()
+            step = self._tracker.step(centroids)
         total = Assignment.zeros(centroids.shape[0], self.d)
-        for _, xb in self._batches():
-            total = total + assign_batch(xb, centroids)
+        if step is None:
+            self._bounds = {}
+            for _, xb in self._batches():
+                total = total + assign_batch(xb, centroids)
+            return total
+        stats = pruning.PruneStats()
+        for start, xb in self._batches():
+            acc, self._bounds[start], st = pruning.assign_batch_pruned(xb, centroids, step, self._bounds.get(start))
+            total, stats = total + acc, stats + st
+        self.prune_stats = stats
         return total
 
     def labels(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

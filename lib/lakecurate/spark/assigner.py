@@ -22,12 +22,15 @@ from lakecurate.core.assign import (
     RoutedCentroids,
     as_centroids,
     assign_batch,
+    faiss_device,
     nearest_centroid,
     smallest_keys,
     top_r_per_cluster,
 )
 from lakecurate.core.keys import random_keys
+from lakecurate.core.pruning import BoundsTracker, PruneStep, assign_batch_pruned
 from lakecurate.spark import two_step
+from lakecurate.spark.block_files import load_bounds, save_bounds
 from lakecurate.spark.blocks import EmbeddingBlocks
 
 
@@ -48,6 +51,8 @@ class AssignTuning:
     #: would reach ``shuffle_min_bytes`` (the driver would otherwise receive that much), else ``sparse``
     partials: str = "auto"
     shuffle_min_bytes: int = 1 << 30  # e.g. k >= ~22k at d = 384 on 16 partitions
+    #: group bounds kept beside the block files between passes (:mod:`lakecurate.core.pruning`)
+    prune: bool = True
 
     def partials_for(self, k: int, d: int, partitions: int) -> str:
         if self.partials != "auto":
@@ -55,12 +60,32 @@ class AssignTuning:
         return "shuffle" if 8 * k * d * partitions >= self.shuffle_min_bytes else "sparse"
 
 
-def partition_assignment(blocks, centroids: np.ndarray, sums_method: str) -> Assignment:
-    """Assignment statistics of one partition's blocks (every partial-aggregation form starts here)."""
+@dataclass(frozen=True)
+class Pruning:
+    """A pass's group bounds (:mod:`lakecurate.core.pruning`), kept per block beside its block files."""
+
+    step: PruneStep
+    cache_id: str
+
+
+def partition_assignment(blocks, centroids: np.ndarray, sums_method: str, pruning: Optional[Pruning] = None) -> Assignment:
+    """Assignment statistics of one partition's blocks (every partial-aggregation form starts here).
+
+    With ``pruning`` (and a CPU), each block starts from the bounds its executor kept from the
+    previous pass, when they are there and were made for that pass's centroids, and keeps new ones.
+    """
     k, d = centroids.shape
     acc = Assignment.zeros(k, d)
+    prune = pruning is not None and faiss_device() == "cpu"
     for b in blocks:
-        if b.n:
+        if not b.n:
+            continue
+        if prune:
+            prior = load_bounds(pruning.cache_id, b.part, b.seq, b.keys, pruning.step.prev_fingerprint)
+            part_acc, bounds, _ = assign_batch_pruned(b.vectors, centroids, pruning.step, prior)
+            save_bounds(pruning.cache_id, b.part, b.seq, b.keys, bounds)
+            acc = acc + part_acc
+        else:
             acc = acc + assign_batch(b.vectors, centroids, sums_method)
     return acc
 
@@ -73,6 +98,14 @@ class SparkAssigner:
     def __init__(self, blocks: EmbeddingBlocks, tuning: Optional[AssignTuning] = None):
         self.blocks = blocks
         self.tuning = tuning or AssignTuning()
+        self._tracker = BoundsTracker()
+
+    def _pruning(self, centroids) -> Optional[Pruning]:
+        """This pass's bounds, where they can be kept (block files) and pay (k, not a two-step level)."""
+        if not self.tuning.prune or isinstance(centroids, RoutedCentroids) or not self.blocks.read_block_files:
+            return None
+        step = self._tracker.step(centroids)
+        return None if step is None else Pruning(step, self.blocks.cache_id)
 
     @property
     def n(self) -> int:
@@ -121,11 +154,13 @@ class SparkAssigner:
         k, d = centroids.shape
         mode = self.tuning.partials_for(k, d, self.blocks.num_partitions)
         sums_method = self.tuning.sums
+        pruning = self._pruning(centroids)
         if mode == "shuffle":
-            return self._assign_shuffle(as_centroids(centroids))
+            return self._assign_shuffle(as_centroids(centroids), pruning)
 
-        def partial(blocks, c):
-            acc = partition_assignment(blocks, c, sums_method)
+        def partial(blocks, payload):
+            c, pr = payload
+            acc = partition_assignment(blocks, c, sums_method, pr)
             if mode == "dense":
                 cid = np.arange(k, dtype=np.int32)
             else:  # only the clusters this partition touched: at most its row count, not k
@@ -143,7 +178,7 @@ class SparkAssigner:
         sums = np.zeros((k, d))
         per_cluster = np.zeros(k)
         # partitions arrive in partition order, so the float64 additions happen in a fixed order
-        rows = self.blocks.collect(partial, "cid BINARY, counts BINARY, sums BINARY, inertia BINARY", as_centroids(centroids))
+        rows = self.blocks.collect(partial, "cid BINARY, counts BINARY, sums BINARY, inertia BINARY", (as_centroids(centroids), pruning))
         for row in rows:
             cid = np.frombuffer(row["cid"], np.int32)
             counts[cid] += np.frombuffer(row["counts"], np.int64)
@@ -151,7 +186,7 @@ class SparkAssigner:
             per_cluster[cid] += np.frombuffer(row["inertia"], np.float64)
         return Assignment(counts, sums, float(per_cluster.sum()), per_cluster)
 
-    def _assign_shuffle(self, centroids: np.ndarray) -> Assignment:
+    def _assign_shuffle(self, centroids: np.ndarray, pruning: Optional[Pruning] = None) -> Assignment:
         """Per-cluster rows summed on the executors (large k): the driver receives k rows, once.
 
         Each partition emits one row per non-empty cluster; a shuffle by cluster id brings a
@@ -161,11 +196,12 @@ class SparkAssigner:
         k, d = centroids.shape
         sums_method = self.tuning.sums
 
-        def partial(blocks, c):
+        def partial(blocks, payload):
             from pyspark import TaskContext
 
+            c, pr = payload
             part = TaskContext.get().partitionId()
-            acc = partition_assignment(blocks, c, sums_method)
+            acc = partition_assignment(blocks, c, sums_method, pr)
             cid = np.flatnonzero(acc.counts)
             for s in range(0, cid.size, 4096):
                 sel = cid[s : s + 4096]
@@ -212,7 +248,7 @@ class SparkAssigner:
             )
 
         schema = "cid INT, part INT, count LONG, inertia DOUBLE, sum BINARY"
-        with self.blocks.mapped(partial, schema, centroids) as rows:
+        with self.blocks.mapped(partial, schema, (centroids, pruning)) as rows:
             combined = rows.repartition(max(1, self.blocks.num_partitions), "cid").mapInArrow(combine, "cid INT, count LONG, inertia DOUBLE, sums BINARY")
             table = combined.toArrow()
         counts = np.zeros(k, np.int64)

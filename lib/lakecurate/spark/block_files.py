@@ -24,6 +24,7 @@ import os
 import shutil
 import socket
 import uuid
+import zipfile
 from typing import Optional
 
 import numpy as np
@@ -172,3 +173,48 @@ def open_block_files(cache_id: str, metas: list[tuple[int, int, int]]) -> Option
 def delete_block_files(cache_id: str) -> None:
     """Remove this process's files of one cache (each executor runs this for its own)."""
     shutil.rmtree(block_folder(cache_id), ignore_errors=True)
+
+
+def bounds_path(cache_id: str, part: int, seq: int) -> str:
+    """The file of one block's pruning bounds (:class:`lakecurate.core.pruning.Bounds`), beside its vectors."""
+    return block_paths(block_folder(cache_id), part, seq)[0][: -len("-keys.npy")] + "-bounds.npz"
+
+
+def _keys_digest(keys: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.blake2b(np.ascontiguousarray(keys, dtype=np.int64).tobytes(), digest_size=16).hexdigest()
+
+
+def load_bounds(cache_id: str, part: int, seq: int, keys: np.ndarray, fingerprint: Optional[str]):
+    """The block's bounds if this executor holds them for the centroids ``fingerprint`` and for
+    exactly these rows in this order, else None (the pass then computes every centroid for the
+    block: slower, same result)."""
+    from lakecurate.core.pruning import Bounds
+
+    if fingerprint is None:
+        return None
+    try:
+        with np.load(bounds_path(cache_id, part, seq), allow_pickle=False) as z:
+            if str(z["fingerprint"]) != fingerprint or str(z["keys"]) != _keys_digest(keys):
+                return None
+            return Bounds(fingerprint, z["labels"], z["lower"])
+    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile):  # missing, foreign or damaged
+        return None
+
+
+def save_bounds(cache_id: str, part: int, seq: int, keys: np.ndarray, bounds) -> None:
+    """Best effort, atomically (a retried task never leaves half a file); only where the block's
+    files are (a streamed partition keeps none)."""
+    path = bounds_path(cache_id, part, seq)
+    if not os.path.isdir(os.path.dirname(path)):
+        return
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, fingerprint=np.array(bounds.fingerprint), keys=np.array(_keys_digest(keys)), labels=bounds.labels, lower=bounds.lower)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("pruning bounds of block %d/%d not kept (%s): its next pass computes every centroid", part, seq, e)
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,131 @@
+"""Group bounds (core/pruning.py): the same fit as the full search, valid bounds, and real skipping."""
+
+import numpy as np
+import pytest
+
+from lakecurate.core import pruning
+from lakecurate.core.assign import NumpyAssigner, assign_batch, nearest_centroid
+from lakecurate.core.kmeans import init_centroids, lloyd, normalize_rows
+from lakecurate.core.synthetic import long_tailed_pool
+
+
+@pytest.fixture(autouse=True)
+def small_groups(monkeypatch):
+    """Bounds at test sizes: k >= 16, 8 centroids per group (the product uses 256 and 32)."""
+    monkeypatch.setattr(pruning, "MIN_K", 16)
+    monkeypatch.setattr(pruning, "CENTROIDS_PER_GROUP", 8)
+
+
+def _pool(n=6000, d=24, concepts=60, seed=5):
+    return long_tailed_pool(n, d, concepts, seed=seed).x
+
+
+def _fit(x, k, iters, prune, spherical=False, batch_rows=1500, seed=0):
+    c0 = init_centroids(NumpyAssigner(x), k, np.random.default_rng(seed))
+    if spherical:
+        c0 = normalize_rows(c0)
+    a = NumpyAssigner(x, batch_rows=batch_rows, prune=prune)
+    stats = []
+    fit = lloyd(a, c0, iters, np.random.default_rng(seed + 1), spherical=spherical, on_iteration=lambda s: stats.append(a.prune_stats))
+    return fit, stats
+
+
+@pytest.mark.parametrize("spherical,full_share", [(False, 0.5), (True, 0.5), (False, 0.0), (False, 2.0)])
+def test_the_same_fit_as_the_full_search_with_fewer_products(spherical, full_share, monkeypatch):
+    """full_share 0: every bounded pass falls back to a full one; 2: none does."""
+    monkeypatch.setattr(pruning, "FULL_PASS_SHARE", full_share)
+    x = _pool()
+    if spherical:
+        x = normalize_rows(x)
+    k, iters = 80, 12
+    full, _ = _fit(x, k, iters, prune=False, spherical=spherical)
+    pruned, stats = _fit(x, k, iters, prune=True, spherical=spherical)
+    assert np.array_equal(pruned.centroids, full.centroids)
+    assert np.array_equal(pruned.counts, full.counts)
+    assert pruned.objective == full.objective
+    assert [it.objective for it in pruned.iterations] == [it.objective for it in full.iterations]
+    # the first pass computes everything; later ones must skip a real share (else this test proves nothing)
+    assert stats[0].centroid_products == x.shape[0] * k
+    late = stats[-1]
+    if full_share == 0.0:
+        assert all(st.centroid_products >= x.shape[0] * k for st in stats)
+        return
+    assert late.centroid_products < 0.6 * x.shape[0] * k
+    assert late.rows_computed < x.shape[0]
+
+
+def _exact_group_minima(x, c, groups, labels):
+    d = np.sqrt(((x.astype(np.float64)[:, None, :] - c.astype(np.float64)[None]) ** 2).sum(-1))
+    d[np.arange(x.shape[0]), labels] = np.inf
+    t = int(groups.max()) + 1
+    return np.stack([d[:, groups == g].min(1) if (groups == g).any() else np.full(x.shape[0], np.inf) for g in range(t)], 1)
+
+
+def test_bounds_stay_below_the_true_distances_and_labels_match_nearest_centroid():
+    x = _pool(n=2500, d=16, concepts=40, seed=2)
+    k = 48
+    rng = np.random.default_rng(3)
+    c = init_centroids(NumpyAssigner(x), k, rng)
+    tracker = pruning.BoundsTracker()
+    prior = None
+    for it in range(8):
+        step = tracker.step(c)
+        got, prior, _ = pruning.assign_batch_pruned(x, c, step, prior)
+        ref = assign_batch(x, c)
+        lab, dist = nearest_centroid(x, c)
+        assert np.array_equal(prior.labels, lab)
+        assert np.array_equal(got.counts, ref.counts) and np.array_equal(got.sums, ref.sums)
+        assert got.inertia == ref.inertia
+        true_min = _exact_group_minima(x, c, step.groups, lab)
+        assert (prior.lower.astype(np.float64) <= true_min + 1e-12).all(), f"a bound above the true distance after pass {it}"
+        nonempty = got.counts > 0
+        c = c.copy()
+        c[nonempty] = (got.sums[nonempty] / got.counts[nonempty, None]).astype(np.float32)
+        if it == 3:  # a far jump, as an empty cluster's re-seed makes: the bounds must absorb it
+            c[5] = x[int(np.argmax(((x - c[5]) ** 2).sum(1)))]
+
+
+def test_stale_or_foreign_bounds_mean_a_full_pass_with_the_same_answer():
+    x = _pool(n=3000, d=16, concepts=30, seed=4)
+    k = 40
+    c = init_centroids(NumpyAssigner(x), k, np.random.default_rng(1))
+    tracker = pruning.BoundsTracker()
+    s1 = tracker.step(c)
+    _, b1, _ = pruning.assign_batch_pruned(x, c, s1, None)
+    c2 = c + np.float32(0.01)
+    s2 = tracker.step(c2)
+    assert s2.prev_fingerprint == s1.fingerprint
+    ref = assign_batch(x, c2)
+    # another pass's bounds (fingerprint mismatch), other rows (length) and none at all: all full passes
+    foreign = pruning.Bounds("not-this-one", b1.labels, b1.lower)
+    short = pruning.Bounds(b1.fingerprint, b1.labels[:-1], b1.lower[:-1])
+    for prior in (foreign, short, None):
+        got, _, st = pruning.assign_batch_pruned(x, c2, s2, prior)
+        assert st.centroid_products == x.shape[0] * k
+        assert np.array_equal(got.counts, ref.counts) and np.array_equal(got.sums, ref.sums)
+    got, _, st = pruning.assign_batch_pruned(x, c2, s2, b1)
+    assert st.centroid_products < x.shape[0] * k
+    assert np.array_equal(got.counts, ref.counts) and np.array_equal(got.sums, ref.sums) and got.inertia == ref.inertia
+
+
+def test_a_changed_k_regroups_and_small_k_turns_bounds_off(monkeypatch):
+    tracker = pruning.BoundsTracker()
+    rng = np.random.default_rng(0)
+    a = tracker.step(rng.standard_normal((40, 8)).astype(np.float32))
+    b = tracker.step(rng.standard_normal((48, 8)).astype(np.float32))
+    assert a.prev_fingerprint is None and b.prev_fingerprint is None and b.groups.shape == (48,)
+    monkeypatch.setattr(pruning, "MIN_K", 256)
+    assert tracker.step(rng.standard_normal((48, 8)).astype(np.float32)) is None
+
+
+def test_movers_are_the_centroids_that_moved_most_and_leave_their_groups_drift():
+    tracker = pruning.BoundsTracker()
+    rng = np.random.default_rng(0)
+    c = rng.standard_normal((64, 8)).astype(np.float32)
+    tracker.step(c)
+    c2 = c.copy()
+    c2[7] += 50.0  # one far jump
+    c2 += np.float32(1e-3)
+    s = tracker.step(c2)
+    assert 7 in s.movers
+    assert s.group_drift.max() < 1.0  # the jump does not widen its group's bound
