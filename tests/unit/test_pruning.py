@@ -70,7 +70,7 @@ def test_bounds_stay_below_the_true_distances_and_labels_match_nearest_centroid(
     prior = None
     for it in range(8):
         step = tracker.step(c)
-        got, prior, _ = pruning.assign_batch_pruned(x, c, step, prior)
+        got, prior, _ = pruning.assign_batch_pruned(x, pruning.prepare_pass(c, step), prior)
         ref = assign_batch(x, c)
         lab, dist = nearest_centroid(x, c)
         assert np.array_equal(prior.labels, lab)
@@ -91,7 +91,7 @@ def test_stale_or_foreign_bounds_mean_a_full_pass_with_the_same_answer():
     c = init_centroids(NumpyAssigner(x), k, np.random.default_rng(1))
     tracker = pruning.BoundsTracker()
     s1 = tracker.step(c)
-    _, b1, _ = pruning.assign_batch_pruned(x, c, s1, None)
+    _, b1, _ = pruning.assign_batch_pruned(x, pruning.prepare_pass(c, s1), None)
     c2 = c + np.float32(0.01)
     s2 = tracker.step(c2)
     assert s2.prev_fingerprint == s1.fingerprint
@@ -100,10 +100,10 @@ def test_stale_or_foreign_bounds_mean_a_full_pass_with_the_same_answer():
     foreign = pruning.Bounds("not-this-one", b1.labels, b1.lower)
     short = pruning.Bounds(b1.fingerprint, b1.labels[:-1], b1.lower[:-1])
     for prior in (foreign, short, None):
-        got, _, st = pruning.assign_batch_pruned(x, c2, s2, prior)
+        got, _, st = pruning.assign_batch_pruned(x, pruning.prepare_pass(c2, s2), prior)
         assert st.centroid_products == x.shape[0] * k
         assert np.array_equal(got.counts, ref.counts) and np.array_equal(got.sums, ref.sums)
-    got, _, st = pruning.assign_batch_pruned(x, c2, s2, b1)
+    got, _, st = pruning.assign_batch_pruned(x, pruning.prepare_pass(c2, s2), b1)
     assert st.centroid_products < x.shape[0] * k
     assert np.array_equal(got.counts, ref.counts) and np.array_equal(got.sums, ref.sums) and got.inertia == ref.inertia
 

@@ -294,8 +294,14 @@ def cluster_sums(x: np.ndarray, labels: np.ndarray, k: int, method: str = "spars
     sums = np.zeros((k, x.shape[1]))
     for s in range(0, n, _RECOMPUTE_ROWS):  # the chunk's float64 copy stays in cache: ~2.5x faster than one copy
         lab = labels[s : s + _RECOMPUTE_ROWS]
-        onehot = sp.csr_matrix((np.ones(lab.size), (lab, np.arange(lab.size))), shape=(k, lab.size))
-        sums += onehot @ x[s : s + _RECOMPUTE_ROWS].astype(np.float64)
+        # the one-hot matrix built in CSR form directly (rows: the chunk's clusters, each row's
+        # entries in row order), so only the chunk's own clusters are written: the same additions
+        # in the same order as a (k x chunk) one-hot, ~4x faster at k = 1000 (bench/RESULTS.md)
+        order = np.argsort(lab, kind="stable")
+        per = np.bincount(lab, minlength=k)
+        present = np.flatnonzero(per)
+        onehot = sp.csr_matrix((np.ones(lab.size), order, np.r_[0, np.cumsum(per[present])]), shape=(present.size, lab.size))
+        sums[present] += onehot @ x[s : s + _RECOMPUTE_ROWS].astype(np.float64)
     return counts, sums
 
 
@@ -375,8 +381,9 @@ class NumpyAssigner:
                 total = total + assign_batch(xb, centroids)
             return total
         stats = pruning.PruneStats()
+        pp = pruning.prepare_pass(centroids, step)
         for start, xb in self._batches():
-            acc, self._bounds[start], st = pruning.assign_batch_pruned(xb, centroids, step, self._bounds.get(start))
+            acc, self._bounds[start], st = pruning.assign_batch_pruned(xb, pp, self._bounds.get(start))
             total, stats = total + acc, stats + st
         self.prune_stats = stats
         return total

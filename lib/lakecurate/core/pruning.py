@@ -204,25 +204,61 @@ def _merge_top2(a1, av1, a2, av2, b1, bv1, b2, bv2):
     return l1, v1, np.where(take_c, c_lab, o_lab), np.where(take_c, c_val, o_val)
 
 
-def assign_batch_pruned(x: np.ndarray, c: np.ndarray, step: PruneStep, prior: Optional[Bounds]) -> tuple[Assignment, Bounds, PruneStats]:
+@dataclass(frozen=True)
+class PrunedPass:
+    """One pass's centroids and every value derived from them alone, made once per task rather
+    than once per block (:func:`prepare_pass`)."""
+
+    step: PruneStep
+    c: np.ndarray  # (k, d) float32
+    cm2: np.ndarray  # -2 c, exact
+    c_sq: np.ndarray  # (k,) float32 ||c||^2
+    c_sq_max: float  # the largest ||c||^2, in float64 (for search_error)
+    order: np.ndarray  # centroids group by group
+    starts: np.ndarray  # (t + 1,) where each group's run starts in ``order``
+
+
+def prepare_pass(c: np.ndarray, step: PruneStep) -> PrunedPass:
+    """The centroid side of :func:`assign_batch_pruned` for a pass with centroids ``c``."""
+    c = np.ascontiguousarray(c, dtype=np.float32)
+    c_sq64 = np.einsum("ij,ij->i", c, c, dtype=np.float64)
+    order = np.argsort(step.groups, kind="stable")
+    starts = np.r_[0, np.cumsum(np.bincount(step.groups, minlength=step.n_groups))]
+    return PrunedPass(step, c, -2.0 * c, c_sq64.astype(np.float32), float(c_sq64.max()), order, starts)
+
+
+def _full_candidates(x: np.ndarray, pp: PrunedPass, x_sq: np.ndarray, err: np.ndarray):
+    """Every centroid for every row: (l1, v1, l2, v2, squared group lower bounds)."""
+    n, k = x.shape[0], pp.c.shape[0]
+    lower = np.empty((n, pp.step.n_groups))
+    l1, v1, l2, v2 = (np.empty(n, np.int64), np.empty(n, np.float32), np.empty(n, np.int64), np.empty(n, np.float32))
+    cc, cc_sq, order = pp.cm2[pp.order], pp.c_sq[pp.order], pp.order
+    seg = pp.starts[:-1]
+    ch = _chunk_rows(k)
+    for s in range(0, n, ch):
+        e = min(n, s + ch)
+        dist = _product_part(x[s:e], cc, cc_sq)
+        i1, v1[s:e], i2, v2[s:e] = _top2(dist)
+        l1[s:e], l2[s:e] = order[i1], np.where(i2 >= 0, order[np.maximum(i2, 0)], -1)
+        lower[s:e] = np.minimum.reduceat(dist, seg, axis=1)
+    lower += (x_sq - err)[:, None]
+    return l1, v1, l2, v2, lower
+
+
+def assign_batch_pruned(x: np.ndarray, pp: PrunedPass, prior: Optional[Bounds]) -> tuple[Assignment, Bounds, PruneStats]:
     """:func:`lakecurate.core.assign.assign_batch` with group bounds: the same statistics, the
     block's new bounds and what was computed. ``prior`` is used only when it was left by the pass
-    ``step`` continues from; otherwise every centroid is computed (and the bounds built)."""
+    ``pp.step`` continues from; otherwise every centroid is computed (and the bounds built)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    c = np.ascontiguousarray(c, dtype=np.float32)
+    step, c, cm2, c_sq, order, starts = pp.step, pp.c, pp.cm2, pp.c_sq, pp.order, pp.starts
     n, d = x.shape
     k = c.shape[0]
     groups = step.groups
     t = step.n_groups
-    order = np.argsort(groups, kind="stable")  # centroids group by group
-    starts = np.r_[0, np.cumsum(np.bincount(groups, minlength=t))]
     # ||x||^2 in float32 as faiss forms it (its rounding is within search_error; the bound itself
     # is taken on a value rounded up)
     x_sq = np.einsum("ij,ij->i", x, x).astype(np.float64)
-    c_sq64 = np.einsum("ij,ij->i", c, c, dtype=np.float64)
-    c_sq = c_sq64.astype(np.float32)
-    cm2 = -2.0 * c  # exact
-    err = search_error(x_sq * (1.0 + 1e-4), float(c_sq64.max()), d)  # bound on a product distance's error, per row
+    err = search_error(x_sq * (1.0 + 1e-4), pp.c_sq_max, d)  # bound on a product distance's error, per row
 
     usable = (prior is not None and step.prev_fingerprint is not None and prior.fingerprint == step.prev_fingerprint
               and prior.labels.shape[0] == n and prior.lower.shape[1] == t)
@@ -230,19 +266,8 @@ def assign_batch_pruned(x: np.ndarray, c: np.ndarray, step: PruneStep, prior: Op
     if not usable:
         a = np.zeros(n, np.int64)
         d_a = np.zeros(n, np.float32)
-        lower = np.empty((n, t))
         active = np.arange(n)
-        l1, v1, l2, v2 = (np.empty(n, np.int64), np.empty(n, np.float32), np.empty(n, np.int64), np.empty(n, np.float32))
-        cc, cc_sq = cm2[order], c_sq[order]
-        seg = starts[:-1]
-        ch = _chunk_rows(k)
-        for s in range(0, n, ch):
-            e = min(n, s + ch)
-            dist = _product_part(x[s:e], cc, cc_sq)
-            i1, v1[s:e], i2, v2[s:e] = _top2(dist)
-            l1[s:e], l2[s:e] = order[i1], np.where(i2 >= 0, order[np.maximum(i2, 0)], -1)
-            lower[s:e] = np.minimum.reduceat(dist, seg, axis=1)
-        lower += (x_sq - err)[:, None]
+        l1, v1, l2, v2, lower = _full_candidates(x, pp, x_sq, err)
         products = n * k
     else:
         a = np.asarray(prior.labels, dtype=np.int64)
@@ -252,6 +277,13 @@ def assign_batch_pruned(x: np.ndarray, c: np.ndarray, step: PruneStep, prior: Op
         lower = np.maximum(old - step.group_drift[None, :], 0.0)
         np.square(lower, out=lower)  # squared from here to the end
         movers = step.movers
+        sizes = (starts[1:] - starts[:-1]).astype(np.float64)
+        # the products the groups' own bounds already call for (the movers only add to them, and a
+        # batch computes at least what each of its rows needs): too many, and the pass goes full at once
+        early = float(((lower * (1.0 - 2.0 * RECOMPUTE_SLACK) <= reach[:, None]) @ sizes).sum())
+        go_full = early > FULL_PASS_SHARE * n * k
+        if go_full:
+            movers = movers[:0]
         m = movers.size
         dm_row = None
         if m:
@@ -263,6 +295,8 @@ def assign_batch_pruned(x: np.ndarray, c: np.ndarray, step: PruneStep, prior: Op
             # the movers' moves too); the others compute every mover directly
             via_move = np.square(np.maximum(old[:, gm] - moves[None, :], 0.0))
             near = (via_move * (1.0 - 2.0 * RECOMPUTE_SLACK) <= reach[:, None]).any(1)
+            if 2 * int(near.sum()) > n:
+                near[:] = True  # most rows: all of them, in row order (no gather; the exact distances only tighten)
             far = np.flatnonzero(~near)
             mseg = np.flatnonzero(np.r_[True, gm[1:] != gm[:-1]])
             ug = gm[mseg]
@@ -278,39 +312,44 @@ def assign_batch_pruned(x: np.ndarray, c: np.ndarray, step: PruneStep, prior: Op
                 step_rows = 4 * _chunk_rows(m)
                 for s in range(0, rows_m.size, step_rows):
                     r = rows_m[s : s + step_rows]
-                    dm[s : s + r.size] = _product_part(x[r], cm, cm_sq)
+                    dm[s : s + r.size] = _product_part(x[s : s + r.size] if rows_m.size == n else x[r], cm, cm_sq)
                 lb_m = dm.astype(np.float64)
                 lb_m[movers[None, :] == a[rows_m, None]] = np.inf  # a row's own centroid is not in its bounds
                 lb_m = np.minimum.reduceat(lb_m, mseg, axis=1) + (x_sq[rows_m] - err[rows_m])[:, None]
                 lower[rows_m[:, None], ug[None, :]] = np.minimum(lower[rows_m[:, None], ug[None, :]], lb_m)
         else:
             products = 0
-        # a group can matter only if one of its centroids could come within the re-score window of
-        # the row's own: true d_j^2 (1 - 2 slack) <= d_a^2 (1 + slack) + 4 err (see nearest_centroid)
-        need = lower * (1.0 - 2.0 * RECOMPUTE_SLACK) <= reach[:, None]
-        active = np.flatnonzero(need.any(1))
-        n_act = active.size
-        l1, v1 = np.empty(n_act, np.int64), np.empty(n_act, np.float32)
-        l2, v2 = np.empty(n_act, np.int64), np.empty(n_act, np.float32)
-        home = groups[a[active]]
-        need_act = need[active]
-        need_act[np.arange(n_act), home] = True  # the own group always: the row's centroid competes by the product too
-        only_home = need_act.sum(1) == 1
-        # batches: rows by own group, those needing only it apart from those needing more
-        key = home.astype(np.int64) * 2 + (~only_home)
-        by = np.argsort(key, kind="stable")
-        ks = key[by]
-        b_starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]]) if n_act else np.zeros(0, np.int64)
-        xs_act = x_sq[active] - err[active]
         batches = []
-        for bs, be in zip(b_starts, np.r_[b_starts[1:], n_act]):
-            pos = by[bs:be]
-            gsel = np.flatnonzero(need_act[pos].any(0))
-            batches.append((pos, gsel, int(pos.size * (starts[gsel + 1] - starts[gsel]).sum())))
-        if sum(b[2] for b in batches) > FULL_PASS_SHARE * n * k:
-            # the bounds rule out too little: one full product is cheaper (and rebuilds them)
-            full, fresh, _ = assign_batch_pruned(x, c, step, None)
-            return full, fresh, PruneStats(n, n, n * k + products)
+        if not go_full:
+            # a group can matter only if one of its centroids could come within the re-score window of
+            # the row's own: true d_j^2 (1 - 2 slack) <= d_a^2 (1 + slack) + 4 err (see nearest_centroid)
+            need = lower * (1.0 - 2.0 * RECOMPUTE_SLACK) <= reach[:, None]
+            active = np.flatnonzero(need.any(1))
+            n_act = active.size
+            l1, v1 = np.empty(n_act, np.int64), np.empty(n_act, np.float32)
+            l2, v2 = np.empty(n_act, np.int64), np.empty(n_act, np.float32)
+            home = groups[a[active]]
+            need_act = need[active]
+            need_act[np.arange(n_act), home] = True  # the own group always: the row's centroid competes by the product too
+            only_home = need_act.sum(1) == 1
+            # batches: rows by own group, those needing only it apart from those needing more
+            key = home.astype(np.int64) * 2 + (~only_home)
+            by = np.argsort(key, kind="stable")
+            ks = key[by]
+            b_starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]]) if n_act else np.zeros(0, np.int64)
+            xs_act = x_sq[active] - err[active]
+            for bs, be in zip(b_starts, np.r_[b_starts[1:], n_act]):
+                pos = by[bs:be]
+                gsel = np.flatnonzero(need_act[pos].any(0))
+                batches.append((pos, gsel, int(pos.size * (starts[gsel + 1] - starts[gsel]).sum())))
+            go_full = sum(bt[2] for bt in batches) > FULL_PASS_SHARE * n * k
+        if go_full:
+            # the bounds rule out too little: one full product is cheaper (and rebuilds them); the
+            # rows' own distances d_a are kept, so only rows whose label changes are re-scored
+            active = np.arange(n)
+            l1, v1, l2, v2, lower = _full_candidates(x, pp, x_sq, err)
+            products += n * k
+            batches = []
         for pos, gsel, _ in batches:
             cols = np.concatenate([order[starts[g] : starts[g + 1]] for g in gsel])
             seg = np.r_[0, np.cumsum(starts[gsel + 1] - starts[gsel])][:-1]
@@ -346,18 +385,17 @@ def assign_batch_pruned(x: np.ndarray, c: np.ndarray, step: PruneStep, prior: Op
     dist_out = d_a.copy()
     n_act = active.size
     if n_act:
-        xa = x[active] if usable else x
         same = l1 == a[active] if usable else np.zeros(n_act, bool)
         best = np.where(same, d_a[active], 0.0).astype(np.float32)
         if (~same).any():
-            best[~same] = rowwise_sq_dist(xa[~same], c, l1[~same])
+            best[~same] = rowwise_sq_dist(x[active[~same]], c, l1[~same])  # only the rows re-scored are gathered
         xs = x_sq[active]
         w1, w2 = v1.astype(np.float64) + xs, v2.astype(np.float64) + xs
         close = np.flatnonzero((l2 >= 0) & (w2 - w1 <= 2.0 * err[active] + 2.0 * RECOMPUTE_SLACK * np.abs(w2)))
         lab_a = l1.copy()
         if close.size:
             alt_lab = l2[close]
-            alt = rowwise_sq_dist(xa[close], c, alt_lab)
+            alt = rowwise_sq_dist(x[active[close]], c, alt_lab)
             b = best[close]
             swap = (alt < b) | ((alt == b) & (alt_lab < l1[close]))
             sw = close[swap]

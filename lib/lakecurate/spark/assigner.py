@@ -28,9 +28,9 @@ from lakecurate.core.assign import (
     top_r_per_cluster,
 )
 from lakecurate.core.keys import random_keys
-from lakecurate.core.pruning import BoundsTracker, PruneStep, assign_batch_pruned
+from lakecurate.core.pruning import BoundsTracker, PruneStep, assign_batch_pruned, prepare_pass
 from lakecurate.spark import two_step
-from lakecurate.spark.block_files import load_bounds, save_bounds
+from lakecurate.spark.block_files import keys_digest, load_bounds, save_bounds
 from lakecurate.spark.blocks import EmbeddingBlocks
 
 
@@ -76,14 +76,15 @@ def partition_assignment(blocks, centroids: np.ndarray, sums_method: str, prunin
     """
     k, d = centroids.shape
     acc = Assignment.zeros(k, d)
-    prune = pruning is not None and faiss_device() == "cpu"
+    pp = prepare_pass(centroids, pruning.step) if pruning is not None and faiss_device() == "cpu" else None
     for b in blocks:
         if not b.n:
             continue
-        if prune:
-            prior = load_bounds(pruning.cache_id, b.part, b.seq, b.keys, pruning.step.prev_fingerprint)
-            part_acc, bounds, _ = assign_batch_pruned(b.vectors, centroids, pruning.step, prior)
-            save_bounds(pruning.cache_id, b.part, b.seq, b.keys, bounds)
+        if pp is not None:
+            keys_id = keys_digest(b.keys)
+            prior = load_bounds(pruning.cache_id, b.part, b.seq, keys_id, pruning.step.prev_fingerprint)
+            part_acc, bounds, _ = assign_batch_pruned(b.vectors, pp, prior)
+            save_bounds(pruning.cache_id, b.part, b.seq, keys_id, bounds)
             acc = acc + part_acc
         else:
             acc = acc + assign_batch(b.vectors, centroids, sums_method)

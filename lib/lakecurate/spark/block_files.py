@@ -18,6 +18,7 @@ Everything here runs inside Python tasks on the executors (or on the driver in l
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ import shutil
 import socket
 import uuid
 import zipfile
-from typing import Optional
+from typing import BinaryIO, Callable, Optional
 
 import numpy as np
 
@@ -48,18 +49,23 @@ def block_paths(folder: str, part: int, seq: int) -> tuple[str, str]:
     return stem + "-keys.npy", stem + "-vectors.npy"
 
 
-def save_npy_atomically(path: str, arr: np.ndarray) -> None:
-    """Write to a temporary name, then rename: a retried or speculative task never leaves a
+def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """``write`` into a temporary name, then rename: a retried or speculative task never leaves a
     half-written file behind."""
     tmp = f"{path}.{uuid.uuid4().hex}.tmp"
     try:
         with open(tmp, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def save_npy_atomically(path: str, arr: np.ndarray) -> None:
+    """One ``.npy`` file, written atomically (:func:`write_atomically`)."""
+    write_atomically(path, lambda f: np.save(f, arr, allow_pickle=False))
 
 
 _OWNER = "owner.json"
@@ -180,41 +186,37 @@ def bounds_path(cache_id: str, part: int, seq: int) -> str:
     return block_paths(block_folder(cache_id), part, seq)[0][: -len("-keys.npy")] + "-bounds.npz"
 
 
-def _keys_digest(keys: np.ndarray) -> str:
-    import hashlib
-
+def keys_digest(keys: np.ndarray) -> str:
+    """Names a block's rows in order: its bounds are kept for exactly these rows (computed once per
+    block and pass, for :func:`load_bounds` and :func:`save_bounds`)."""
     return hashlib.blake2b(np.ascontiguousarray(keys, dtype=np.int64).tobytes(), digest_size=16).hexdigest()
 
 
-def load_bounds(cache_id: str, part: int, seq: int, keys: np.ndarray, fingerprint: Optional[str]):
+def load_bounds(cache_id: str, part: int, seq: int, keys_id: str, fingerprint: Optional[str]):
     """The block's bounds if this executor holds them for the centroids ``fingerprint`` and for
-    exactly these rows in this order, else None (the pass then computes every centroid for the
-    block: slower, same result)."""
+    exactly the rows ``keys_id`` names (:func:`keys_digest`), else None (the pass then computes
+    every centroid for the block: slower, same result)."""
     from lakecurate.core.pruning import Bounds
 
     if fingerprint is None:
         return None
     try:
         with np.load(bounds_path(cache_id, part, seq), allow_pickle=False) as z:
-            if str(z["fingerprint"]) != fingerprint or str(z["keys"]) != _keys_digest(keys):
+            if str(z["fingerprint"]) != fingerprint or str(z["keys"]) != keys_id:
                 return None
             return Bounds(fingerprint, z["labels"], z["lower"])
     except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile):  # missing, foreign or damaged
         return None
 
 
-def save_bounds(cache_id: str, part: int, seq: int, keys: np.ndarray, bounds) -> None:
+def save_bounds(cache_id: str, part: int, seq: int, keys_id: str, bounds) -> None:
     """Best effort, atomically (a retried task never leaves half a file); only where the block's
     files are (a streamed partition keeps none)."""
     path = bounds_path(cache_id, part, seq)
     if not os.path.isdir(os.path.dirname(path)):
         return
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
     try:
-        with open(tmp, "wb") as f:
-            np.savez(f, fingerprint=np.array(bounds.fingerprint), keys=np.array(_keys_digest(keys)), labels=bounds.labels, lower=bounds.lower)
-        os.replace(tmp, path)
+        write_atomically(path, lambda f: np.savez(f, fingerprint=np.array(bounds.fingerprint), keys=np.array(keys_id),
+                                                  labels=bounds.labels, lower=bounds.lower))
     except OSError as e:
         log.warning("pruning bounds of block %d/%d not kept (%s): its next pass computes every centroid", part, seq, e)
-        if os.path.exists(tmp):
-            os.remove(tmp)
