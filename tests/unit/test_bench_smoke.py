@@ -36,6 +36,26 @@ def test_sums_methods_agree():
     assert np.array_equal(a.counts, b.counts) and np.isclose(a.inertia, b.inertia)
 
 
+def test_sparse_sums_add_each_chunks_rows_in_row_order():
+    """The same bits as adding, chunk by chunk, each row into its cluster in row order (what the
+    Spark and in-process passes rely on to round to the same centroids), at k below and above
+    the chunk's rows, with empty clusters."""
+    from lakecurate.core.assign import CHUNK_ROWS
+
+    rng = np.random.default_rng(3)
+    for n, k in [(5000, 40), (5000, 3000), (700, 20000), (1, 5)]:
+        x = (rng.standard_normal((n, 16)) * 10.0 ** rng.integers(-3, 4, size=(n, 1))).astype(np.float32)
+        lab = rng.integers(0, k, size=n)
+        want = np.zeros((k, 16))
+        for s in range(0, n, CHUNK_ROWS):
+            part = np.zeros((k, 16))
+            np.add.at(part, lab[s : s + CHUNK_ROWS], x[s : s + CHUNK_ROWS].astype(np.float64))
+            want += part
+        counts, got = cluster_sums(x, lab, k)
+        assert np.array_equal(got, want), (n, k)
+        assert np.array_equal(counts, np.bincount(lab, minlength=k))
+
+
 def test_device_selection_is_cpu_without_gpu(monkeypatch):
     assert faiss_device() in ("cpu", "gpu")
     monkeypatch.setenv("LAKECURATE_FAISS_DEVICE", "cpu")

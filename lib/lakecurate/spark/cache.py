@@ -31,7 +31,7 @@ def can_cache(spark) -> bool:
         from pyspark import StorageLevel
 
         try:
-            probe = spark.range(1).persist(StorageLevel.MEMORY_AND_DISK)
+            probe = spark.range(1).persist(StorageLevel.MEMORY_AND_DISK_DESER)
             probe.count()
             probe.unpersist()
             _CAN_CACHE[key] = True
@@ -79,7 +79,11 @@ def keep(df, *, spark, lake: Optional["Lake"], mode: str, what: str) -> Kept:
     if mode != "lake":
         from pyspark import StorageLevel
 
-        frame = df.persist(StorageLevel.MEMORY_AND_DISK)
+        # deserialized: PySpark's MEMORY_AND_DISK stores each cached partition serialized, so every
+        # pass, even one that selects only the blocks' (part, seq, n) and reads the vectors from the
+        # block files, deserialized the whole partition: 0.6-3.2 s per pass over 1M x 384 on 2 cores,
+        # against 0.3 s deserialized (bench/RESULTS.md, run L)
+        frame = df.persist(StorageLevel.MEMORY_AND_DISK_DESER)
         return Kept(frame, "spark", _unpersist=frame.unpersist)
     if lake is None:
         from lakecurate.errors import ConfigError
