@@ -294,14 +294,8 @@ def cluster_sums(x: np.ndarray, labels: np.ndarray, k: int, method: str = "spars
     sums = np.zeros((k, x.shape[1]))
     for s in range(0, n, CHUNK_ROWS):  # the chunk's float64 copy stays in cache: ~2.5x faster than one copy
         lab = labels[s : s + CHUNK_ROWS]
-        # the one-hot matrix built in CSR form directly (rows: the chunk's clusters, each row's
-        # entries in row order), so only the chunk's own clusters are written: the same additions
-        # in the same order as a (k x chunk) one-hot: 7.5 against 10.5 ms per 20k x 384 block at k = 1000
-        order = np.argsort(lab, kind="stable")
-        per = np.bincount(lab, minlength=k)
-        present = np.flatnonzero(per)
-        onehot = sp.csr_matrix((np.ones(lab.size), order, np.r_[0, np.cumsum(per[present])]), shape=(present.size, lab.size))
-        sums[present] += onehot @ x[s : s + CHUNK_ROWS].astype(np.float64)
+        onehot = sp.csr_matrix((np.ones(lab.size), (lab, np.arange(lab.size))), shape=(k, lab.size))
+        sums += onehot @ x[s : s + CHUNK_ROWS].astype(np.float64)
     return counts, sums
 
 

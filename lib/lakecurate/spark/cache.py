@@ -81,8 +81,8 @@ def keep(df, *, spark, lake: Optional["Lake"], mode: str, what: str) -> Kept:
 
         # deserialized: PySpark's MEMORY_AND_DISK stores each cached partition serialized, so every
         # pass, even one that selects only the blocks' (part, seq, n) and reads the vectors from the
-        # block files, deserialized the whole partition: 0.6-3.2 s per pass over 1M x 384 on 2 cores,
-        # against 0.3 s deserialized (bench/RESULTS.md, run L)
+        # block files, deserialized the whole partition: an empty job over 1M x 384 cached blocks took
+        # 0.73 s, 0.33 s deserialized (bench/assign_profile.py --spark-n 1000000, bench/RESULTS.md runs L-P)
         frame = df.persist(StorageLevel.MEMORY_AND_DISK_DESER)
         return Kept(frame, "spark", _unpersist=frame.unpersist)
     if lake is None:
