@@ -50,8 +50,8 @@ def test_the_same_fit_as_the_full_search_with_fewer_products(spherical, full_sha
     if full_share == 0.0:
         assert all(st.centroid_products >= x.shape[0] * k for st in stats)
         return
-    assert late.centroid_products < 0.6 * x.shape[0] * k
-    assert late.rows_computed < x.shape[0]
+    # (every row may compute the movers, so the share of products is what shows the skipping)
+    assert late.centroid_products < 0.35 * x.shape[0] * k
 
 
 def _exact_group_minima(x, c, groups, labels):
@@ -129,3 +129,70 @@ def test_movers_are_the_centroids_that_moved_most_and_leave_their_groups_drift()
     s = tracker.step(c2)
     assert 7 in s.movers
     assert s.group_drift.max() < 1.0  # the jump does not widen its group's bound
+
+
+def test_groups_stay_even_when_most_centroids_crowd_one_concept():
+    """A long-tailed pool puts most centroids in its head concepts; a grouping by clusters of
+    centroids would make one huge group there, which every row of the head then computes whole."""
+    rng = np.random.default_rng(7)
+    head = rng.standard_normal((700, 16)) * 0.1  # 700 centroids in one tight concept
+    tail = rng.standard_normal((300, 16)) * 0.1 + 20.0 * rng.standard_normal((300, 1, 16))[:, 0]
+    c = np.concatenate([head, tail]).astype(np.float32)
+    groups = pruning.group_centroids(c, 31)
+    sizes = np.bincount(groups, minlength=31)
+    assert groups.shape == (1000,) and sizes.min() >= 1
+    assert sizes.max() <= 3 * 1000 // 31, sorted(sizes)[-5:]
+    assert np.array_equal(groups, pruning.group_centroids(c.copy(), 31))  # deterministic
+
+
+def test_a_split_centroid_joins_its_partners_group_and_the_bounds_hold():
+    """Lloyd re-seeds an empty cluster beside a populous one (split_empty_clusters): the re-seeded
+    centroid moves to its partner's group, and the bounds carried across the move stay valid."""
+    x = _pool(n=2500, d=16, concepts=40, seed=2)
+    k = 48
+    c = init_centroids(NumpyAssigner(x), k, np.random.default_rng(3))
+    tracker = pruning.BoundsTracker()
+    s1 = tracker.step(c)
+    _, prior, _ = pruning.assign_batch_pruned(x, pruning.prepare_pass(c, s1), None)
+    far_group = np.flatnonzero(s1.groups != s1.groups[0])
+    j, q = int(far_group[0]), 0  # j is in another group than q
+    c2 = c.copy()
+    c2[j] = c[q] * (1 + np.float32(1e-4))  # j re-seeded beside q
+    s2 = tracker.step(c2)
+    assert j in s2.movers and s2.prev_groups[j] == s1.groups[j]
+    assert s2.groups[j] == s2.groups[q] != s1.groups[j]
+    got, bounds, _ = pruning.assign_batch_pruned(x, pruning.prepare_pass(c2, s2), prior)
+    ref = assign_batch(x, c2)
+    lab, _ = nearest_centroid(x, c2)
+    assert np.array_equal(bounds.labels, lab)
+    assert np.array_equal(got.counts, ref.counts) and np.array_equal(got.sums, ref.sums) and got.inertia == ref.inertia
+    true_min = _exact_group_minima(x, c2, s2.groups, lab)
+    assert (bounds.lower.astype(np.float64) <= true_min + 1e-12).all()
+
+
+def test_a_mover_that_changes_group_is_bounded_through_its_old_group():
+    """Rows far from a mover never compute it: their bound on it comes from the bound of the group
+    it was in, less its move, and lands in the group it is in now (any grouping is valid)."""
+    x = _pool(n=2500, d=16, concepts=40, seed=2)
+    k = 48
+    c = init_centroids(NumpyAssigner(x), k, np.random.default_rng(3))
+    s1 = pruning.BoundsTracker().step(c)
+    _, prior, _ = pruning.assign_batch_pruned(x, pruning.prepare_pass(c, s1), None)
+    j = 0
+    other = int(s1.groups[np.argmax(((c - c[j]) ** 2).sum(1))])  # the group of the centroid farthest from j
+    assert other != s1.groups[j]
+    c2 = c.copy()
+    c2[j] += np.float32(1e-3)  # a small move: most rows stay far from it
+    groups2 = s1.groups.copy()
+    groups2[j] = other
+    move = float(np.sqrt(((c2[j].astype(np.float64) - c[j]) ** 2).sum())) * 1.001
+    s2 = pruning.PruneStep(groups2, pruning.centroid_fingerprint(c2, groups2), s1.fingerprint, np.zeros(s1.n_groups),
+                           np.array([j]), np.array([move]), s1.groups)
+    got, bounds, st = pruning.assign_batch_pruned(x, pruning.prepare_pass(c2, s2), prior)
+    assert st.centroid_products < x.shape[0] * k
+    ref = assign_batch(x, c2)
+    lab, _ = nearest_centroid(x, c2)
+    assert np.array_equal(bounds.labels, lab)
+    assert np.array_equal(got.counts, ref.counts) and np.array_equal(got.sums, ref.sums) and got.inertia == ref.inertia
+    true_min = _exact_group_minima(x, c2, groups2, lab)
+    assert (bounds.lower.astype(np.float64) <= true_min + 1e-12).all()

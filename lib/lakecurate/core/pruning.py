@@ -17,7 +17,9 @@ decision to re-score: labels and distances are the same as the full search's, wh
 bounds were in (none, stale, or from another partitioning).
 
 The work is kept in matrix products: rows are taken by the group of their current centroid, and
-each such set of rows is multiplied once by the centroids of every group any of them still needs.
+each such set of rows is multiplied once by the centroids of every group any of them still needs
+(and by the movers, when they may matter to it). Groups are kept even in size
+(:func:`group_centroids`), since a needed group is computed whole.
 
 Pure numpy; the per-row state (:class:`Bounds`) lives with the rows (an in-process array, or a
 file beside each Spark block file) and is only ever a speed-up: a missing or mismatched state
@@ -72,21 +74,70 @@ def centroid_fingerprint(c: np.ndarray, groups: np.ndarray) -> str:
 
 
 def group_centroids(c: np.ndarray, t: int) -> np.ndarray:
-    """(k,) int32 group of each centroid: a few Lloyd rounds over the centroids themselves, from an
-    even stride (deterministic). Any grouping is correct; a tight one skips more."""
-    c = np.ascontiguousarray(c, dtype=np.float32)
+    """(k,) int32 group of each centroid: the largest group is split in two, by a few 2-means
+    rounds seeded at its two far ends, until there are ``t`` (deterministic). Any grouping is
+    correct; a tight one skips more, and an even one keeps each needed group's product small.
+
+    Even sizes matter more than natural clusters: a long-tailed pool's head concepts hold hundreds
+    of centroids close together, and a Lloyd grouping of the centroids puts them all in one group
+    (measured on the benchmark pool, k = 1000, t = 31: a 767-centroid group), which every row of
+    those concepts must then compute whole.
+    """
+    c = np.ascontiguousarray(c, dtype=np.float64)
     k = c.shape[0]
-    seeds = c[np.linspace(0, k - 1, t).astype(np.int64)].copy()
-    c_sq = np.einsum("ij,ij->i", c, c)
-    lab = np.zeros(k, np.int64)
-    for _ in range(6):
-        dist = c_sq[:, None] + np.einsum("ij,ij->i", seeds, seeds)[None, :] - 2.0 * (c @ seeds.T)
-        lab = dist.argmin(1)
-        for g in range(t):
-            members = lab == g
-            if members.any():
-                seeds[g] = c[members].mean(0)
-    return lab.astype(np.int32)
+    lab = np.zeros(k, np.int32)
+    sizes = [k]
+    for g_new in range(1, min(t, k)):
+        big = int(np.argmax(sizes))
+        mem = np.flatnonzero(lab == big)
+        if mem.size < 2:
+            break
+        cm = c[mem]
+        cm_sq = np.einsum("ij,ij->i", cm, cm)
+        far = lambda p: int(np.argmax(cm_sq - 2.0 * (cm @ p)))  # noqa: E731  (the member farthest from p)
+        a = cm[far(cm.mean(0))]
+        b = cm[far(a)]
+        to_b = np.zeros(mem.size, bool)
+        for _ in range(6):
+            seeds = np.stack([a, b])
+            new = (cm @ seeds.T * -2.0 + np.einsum("ij,ij->i", seeds, seeds)[None, :]).argmin(1) == 1
+            if new.all() or not new.any():
+                break
+            to_b = new
+            a, b = cm[~to_b].mean(0), cm[to_b].mean(0)
+        if not to_b.any():  # every member in one place: split by position
+            to_b[mem.size // 2 :] = True
+        lab[mem[to_b]] = g_new
+        sizes[big] = int((~to_b).sum())
+        sizes.append(int(to_b.sum()))
+    return lab
+
+
+def rehome_movers(c: np.ndarray, groups: np.ndarray, movers: np.ndarray) -> np.ndarray:
+    """The groups with each mover moved to the group whose other (non-mover) members' mean is
+    nearest to where it is now; a group keeps at least its non-mover members.
+
+    A mover's bound reaches its new group through its old group's bound less its move (as for any
+    mover), and its old group is only smaller, so every bound stays valid. It matters because
+    Lloyd re-seeds an empty cluster by splitting a populous one: the re-seeded centroid lands
+    beside another group's centroid, and left in its old group it would make every row of that
+    populous cluster compute a second group (measured: twice the products from pass 4 on).
+    """
+    groups = groups.copy()
+    t = int(groups.max()) + 1
+    rest = np.ones(groups.size, bool)
+    rest[movers] = False
+    members = np.bincount(groups[rest], minlength=t)
+    means = np.zeros((t, c.shape[1]))
+    np.add.at(means, groups[rest], c[rest].astype(np.float64))
+    live = members > 0
+    means[live] /= members[live, None]
+    cm = c[movers].astype(np.float64)
+    dist = np.einsum("ij,ij->i", means, means)[None, :] - 2.0 * (cm @ means.T)
+    dist[:, ~live] = np.inf
+    stays = ~live[groups[movers]]  # a group of movers only: its movers stay (it never empties)
+    groups[movers] = np.where(stays, groups[movers], dist.argmin(1))
+    return groups
 
 
 @dataclass(frozen=True)
@@ -97,8 +148,9 @@ class PruneStep:
     fingerprint: str  # of (these centroids, groups): the bounds this pass leaves behind
     prev_fingerprint: Optional[str]  # the bounds this pass can start from (None: a full pass)
     group_drift: Optional[np.ndarray]  # (t,) float64: the largest move since then of each group's other centroids
-    movers: Optional[np.ndarray]  # (m,) int64: the centroids that moved most, computed apart
+    movers: Optional[np.ndarray]  # (m,) int64: the centroids that moved most, computed directly
     mover_moves: Optional[np.ndarray] = None  # (m,) float64: how far each mover moved
+    prev_groups: Optional[np.ndarray] = None  # (k,) the groups the bounds this pass starts from were kept in
 
     @property
     def n_groups(self) -> int:
@@ -120,8 +172,9 @@ class BoundsTracker:
 
     A few centroids often jump far (a re-seeded cluster, a concept changing sides) while the rest
     barely move; a group's bound would drop by its largest move. So the ``k / CENTROIDS_PER_GROUP``
-    centroids that moved most are *movers*: every row computes them directly, and each group's
-    bound drops only by the largest move among its other centroids.
+    centroids that moved most are *movers*: every row near one computes them all directly (as extra
+    columns of its batch's product), each group's bound drops only by the largest move among its
+    other centroids, and each mover joins the group it now sits in (:func:`rehome_movers`).
     """
 
     def __init__(self):
@@ -147,12 +200,14 @@ class BoundsTracker:
             drift = np.zeros(int(groups.max()) + 1)
             np.maximum.at(drift, groups, rest)
             moves = move[movers]
+            prev_groups = groups
+            groups = rehome_movers(c, groups, movers) if movers.size else groups
         else:
             groups = group_centroids(c, t)
-            prev_fp, moves = None, None
+            prev_fp, moves, prev_groups = None, None, None
         fp = centroid_fingerprint(c, groups)
         self._prev = (c.copy(), groups, fp)
-        return PruneStep(groups, fp, prev_fp, drift, movers, moves)
+        return PruneStep(groups, fp, prev_fp, drift, movers, moves, prev_groups)
 
 
 @dataclass
@@ -190,20 +245,6 @@ def _top2(dist: np.ndarray):
     return i1, v1, i2, v2
 
 
-def _merge_top2(a1, av1, a2, av2, b1, bv1, b2, bv2):
-    """The two smallest of two sorted pairs (labels, values)."""
-    first_a = av1 <= bv1
-    l1 = np.where(first_a, a1, b1)
-    v1 = np.where(first_a, av1, bv1)
-    # second: the loser of the firsts against the winner's own second
-    c_lab = np.where(first_a, a2, b2)
-    c_val = np.where(first_a, av2, bv2)
-    o_lab = np.where(first_a, b1, a1)
-    o_val = np.where(first_a, bv1, av1)
-    take_c = c_val <= o_val
-    return l1, v1, np.where(take_c, c_lab, o_lab), np.where(take_c, c_val, o_val)
-
-
 @dataclass(frozen=True)
 class PrunedPass:
     """One pass's centroids and every value derived from them alone, made once per task rather
@@ -216,6 +257,7 @@ class PrunedPass:
     c_sq_max: float  # the largest ||c||^2, in float64 (for search_error)
     order: np.ndarray  # centroids group by group
     starts: np.ndarray  # (t + 1,) where each group's run starts in ``order``
+    cm2_t: np.ndarray  # (d, k) -2 c in ``order``, contiguous: a full pass's product (~3% faster than a transposed view)
 
 
 def prepare_pass(c: np.ndarray, step: PruneStep) -> PrunedPass:
@@ -224,7 +266,8 @@ def prepare_pass(c: np.ndarray, step: PruneStep) -> PrunedPass:
     c_sq64 = np.einsum("ij,ij->i", c, c, dtype=np.float64)
     order = np.argsort(step.groups, kind="stable")
     starts = np.r_[0, np.cumsum(np.bincount(step.groups, minlength=step.n_groups))]
-    return PrunedPass(step, c, -2.0 * c, c_sq64.astype(np.float32), float(c_sq64.max()), order, starts)
+    cm2 = -2.0 * c
+    return PrunedPass(step, c, cm2, c_sq64.astype(np.float32), float(c_sq64.max()), order, starts, np.ascontiguousarray(cm2[order].T))
 
 
 def _full_candidates(x: np.ndarray, pp: PrunedPass, x_sq: np.ndarray, err: np.ndarray):
@@ -232,12 +275,13 @@ def _full_candidates(x: np.ndarray, pp: PrunedPass, x_sq: np.ndarray, err: np.nd
     n, k = x.shape[0], pp.c.shape[0]
     lower = np.empty((n, pp.step.n_groups))
     l1, v1, l2, v2 = (np.empty(n, np.int64), np.empty(n, np.float32), np.empty(n, np.int64), np.empty(n, np.float32))
-    cc, cc_sq, order = pp.cm2[pp.order], pp.c_sq[pp.order], pp.order
+    cc_sq, order = pp.c_sq[pp.order], pp.order
     seg = pp.starts[:-1]
     ch = _chunk_rows(k)
     for s in range(0, n, ch):
         e = min(n, s + ch)
-        dist = _product_part(x[s:e], cc, cc_sq)
+        dist = x[s:e] @ pp.cm2_t  # as _product_part
+        dist += cc_sq[None, :]
         i1, v1[s:e], i2, v2[s:e] = _top2(dist)
         l1[s:e], l2[s:e] = order[i1], np.where(i2 >= 0, order[np.maximum(i2, 0)], -1)
         lower[s:e] = np.minimum.reduceat(dist, seg, axis=1)
@@ -285,55 +329,42 @@ def assign_batch_pruned(x: np.ndarray, pp: PrunedPass, prior: Optional[Bounds]) 
         if go_full:
             movers = movers[:0]
         m = movers.size
-        dm_row = None
+        near = np.zeros(n, bool)  # rows that compute every mover directly
         if m:
             order_m = np.argsort(groups[movers], kind="stable")
             movers, moves = movers[order_m], step.mover_moves[order_m]
-            gm = groups[movers]
-            # a mover can matter to a row only if its group's old bound, less its own move, comes
-            # within reach; rows where none can are bounded by that (their groups' bounds drop by
-            # the movers' moves too); the others compute every mover directly
-            via_move = np.square(np.maximum(old[:, gm] - moves[None, :], 0.0))
-            near = (via_move * (1.0 - 2.0 * RECOMPUTE_SLACK) <= reach[:, None]).any(1)
-            if 2 * int(near.sum()) > n:
-                near[:] = True  # most rows: all of them, in row order (no gather; the exact distances only tighten)
-            far = np.flatnonzero(~near)
+            gm = groups[movers]  # where each mover is now (rehome_movers)
             mseg = np.flatnonzero(np.r_[True, gm[1:] != gm[:-1]])
             ug = gm[mseg]
+            # a mover can matter to a row only if its old group's bound, less its own move, comes
+            # within reach; rows where none can are bounded by that (the bound of the mover's new
+            # group drops to it); the others compute every mover, as extra columns of their batch
+            via_move = np.square(np.maximum(old[:, step.prev_groups[movers]] - moves[None, :], 0.0))
+            near = (via_move * (1.0 - 2.0 * RECOMPUTE_SLACK) <= reach[:, None]).any(1)
+            if 2 * int(near.sum()) > n:
+                near[:] = True  # most rows: all of them (the exact distances only tighten)
+            far = np.flatnonzero(~near)
             if far.size:
                 lower[far[:, None], ug[None, :]] = np.minimum(lower[far[:, None], ug[None, :]], np.minimum.reduceat(via_move[far], mseg, axis=1))
-            rows_m = np.flatnonzero(near)
-            products = rows_m.size * m
-            dm = np.empty((rows_m.size, m), np.float32)
-            dm_row = np.full(n, -1, np.int64)
-            dm_row[rows_m] = np.arange(rows_m.size)
-            if rows_m.size:
-                cm, cm_sq = cm2[movers], c_sq[movers]
-                step_rows = 4 * _chunk_rows(m)
-                for s in range(0, rows_m.size, step_rows):
-                    r = rows_m[s : s + step_rows]
-                    dm[s : s + r.size] = _product_part(x[s : s + r.size] if rows_m.size == n else x[r], cm, cm_sq)
-                lb_m = dm.astype(np.float64)
-                lb_m[movers[None, :] == a[rows_m, None]] = np.inf  # a row's own centroid is not in its bounds
-                lb_m = np.minimum.reduceat(lb_m, mseg, axis=1) + (x_sq[rows_m] - err[rows_m])[:, None]
-                lower[rows_m[:, None], ug[None, :]] = np.minimum(lower[rows_m[:, None], ug[None, :]], lb_m)
-        else:
-            products = 0
+        products = 0
         batches = []
         if not go_full:
             # a group can matter only if one of its centroids could come within the re-score window of
-            # the row's own: true d_j^2 (1 - 2 slack) <= d_a^2 (1 + slack) + 4 err (see nearest_centroid)
+            # the row's own: true d_j^2 (1 - 2 slack) <= d_a^2 (1 + slack) + 4 err (see nearest_centroid);
+            # for a near row the bound covers the group's other centroids only, its movers are computed
             need = lower * (1.0 - 2.0 * RECOMPUTE_SLACK) <= reach[:, None]
-            active = np.flatnonzero(need.any(1))
+            has_need = need.any(1)
+            active = np.flatnonzero(has_need | near)
             n_act = active.size
             l1, v1 = np.empty(n_act, np.int64), np.empty(n_act, np.float32)
             l2, v2 = np.empty(n_act, np.int64), np.empty(n_act, np.float32)
             home = groups[a[active]]
             need_act = need[active]
-            need_act[np.arange(n_act), home] = True  # the own group always: the row's centroid competes by the product too
-            only_home = need_act.sum(1) == 1
-            # batches: rows by own group, those needing only it apart from those needing more
-            key = home.astype(np.int64) * 2 + (~only_home)
+            # the own group always: the row's centroid competes with the others by the product
+            need_act[np.arange(n_act), home] = True
+            # batches: rows by own group, those needing only it apart from those needing more, and
+            # the rows that compute the movers apart from those that do not
+            key = home.astype(np.int64) * 4 + 2 * near[active] + (need_act.sum(1) > 1)
             by = np.argsort(key, kind="stable")
             ks = key[by]
             b_starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]]) if n_act else np.zeros(0, np.int64)
@@ -341,43 +372,42 @@ def assign_batch_pruned(x: np.ndarray, pp: PrunedPass, prior: Optional[Bounds]) 
             for bs, be in zip(b_starts, np.r_[b_starts[1:], n_act]):
                 pos = by[bs:be]
                 gsel = np.flatnonzero(need_act[pos].any(0))
-                batches.append((pos, gsel, int(pos.size * (starts[gsel + 1] - starts[gsel]).sum())))
-            go_full = sum(bt[2] for bt in batches) > FULL_PASS_SHARE * n * k
+                mv = np.flatnonzero(~np.isin(gm, gsel)) if m and near[active[pos[0]]] else np.zeros(0, np.int64)
+                batches.append((pos, gsel, mv, int(pos.size * ((starts[gsel + 1] - starts[gsel]).sum() + mv.size))))
+            go_full = sum(bt[3] for bt in batches) > FULL_PASS_SHARE * n * k
         if go_full:
             # the bounds rule out too little: one full product is cheaper (and rebuilds them); the
             # rows' own distances d_a are kept, so only rows whose label changes are re-scored
             active = np.arange(n)
             l1, v1, l2, v2, lower = _full_candidates(x, pp, x_sq, err)
-            products += n * k
+            products = n * k
             batches = []
-        for pos, gsel, _ in batches:
-            cols = np.concatenate([order[starts[g] : starts[g + 1]] for g in gsel])
+        for pos, gsel, mv, _ in batches:
+            # columns: the needed groups' centroids group by group, then the movers outside them
+            # (sorted by group), whose exact distances also tighten their groups' bounds
+            cols = np.concatenate([order[starts[g] : starts[g + 1]] for g in gsel] + [movers[mv]])
+            n_g = cols.size - mv.size
             seg = np.r_[0, np.cumsum(starts[gsel + 1] - starts[gsel])][:-1]
+            if mv.size:
+                gmv = gm[mv]
+                mvseg = np.flatnonzero(np.r_[True, gmv[1:] != gmv[:-1]])
+                umv = gmv[mvseg]
             cc, cc_sq = cm2[cols], c_sq[cols]
-            # movers outside the computed groups stay candidates through their own products (rows
-            # that did not compute them are bounded away from them)
-            mv = np.flatnonzero(~np.isin(gm, gsel)) if m else np.zeros(0, np.int64)
             products += pos.size * cols.size
             ch = _chunk_rows(cols.size)
             for s in range(0, pos.size, ch):
                 p = pos[s : s + ch]
                 r = active[p]
                 dist = _product_part(x[r], cc, cc_sq)
-                i1, w1, i2, w2 = _top2(dist)
-                lower[r[:, None], gsel[None, :]] = np.minimum.reduceat(dist, seg, axis=1) + xs_act[p, None]
-                j1, j2 = cols[i1], np.where(i2 >= 0, cols[np.maximum(i2, 0)], -1)
+                if gsel.size:
+                    lower[r[:, None], gsel[None, :]] = np.minimum.reduceat(dist[:, :n_g], seg, axis=1) + xs_act[p, None]
                 if mv.size:
-                    dr = dm_row[r]
-                    with_m = dr >= 0
-                    if with_m.any():
-                        sub = np.full((r.size, mv.size), np.inf, np.float32)
-                        sub[with_m] = dm[dr[with_m]][:, mv]
-                        q1, u1, q2, u2 = _top2(sub)
-                        q1, q2 = movers[mv][q1], np.where(q2 >= 0, movers[mv][np.maximum(q2, 0)], -1)
-                        q1 = np.where(np.isfinite(u1), q1, -1)
-                        q2 = np.where(np.isfinite(u2), q2, -1)
-                        j1, w1, j2, w2 = _merge_top2(j1, w1, j2, w2, q1, u1, q2, u2)
-                v1[p], l1[p], v2[p], l2[p] = w1, j1, w2, j2
+                    dm = dist[:, n_g:].astype(np.float64)
+                    dm[movers[mv][None, :] == a[r, None]] = np.inf  # a row's own centroid is not in its bounds
+                    lb_m = np.minimum.reduceat(dm, mvseg, axis=1) + xs_act[p, None]
+                    lower[r[:, None], umv[None, :]] = np.minimum(lower[r[:, None], umv[None, :]], lb_m)
+                i1, v1[p], i2, v2[p] = _top2(dist)
+                l1[p], l2[p] = cols[i1], np.where(i2 >= 0, cols[np.maximum(i2, 0)], -1)
         lower = np.maximum(lower, 0.0)
 
     # the label: nearest_centroid's rule on the computed candidates
@@ -387,8 +417,11 @@ def assign_batch_pruned(x: np.ndarray, pp: PrunedPass, prior: Optional[Bounds]) 
     if n_act:
         same = l1 == a[active] if usable else np.zeros(n_act, bool)
         best = np.where(same, d_a[active], 0.0).astype(np.float32)
-        if (~same).any():
-            best[~same] = rowwise_sq_dist(x[active[~same]], c, l1[~same])  # only the rows re-scored are gathered
+        rescore = np.flatnonzero(~same)
+        if rescore.size == n:  # every row (a first pass): no gather
+            best[:] = rowwise_sq_dist(x, c, l1)
+        elif rescore.size:
+            best[rescore] = rowwise_sq_dist(x[active[rescore]], c, l1[rescore])  # only the rows re-scored are gathered
         xs = x_sq[active]
         w1, w2 = v1.astype(np.float64) + xs, v2.astype(np.float64) + xs
         close = np.flatnonzero((l2 >= 0) & (w2 - w1 <= 2.0 * err[active] + 2.0 * RECOMPUTE_SLACK * np.abs(w2)))
