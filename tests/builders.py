@@ -54,3 +54,19 @@ def make_texts(n: int, seed: int) -> list[str]:
     """``n`` short texts of random words (the embed stage's test source)."""
     rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 14)))) for _ in range(n)]
+
+
+def split_twice_pool(seed: int = 0, d: int = 384, n: int = 20000) -> tuple[np.ndarray, np.ndarray]:
+    """A cluster split twice the way split_empty_clusters splits (copies pushed apart by SPLIT_EPS):
+    three centroids within the product's rounding of each other for most of its rows."""
+    from lakecurate.core.kmeans import SPLIT_EPS
+
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal(d).astype(np.float32)
+    sign = np.where(np.arange(d) % 2 == 0, 1.0, -1.0).astype(np.float32)
+    bump = SPLIT_EPS * (np.abs(base) + 1e-6) * sign
+    bump2 = SPLIT_EPS * (np.abs(base - bump) + 1e-6) * np.roll(sign, 1)
+    others = 3.0 * rng.standard_normal((60, d)).astype(np.float32)
+    c = np.concatenate([others, np.stack([base + bump, base - bump + bump2, base - bump - bump2])]).astype(np.float32)
+    x = (base + 0.8 * rng.standard_normal((n, d))).astype(np.float32)
+    return x, c

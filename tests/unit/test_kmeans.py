@@ -6,6 +6,8 @@ import pytest
 from lakecurate.core.assign import NumpyAssigner, nearest_centroid, top_r_per_cluster
 from lakecurate.core.kmeans import fit_kmeans, kmeans_plusplus, lloyd, split_empty_clusters
 
+from builders import split_twice_pool
+
 
 def brute_force_lloyd(x, c, n_iter):
     """Textbook Lloyd in float64 numpy: the reference the faiss-backed loop must match."""
@@ -70,6 +72,21 @@ def test_nearest_centroid_does_not_depend_on_batch_boundaries():
     parts = [nearest_centroid(x[i : i + 333], c) for i in range(0, 4000, 333)]
     assert np.array_equal(lab, np.concatenate([p[0] for p in parts]))
     assert np.array_equal(dist, np.concatenate([p[1] for p in parts]))
+
+
+def test_nearest_centroid_is_the_rowwise_nearest_when_three_centroids_tie_within_rounding():
+    """The label is the smallest row-wise distance (lowest index on a tie) over every centroid, not
+    only over faiss's two best: with three split copies, faiss's top two missed it (one row in
+    20 000 on this layout before the fix)."""
+    from lakecurate.core.assign import rowwise_sq_dist
+
+    x, c = split_twice_pool()
+    lab, dist = nearest_centroid(x, c)
+    every = np.stack([rowwise_sq_dist(x, c, np.full(x.shape[0], j)) for j in range(c.shape[0])], 1)
+    assert np.array_equal(lab, every.argmin(1))  # argmin: the lowest index on a tie
+    assert np.array_equal(dist, every.min(1))
+    parts = [nearest_centroid(x[i : i + 777], c) for i in range(0, x.shape[0], 777)]
+    assert np.array_equal(lab, np.concatenate([p[0] for p in parts]))
 
 
 def test_empty_clusters_are_reseeded_not_dropped():

@@ -8,6 +8,8 @@ from lakecurate.core.assign import NumpyAssigner, assign_batch, nearest_centroid
 from lakecurate.core.kmeans import init_centroids, lloyd, normalize_rows
 from lakecurate.core.synthetic import long_tailed_pool
 
+from builders import split_twice_pool
+
 
 @pytest.fixture(autouse=True)
 def small_groups(monkeypatch):
@@ -196,3 +198,21 @@ def test_a_mover_that_changes_group_is_bounded_through_its_old_group():
     assert np.array_equal(got.counts, ref.counts) and np.array_equal(got.sums, ref.sums) and got.inertia == ref.inertia
     true_min = _exact_group_minima(x, c2, groups2, lab)
     assert (bounds.lower.astype(np.float64) <= true_min + 1e-12).all()
+
+
+def test_three_split_copies_within_rounding_get_the_full_searchs_label():
+    """Every centroid within the rounding window is re-scored, in the bounded pass as in the full
+    search, so the two agree where three copies of a split cluster tie within rounding."""
+    x, c = split_twice_pool(n=6000)
+    tracker = pruning.BoundsTracker()
+    prior = None
+    for it in range(3):
+        step = tracker.step(c)
+        got, prior, st = pruning.assign_batch_pruned(x, pruning.prepare_pass(c, step), prior)
+        lab, _ = nearest_centroid(x, c)
+        ref = assign_batch(x, c)
+        assert np.array_equal(prior.labels, lab), it
+        assert np.array_equal(got.counts, ref.counts) and np.array_equal(got.sums, ref.sums) and got.inertia == ref.inertia
+        c = c.copy()
+        c[:60] += np.float32(1e-3)  # the far centroids move a little: a bounded pass next
+    assert st.centroid_products < x.shape[0] * c.shape[0]

@@ -9,8 +9,9 @@ hold the row's nearest centroid, so it is not computed at all.
 
 Here the bounds decide *which* centroids to compute; the answer is the one
 :func:`lakecurate.core.assign.nearest_centroid` gives: the two nearest candidates by the float32
-matrix product (now over the groups not ruled out), the first re-scored row by row, the second only
-when the product's rounding could have ranked the two wrongly. Every margin is widened by the
+matrix product (now over the groups not ruled out), the first re-scored row by row, and where the
+product's rounding could have ranked the two wrongly, every centroid within that rounding window
+re-scored (:func:`~lakecurate.core.assign.nearest_by_rescore`). Every margin is widened by the
 product's proven rounding bound (:func:`~lakecurate.core.assign.search_error`) and the row-wise
 re-score's slack, so a group is skipped only when it could not have changed the label or the
 decision to re-score: labels and distances are the same as the full search's, whatever state the
@@ -34,7 +35,15 @@ from typing import Optional
 
 import numpy as np
 
-from lakecurate.core.assign import RECOMPUTE_SLACK, Assignment, cluster_sums, rowwise_sq_dist, search_error
+from lakecurate.core.assign import (
+    RECOMPUTE_SLACK,
+    Assignment,
+    close_pair,
+    cluster_sums,
+    nearest_by_rescore,
+    rowwise_sq_dist,
+    search_error,
+)
 
 #: Fewest centroids for which bounds pay (below, a full search is a few milliseconds anyway).
 MIN_K = 256
@@ -410,7 +419,7 @@ def assign_batch_pruned(x: np.ndarray, pp: PrunedPass, prior: Optional[Bounds]) 
                 l1[p], l2[p] = cols[i1], np.where(i2 >= 0, cols[np.maximum(i2, 0)], -1)
         lower = np.maximum(lower, 0.0)
 
-    # the label: nearest_centroid's rule on the computed candidates
+    # the label: nearest_centroid's rule on the computed candidates (every centroid that could win is among them)
     labels = a.copy()
     dist_out = d_a.copy()
     n_act = active.size
@@ -424,24 +433,23 @@ def assign_batch_pruned(x: np.ndarray, pp: PrunedPass, prior: Optional[Bounds]) 
             best[rescore] = rowwise_sq_dist(x[active[rescore]], c, l1[rescore])  # only the rows re-scored are gathered
         xs = x_sq[active]
         w1, w2 = v1.astype(np.float64) + xs, v2.astype(np.float64) + xs
-        close = np.flatnonzero((l2 >= 0) & (w2 - w1 <= 2.0 * err[active] + 2.0 * RECOMPUTE_SLACK * np.abs(w2)))
+        close = np.flatnonzero((l2 >= 0) & close_pair(w1, w2, err[active]))
         lab_a = l1.copy()
         if close.size:
-            alt_lab = l2[close]
-            alt = rowwise_sq_dist(x[active[close]], c, alt_lab)
-            b = best[close]
-            swap = (alt < b) | ((alt == b) & (alt_lab < l1[close]))
-            sw = close[swap]
+            r_close = active[close]
+            got_lab, got = nearest_by_rescore(x[r_close], c, x_sq[r_close], err[r_close])
+            moved = got_lab != l1[close]
+            sw = close[moved]
             if sw.size:
                 r_sw = active[sw]
-                # the row now sits with its second candidate: its group's minimum counted that one
-                # (so say nothing of that group), and the first candidate joins its group's bound
+                # the row now sits with another centroid, which its group's minimum counted (so say
+                # nothing of that group), and the first candidate joins its group's bound
                 first_lb = best[sw].astype(np.float64) * (1.0 - RECOMPUTE_SLACK)
                 g1 = groups[l1[sw]]
                 lower[r_sw, g1] = np.minimum(lower[r_sw, g1], first_lb)
-                lower[r_sw, groups[alt_lab[swap]]] = 0.0
-                lab_a[sw] = alt_lab[swap]
-                best[sw] = alt[swap]
+                lower[r_sw, groups[got_lab[moved]]] = 0.0
+            lab_a[close] = got_lab
+            best[close] = got
         labels[active] = lab_a
         dist_out[active] = best
 
