@@ -11,7 +11,7 @@ Here the bounds decide *which* centroids to compute; the answer is the one
 :func:`lakecurate.core.assign.nearest_centroid` gives: the two nearest candidates by the float32
 matrix product (now over the groups not ruled out), the first re-scored row by row, and where the
 product's rounding could have ranked the two wrongly, every centroid within that rounding window
-re-scored (:func:`~lakecurate.core.assign.nearest_by_rescore`). Every margin is widened by the
+re-scored (:func:`~lakecurate.core.assign.in_window`), from the same product tile. Every margin is widened by the
 product's proven rounding bound (:func:`~lakecurate.core.assign.search_error`) and the row-wise
 re-score's slack, so a group is skipped only when it could not have changed the label or the
 decision to re-score: labels and distances are the same as the full search's, whatever state the
@@ -40,7 +40,8 @@ from lakecurate.core.assign import (
     Assignment,
     close_pair,
     cluster_sums,
-    nearest_by_rescore,
+    in_window,
+    rescore_candidates,
     rowwise_sq_dist,
     search_error,
 )
@@ -254,6 +255,20 @@ def _top2(dist: np.ndarray):
     return i1, v1, i2, v2
 
 
+def _window_pairs(dist, pos, i1, v1, v2, x_sq, err, cols):
+    """(positions, labels): for the rows of a product tile whose two best are within rounding
+    (:func:`~lakecurate.core.assign.close_pair`), every column in their rounding window, from the
+    tile :func:`_top2` left (its best at +inf, put back here)."""
+    w1, w2 = v1.astype(np.float64) + x_sq, v2.astype(np.float64) + x_sq
+    cl = np.flatnonzero(np.isfinite(w2) & close_pair(w1, w2, err))
+    if not cl.size:
+        return pos[:0], cols[:0]
+    p = dist[cl].astype(np.float64) + x_sq[cl, None]
+    p[np.arange(cl.size), i1[cl]] = w1[cl]
+    r, j = np.nonzero(in_window(p, err[cl]))
+    return pos[cl][r], cols[j]
+
+
 @dataclass(frozen=True)
 class PrunedPass:
     """One pass's centroids and every value derived from them alone, made once per task rather
@@ -280,22 +295,25 @@ def prepare_pass(c: np.ndarray, step: PruneStep) -> PrunedPass:
 
 
 def _full_candidates(x: np.ndarray, pp: PrunedPass, x_sq: np.ndarray, err: np.ndarray):
-    """Every centroid for every row: (l1, v1, l2, v2, squared group lower bounds)."""
+    """Every centroid for every row: (l1, v1, l2, v2, squared group lower bounds, the window pairs
+    of :func:`_window_pairs` as a list of (positions, labels))."""
     n, k = x.shape[0], pp.c.shape[0]
     lower = np.empty((n, pp.step.n_groups))
     l1, v1, l2, v2 = (np.empty(n, np.int64), np.empty(n, np.float32), np.empty(n, np.int64), np.empty(n, np.float32))
     cc_sq, order = pp.c_sq[pp.order], pp.order
     seg = pp.starts[:-1]
+    pairs = []
     ch = _chunk_rows(k)
     for s in range(0, n, ch):
         e = min(n, s + ch)
         dist = x[s:e] @ pp.cm2_t  # as _product_part
         dist += cc_sq[None, :]
         i1, v1[s:e], i2, v2[s:e] = _top2(dist)
+        pairs.append(_window_pairs(dist, np.arange(s, e), i1, v1[s:e], v2[s:e], x_sq[s:e], err[s:e], order))
         l1[s:e], l2[s:e] = order[i1], np.where(i2 >= 0, order[np.maximum(i2, 0)], -1)
         lower[s:e] = np.minimum.reduceat(dist, seg, axis=1)
     lower += (x_sq - err)[:, None]
-    return l1, v1, l2, v2, lower
+    return l1, v1, l2, v2, lower, pairs
 
 
 def assign_batch_pruned(x: np.ndarray, pp: PrunedPass, prior: Optional[Bounds]) -> tuple[Assignment, Bounds, PruneStats]:
@@ -320,7 +338,7 @@ def assign_batch_pruned(x: np.ndarray, pp: PrunedPass, prior: Optional[Bounds]) 
         a = np.zeros(n, np.int64)
         d_a = np.zeros(n, np.float32)
         active = np.arange(n)
-        l1, v1, l2, v2, lower = _full_candidates(x, pp, x_sq, err)
+        l1, v1, l2, v2, lower, pairs = _full_candidates(x, pp, x_sq, err)
         products = n * k
     else:
         a = np.asarray(prior.labels, dtype=np.int64)
@@ -356,7 +374,7 @@ def assign_batch_pruned(x: np.ndarray, pp: PrunedPass, prior: Optional[Bounds]) 
             if far.size:
                 lower[far[:, None], ug[None, :]] = np.minimum(lower[far[:, None], ug[None, :]], np.minimum.reduceat(via_move[far], mseg, axis=1))
         products = 0
-        batches = []
+        batches, pairs = [], []
         if not go_full:
             # a group can matter only if one of its centroids could come within the re-score window of
             # the row's own: true d_j^2 (1 - 2 slack) <= d_a^2 (1 + slack) + 4 err (see nearest_centroid);
@@ -388,7 +406,7 @@ def assign_batch_pruned(x: np.ndarray, pp: PrunedPass, prior: Optional[Bounds]) 
             # the bounds rule out too little: one full product is cheaper (and rebuilds them); the
             # rows' own distances d_a are kept, so only rows whose label changes are re-scored
             active = np.arange(n)
-            l1, v1, l2, v2, lower = _full_candidates(x, pp, x_sq, err)
+            l1, v1, l2, v2, lower, pairs = _full_candidates(x, pp, x_sq, err)
             products = n * k
             batches = []
         for pos, gsel, mv, _ in batches:
@@ -417,6 +435,7 @@ def assign_batch_pruned(x: np.ndarray, pp: PrunedPass, prior: Optional[Bounds]) 
                     lower[r[:, None], umv[None, :]] = np.minimum(lower[r[:, None], umv[None, :]], lb_m)
                 i1, v1[p], i2, v2[p] = _top2(dist)
                 l1[p], l2[p] = cols[i1], np.where(i2 >= 0, cols[np.maximum(i2, 0)], -1)
+                pairs.append(_window_pairs(dist, p, i1, v1[p], v2[p], x_sq[r], err[r], cols))
         lower = np.maximum(lower, 0.0)
 
     # the label: nearest_centroid's rule on the computed candidates (every centroid that could win is among them)
@@ -431,13 +450,11 @@ def assign_batch_pruned(x: np.ndarray, pp: PrunedPass, prior: Optional[Bounds]) 
             best[:] = rowwise_sq_dist(x, c, l1)
         elif rescore.size:
             best[rescore] = rowwise_sq_dist(x[active[rescore]], c, l1[rescore])  # only the rows re-scored are gathered
-        xs = x_sq[active]
-        w1, w2 = v1.astype(np.float64) + xs, v2.astype(np.float64) + xs
-        close = np.flatnonzero((l2 >= 0) & close_pair(w1, w2, err[active]))
         lab_a = l1.copy()
-        if close.size:
-            r_close = active[close]
-            got_lab, got = nearest_by_rescore(x[r_close], c, x_sq[r_close], err[r_close])
+        pos = np.concatenate([q for q, _ in pairs]) if pairs else np.zeros(0, np.int64)
+        if pos.size:  # rows whose two best are within rounding: every centroid in the window re-scored
+            at, got_lab, got = rescore_candidates(x, c, active[pos], np.concatenate([j for _, j in pairs]).astype(np.int64))
+            close = np.searchsorted(active, at)
             moved = got_lab != l1[close]
             sw = close[moved]
             if sw.size:
