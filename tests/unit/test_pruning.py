@@ -133,6 +133,17 @@ def test_movers_are_the_centroids_that_moved_most_and_leave_their_groups_drift()
     assert s.group_drift.max() < 1.0  # the jump does not widen its group's bound
 
 
+def _assert_full_search_answer_and_valid_bounds(x, c, groups, got, bounds):
+    """The bounded pass's statistics and labels are the full search's, and no stored bound lies
+    above the true distance to its group (the row's own centroid left out)."""
+    ref = assign_batch(x, c)
+    lab, _ = nearest_centroid(x, c)
+    assert np.array_equal(bounds.labels, lab)
+    assert np.array_equal(got.counts, ref.counts) and np.array_equal(got.sums, ref.sums) and got.inertia == ref.inertia
+    true_min = _exact_group_minima(x, c, groups, lab)
+    assert (bounds.lower.astype(np.float64) <= true_min + 1e-12).all()
+
+
 def test_groups_stay_even_when_most_centroids_crowd_one_concept():
     """A long-tailed pool puts most centroids in its head concepts; a grouping by clusters of
     centroids would make one huge group there, which every row of the head then computes whole."""
@@ -164,12 +175,7 @@ def test_a_split_centroid_joins_its_partners_group_and_the_bounds_hold():
     assert j in s2.movers and s2.prev_groups[j] == s1.groups[j]
     assert s2.groups[j] == s2.groups[q] != s1.groups[j]
     got, bounds, _ = pruning.assign_batch_pruned(x, pruning.prepare_pass(c2, s2), prior)
-    ref = assign_batch(x, c2)
-    lab, _ = nearest_centroid(x, c2)
-    assert np.array_equal(bounds.labels, lab)
-    assert np.array_equal(got.counts, ref.counts) and np.array_equal(got.sums, ref.sums) and got.inertia == ref.inertia
-    true_min = _exact_group_minima(x, c2, s2.groups, lab)
-    assert (bounds.lower.astype(np.float64) <= true_min + 1e-12).all()
+    _assert_full_search_answer_and_valid_bounds(x, c2, s2.groups, got, bounds)
 
 
 def test_a_mover_that_changes_group_is_bounded_through_its_old_group():
@@ -192,12 +198,7 @@ def test_a_mover_that_changes_group_is_bounded_through_its_old_group():
                            np.array([j]), np.array([move]), s1.groups)
     got, bounds, st = pruning.assign_batch_pruned(x, pruning.prepare_pass(c2, s2), prior)
     assert st.centroid_products < x.shape[0] * k
-    ref = assign_batch(x, c2)
-    lab, _ = nearest_centroid(x, c2)
-    assert np.array_equal(bounds.labels, lab)
-    assert np.array_equal(got.counts, ref.counts) and np.array_equal(got.sums, ref.sums) and got.inertia == ref.inertia
-    true_min = _exact_group_minima(x, c2, groups2, lab)
-    assert (bounds.lower.astype(np.float64) <= true_min + 1e-12).all()
+    _assert_full_search_answer_and_valid_bounds(x, c2, groups2, got, bounds)
 
 
 def test_three_split_copies_within_rounding_get_the_full_searchs_label():

@@ -290,6 +290,11 @@ def nearest_centroid(x: np.ndarray, centroids) -> tuple[np.ndarray, np.ndarray]:
 WINDOW_CANDIDATES = 4
 
 
+def tile_rows(k: int) -> int:
+    """Rows per (rows x k) product tile: at most 1024, fewer at large k so a tile stays ~16 MB."""
+    return int(max(16, min(1024, (1 << 22) // max(k, 1))))
+
+
 def close_pair(d1: np.ndarray, d2: np.ndarray, err: np.ndarray) -> np.ndarray:
     """Rows whose two best product distances (float64, with ||x||^2) are within what the product's
     rounding (``err``, :func:`search_error`) and the re-score's slack can explain."""
@@ -300,7 +305,7 @@ def in_window(p: np.ndarray, err: np.ndarray) -> np.ndarray:
     """(rows, m) bool: the product distances (float64, with ||x||^2; +inf for none) within the
     rounding window of each row's best, as :func:`close_pair` has it. A centroid outside is provably
     farther row-wise than the row-wise nearest, so only these can be it."""
-    return np.isfinite(p) & (p - p.min(1, keepdims=True) <= 2.0 * err[:, None] + 2.0 * RECOMPUTE_SLACK * np.abs(p))
+    return np.isfinite(p) & close_pair(p.min(1, keepdims=True), p, err[:, None])
 
 
 def rescore_candidates(x: np.ndarray, c: np.ndarray, rows: np.ndarray, labels: np.ndarray):
@@ -320,7 +325,7 @@ def nearest_by_rescore(x: np.ndarray, c: np.ndarray, x_sq: np.ndarray, err: np.n
     lab, out = np.empty(n, np.int64), np.empty(n, np.float32)
     cm2_t = np.ascontiguousarray(-2.0 * c.T)
     c_sq = np.einsum("ij,ij->i", c, c)
-    ch = int(max(16, min(1024, (1 << 22) // max(k, 1))))
+    ch = tile_rows(k)
     for s in range(0, n, ch):
         e = min(n, s + ch)
         p = (x[s:e] @ cm2_t + c_sq[None, :]).astype(np.float64) + x_sq[s:e, None]

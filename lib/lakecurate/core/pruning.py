@@ -44,6 +44,7 @@ from lakecurate.core.assign import (
     rescore_candidates,
     rowwise_sq_dist,
     search_error,
+    tile_rows,
 )
 
 #: Fewest centroids for which bounds pay (below, a full search is a few milliseconds anyway).
@@ -57,13 +58,6 @@ MAX_MOVERS = 64
 #: full: one wide product is cheaper than many gathered narrow ones (measured: the bounded path at
 #: ~75% of the products cost ~1.2x the full pass).
 FULL_PASS_SHARE = 0.5
-#: Rows per matrix-product chunk at most; fewer at large k, so a chunk's distance tile stays ~16 MB.
-_CHUNK_ROWS = 1024
-_TILE_FLOATS = 1 << 22
-
-
-def _chunk_rows(k: int) -> int:
-    return int(max(16, min(_CHUNK_ROWS, _TILE_FLOATS // max(k, 1))))
 #: Relative safety on stored bounds (float32 storage rounds within 6e-8).
 _STORE_SAFETY = 1e-6
 
@@ -303,7 +297,7 @@ def _full_candidates(x: np.ndarray, pp: PrunedPass, x_sq: np.ndarray, err: np.nd
     cc_sq, order = pp.c_sq[pp.order], pp.order
     seg = pp.starts[:-1]
     pairs = []
-    ch = _chunk_rows(k)
+    ch = tile_rows(k)
     for s in range(0, n, ch):
         e = min(n, s + ch)
         dist = x[s:e] @ pp.cm2_t  # as _product_part
@@ -421,7 +415,7 @@ def assign_batch_pruned(x: np.ndarray, pp: PrunedPass, prior: Optional[Bounds]) 
                 umv = gmv[mvseg]
             cc, cc_sq = cm2[cols], c_sq[cols]
             products += pos.size * cols.size
-            ch = _chunk_rows(cols.size)
+            ch = tile_rows(cols.size)
             for s in range(0, pos.size, ch):
                 p = pos[s : s + ch]
                 r = active[p]
