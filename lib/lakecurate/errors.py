@@ -27,6 +27,11 @@ class TableError(LakecurateError):
     """A table cannot be read, written or committed (missing path, schema mismatch, ...)."""
 
 
+class RunChangedError(TableError):
+    """A conditional write found that another writer committed rows of the same run partition after
+    the version the write was computed from: nothing was committed; read again and recompute."""
+
+
 class MissingDependencyError(LakecurateError, ImportError):
     """An optional dependency is needed for the requested feature; the message names the pip install."""
 

@@ -82,7 +82,7 @@ class HierarchicalKMeans:
 
     def fit(self, X, y=None) -> "HierarchicalKMeans":
         params = self._params()
-        x = check_embeddings(X)
+        x = check_embeddings(X, metric=self.metric)
         check_levels([p.n_clusters for p in params], x.shape[0])
         if self.metric == "cosine":
             x = normalize_rows(x)
@@ -166,8 +166,8 @@ def target_coreset(
     (rows per centroid held at first, 0 = from the budget) changes memory, never the result.
     """
     check_coreset_params(n_centroids, budget, patience, stop_threshold, seed, candidates)
-    x = check_embeddings(pool, name="pool")
-    t = check_embeddings(target, name="target")
+    x = check_embeddings(pool, name="pool", metric="cosine")
+    t = check_embeddings(target, name="target", metric="cosine")
     if t.shape[1] != x.shape[1]:
         raise InputDataError(f"target has dimension {t.shape[1]} but pool has dimension {x.shape[1]}: embed both with the same model")
     n_budget = default_budget(t.shape[0], x.shape[0]) if budget is None else min(int(budget), x.shape[0])

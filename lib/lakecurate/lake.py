@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 import random
 import time
 import uuid
@@ -38,7 +39,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lakecurate.config import LakeConfig
-from lakecurate.errors import InputDataError, TableError
+from lakecurate.errors import InputDataError, RunChangedError, TableError
 from lakecurate.faults import fault_point
 from lakecurate.spark.errors import as_lakecurate_error
 from lakecurate.spark.errors import describe as describe_spark_error
@@ -63,6 +64,16 @@ COMMIT_ATTEMPTS = 12
 _NATIVE_CONFLICTS = ("Concurrent", "MetadataChanged", "ProtocolChanged", "DELTA_TABLE_ALREADY_EXISTS", "already exists")
 #: an unreferenced file younger than this may belong to a write still in flight
 ORPHAN_AGE_SECONDS = 3600.0
+
+
+class _AllRuns(frozenset):
+    """Stands for every run partition (a commit whose actions cannot be read)."""
+
+    def __contains__(self, item) -> bool:
+        return True
+
+
+_ALL_RUNS = _AllRuns()
 
 
 def new_token() -> str:
@@ -134,9 +145,30 @@ def filesystem(path: str, options: Optional[dict] = None) -> tuple[pafs.FileSyst
 
 
 def _uri(path: str) -> str:
-    """A URI Spark and delta-rs both accept (file:// for local paths)."""
+    """The path as Spark (Hadoop) takes it: ``file://`` plus the path as it is for local paths
+    (Hadoop reads every character literally: a ``%`` is a ``%``), URIs unchanged."""
     path = _dbfs(path)
     return path if _is_uri(path) else "file://" + os.path.abspath(path)
+
+
+#: ``%`` and two hex digits: delta-rs (1.6) decodes such a sequence in a table's location once more
+#: than it encodes it, so a table under a folder named ``a%20b`` is written but cannot be read back
+_ESCAPE_LIKE = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+def rs_uri(uri: str) -> str:
+    """A :func:`_uri` as delta-rs takes it: a local table as its plain path (in a ``file://`` URL a
+    ``#`` would start a fragment), an object-store URI as it is; TableError for a location delta-rs
+    cannot read back (:data:`_ESCAPE_LIKE`), naming it, before anything is written there. Spaces,
+    ``#``, ``=``, a lone ``%`` and non-ASCII characters pass as they are."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    bad = _ESCAPE_LIKE.search(uri)
+    if bad:
+        raise TableError(f"{uri!r}: the embedded Delta backend (delta-rs) cannot read a table whose location "
+                         f"holds {bad.group(0)!r} (a '%' and two hex digits: it decodes it as an escaped character); rename the "
+                         "folder, or use lake.backend=native on a Spark with Delta")
+    return uri
 
 
 @dataclass
@@ -163,6 +195,11 @@ class Lake:
         self.backend = ("native" if native else "embedded") if config.backend == "auto" else config.backend
         if self.backend == "native" and not native:
             raise TableError("lake.backend='native' but this Spark session has no Delta Lake (io.delta jars missing)")
+        if self.backend == "embedded":
+            try:
+                rs_uri(_uri(self.root))
+            except TableError as exc:
+                raise TableError(f"lake.root={self.root!r}: {str(exc).split(': ', 1)[1]}") from None
         self._check_reachable()
         log.info("lake at %s (%s Delta)", self.root, self.backend)
 
@@ -190,14 +227,14 @@ class Lake:
             raise TableError(f"internal error: delta-rs asked for {uri!r} on a native-Delta lake")
         from deltalake import DeltaTable
 
-        return DeltaTable(uri, version=version, storage_options=self.options or None)
+        return DeltaTable(rs_uri(uri), version=version, storage_options=self.options or None)
 
     def _is_delta(self, uri: str) -> bool:
         if self.backend == "native":
             return self._native_exists(uri)
         from deltalake import DeltaTable
 
-        return DeltaTable.is_deltatable(uri, storage_options=self.options or None)
+        return DeltaTable.is_deltatable(rs_uri(uri), storage_options=self.options or None)
 
     def _native_exists(self, uri: str) -> bool:
         """Whether ``uri`` is a Delta table, asked through Spark (native lakes make no delta-rs call)."""
@@ -220,9 +257,9 @@ class Lake:
     def exists(self, name: str) -> bool:
         return self._is_delta(_uri(self.path(name)))
 
-    def read(self, name: str, run_id: Optional[str] = None):
-        """A table of this lake as a DataFrame (optionally one run's rows)."""
-        df = self.read_delta_path(self.path(name))
+    def read(self, name: str, run_id: Optional[str] = None, *, version: Optional[int] = None):
+        """A table of this lake as a DataFrame (optionally one run's rows; at ``version``, default the latest)."""
+        df = self.read_delta_path(self.path(name), version=version)
         if run_id is not None:
             from pyspark.sql import functions as F
 
@@ -238,7 +275,7 @@ class Lake:
         if not self._is_delta(uri):
             raise TableError(f"{path!r} is not a Delta table (no readable _delta_log)")
         dt = self._delta(uri, version=version)
-        files = dt.file_uris()
+        files = [unquote(u) for u in dt.file_uris()]  # delta-rs percent-encodes them; Spark takes paths as they are
         spark_schema = _spark_schema(_table_arrow_schema(dt))
         if not files:
             return self.spark.createDataFrame([], spark_schema)
@@ -415,14 +452,26 @@ class Lake:
 
     # ------------------------------------------------------------------ writing
 
-    def write_run(self, df, name: str, run_id: str, *, description: str = "", max_rows_per_file: Optional[int] = None) -> TableInfo:
-        """Replace ``run_id``'s rows of table ``name`` with ``df``, atomically (one table version)."""
-        return self._write(df, name, run_id=run_id, mode="replace_run", description=description, max_rows_per_file=max_rows_per_file)
+    def write_run(self, df, name: str, run_id: str, *, description: str = "", max_rows_per_file: Optional[int] = None,
+                  unchanged_since: Optional[int] = None) -> TableInfo:
+        """Replace ``run_id``'s rows of table ``name`` with ``df``, atomically (one table version);
+        ``unchanged_since`` as in :meth:`append_run` (a rewrite of rows read at that version)."""
+        return self._write(df, name, run_id=run_id, mode="replace_run", description=description, max_rows_per_file=max_rows_per_file,
+                           unchanged_since=unchanged_since)
 
-    def append_run(self, df, name: str, run_id: str, *, description: str = "", commit_metadata: Optional[dict] = None) -> TableInfo:
+    def append_run(self, df, name: str, run_id: str, *, description: str = "", commit_metadata: Optional[dict] = None,
+                   unchanged_since: Optional[int] = None) -> TableInfo:
         """Append ``df`` as rows of ``run_id`` (the ``runs`` log, incremental tables); ``commit_metadata``
-        tags the commit (Delta ``commitInfo``: delta-rs custom metadata, Spark's ``userMetadata``)."""
-        return self._write(df, name, run_id=run_id, mode="append", description=description, commit_metadata=commit_metadata)
+        tags the commit (Delta ``commitInfo``: delta-rs custom metadata, Spark's ``userMetadata``).
+
+        ``unchanged_since``: the table version ``df`` was computed from (e.g. an anti-join against
+        the run's rows). The append commits only if no later version added or removed files of
+        ``run_id``'s partition; otherwise nothing is committed and :class:`RunChangedError` is
+        raised, so the caller recomputes on the new snapshot (two increments computed from one
+        snapshot never both land). -1: computed when the table did not exist.
+        """
+        return self._write(df, name, run_id=run_id, mode="append", description=description, commit_metadata=commit_metadata,
+                           unchanged_since=unchanged_since)
 
     def write_arrow(self, table: pa.Table, name: str, run_id: str, *, append: bool = False, description: str = "") -> TableInfo:
         """A small driver-side Arrow table (runs, clusters) written like a DataFrame."""
@@ -430,7 +479,7 @@ class Lake:
         return self._write(df, name, run_id=run_id, mode="append" if append else "replace_run", description=description)
 
     def _write(self, df, name: str, *, run_id: str, mode: str, description: str, max_rows_per_file: Optional[int] = None,
-               commit_metadata: Optional[dict] = None) -> TableInfo:
+               commit_metadata: Optional[dict] = None, unchanged_since: Optional[int] = None) -> TableInfo:
         from pyspark.sql import functions as F
 
         description = description or DESCRIPTIONS.get(name, "")
@@ -443,15 +492,15 @@ class Lake:
         self.gain_columns(name, df.schema)
         with progress(self.spark, f"writing table {name} (run {run_id})"):
             if self.backend == "native":
-                info = self._write_native(df, name, run_id, mode, max_rows_per_file, commit_metadata)
+                info = self._write_native(df, name, run_id, mode, max_rows_per_file, commit_metadata, unchanged_since)
             else:
-                info = self._write_embedded(df, name, run_id, mode, description, max_rows_per_file, commit_metadata)
+                info = self._write_embedded(df, name, run_id, mode, description, max_rows_per_file, commit_metadata, unchanged_since)
         log.info("committed %s version %s (%s, run %s) in %.2fs", name, info.version, mode, run_id, time.perf_counter() - t0)
         self.register(name)
         return info
 
     def _write_native(self, df, name: str, run_id: str, mode: str, max_rows_per_file: Optional[int],
-                      commit_metadata: Optional[dict] = None) -> TableInfo:
+                      commit_metadata: Optional[dict] = None, unchanged_since: Optional[int] = None) -> TableInfo:
         writer = _with_layout(df.write.format("delta").partitionBy(RUN_ID, *PARTITIONS.get(name, ())), name, max_rows_per_file)
         if commit_metadata:
             writer = writer.option("userMetadata", json.dumps(commit_metadata, sort_keys=True))
@@ -461,6 +510,10 @@ class Lake:
             writer = writer.mode("append")
         path = self.path(name)
         for attempt in range(COMMIT_ATTEMPTS):
+            if unchanged_since is not None:
+                # Spark's writer takes no expected version: the check (the run's files then and now,
+                # as Spark lists them) runs just before the write, which leaves a window of one write
+                self._refuse_if_native_run_changed(name, run_id, unchanged_since)
             try:
                 if self.database:
                     writer.option("path", _uri(path)).saveAsTable(self.qualified(name))
@@ -477,8 +530,25 @@ class Lake:
                 time.sleep(wait)
         return TableInfo(name, path, self.version(name), "native")
 
+    def _refuse_if_native_run_changed(self, name: str, run_id: str, since: int) -> None:
+        """RunChangedError when ``run_id``'s rows of the table are not the files they were at ``since``
+        (the files Spark reads the run's rows from, then and now: a rewrite or an append of the run
+        makes new files; other runs' commits do not count)."""
+        from pyspark.sql import functions as F
+
+        def files(version):
+            if version is None and not self._is_delta(_uri(self.path(name))):
+                return set()
+            frame = self.read(name, run_id, version=version).select(F.input_file_name().alias("f")).distinct()
+            return {r["f"] for r in frame.collect()}
+
+        then = set() if since < 0 else files(since)
+        if then != files(None):
+            raise RunChangedError(f"table {name!r}: run {run_id!r}'s rows changed after version {since}, which this write was "
+                                  "computed from: nothing was written")
+
     def _write_embedded(self, df, name: str, run_id: str, mode: str, description: str, max_rows_per_file: Optional[int],
-                        commit_metadata: Optional[dict] = None) -> TableInfo:
+                        commit_metadata: Optional[dict] = None, unchanged_since: Optional[int] = None) -> TableInfo:
         """Spark writes Parquet into a fresh folder ``_data/run_id=<id>/<token>/`` of the table
         (never inside a live partition folder, never moved), then delta-rs commits those files.
 
@@ -523,7 +593,7 @@ class Lake:
                 )
             fault_point("commit:files_written", table=name)
             version = self._commit_embedded(uri, name, adds, arrow_schema, run_id, mode, description, [RUN_ID, *parts],
-                                            commit_metadata)
+                                            commit_metadata, unchanged_since)
             committed = True
             fault_point("commit:committed", table=name)
         except BaseException as exc:
@@ -541,7 +611,7 @@ class Lake:
         return TableInfo(name, path, version, "embedded")
 
     def _commit_embedded(self, uri: str, name: str, adds: list, schema: pa.Schema, run_id: str, mode: str, description: str,
-                         partition_by: list, commit_metadata: Optional[dict] = None) -> int:
+                         partition_by: list, commit_metadata: Optional[dict] = None, unchanged_since: Optional[int] = None) -> int:
         """Commit ``adds`` on a fresh snapshot, retrying (bounded) when another writer committed first.
 
         delta-rs may not retry on its own (``max_commit_retries=0``): a replace of the run's rows
@@ -549,6 +619,12 @@ class Lake:
         same run can never leave the run's rows twice; on a conflict the removes are recomputed
         from the new snapshot (the last writer's rows win, whole). Creating the table races the
         same way: the loser commits to the table the winner created.
+
+        With ``unchanged_since`` every attempt first reads the commits after that version on its
+        fresh snapshot: one that touched ``run_id``'s partition raises :class:`RunChangedError`
+        (the rows were computed from a snapshot that no longer holds). The check and the commit are
+        one step: the commit goes on exactly the snapshot checked, without retries, so a commit
+        that slips in between fails it and the next attempt checks again.
         """
         from deltalake import CommitProperties, Schema
         from deltalake.exceptions import CommitFailedError
@@ -557,11 +633,12 @@ class Lake:
         no_retry = CommitProperties(max_commit_retries=0, custom_metadata={str(k): str(v) for k, v in (commit_metadata or {}).items()} or None)
         for attempt in range(COMMIT_ATTEMPTS):
             try:
+                checked = self._refuse_if_run_changed(uri, name, run_id, unchanged_since) if unchanged_since is not None else None
                 if not self._is_delta(uri):
                     fault_point("commit:ready", table=name, attempt=attempt)
                     try:
                         create_table_with_add_actions(
-                            uri, Schema.from_arrow(schema), adds, mode="error", partition_by=partition_by,
+                            rs_uri(uri), Schema.from_arrow(schema), adds, mode="error", partition_by=partition_by,
                             name=name, description=description or None, commit_properties=no_retry,
                             storage_options=self.options or None,
                         )
@@ -570,7 +647,11 @@ class Lake:
                         if not self._is_delta(uri):
                             raise
                         log.info("table %s was created by a concurrent writer: committing to it instead", name)
+                        if unchanged_since is not None:
+                            continue  # check the creator's commit on the next attempt
                 dt = self._delta(uri)  # a fresh snapshot for every attempt
+                if checked is not None and dt.version() != checked:
+                    continue  # a commit landed between the check and this snapshot: check again
                 _check_same_schema(_table_arrow_schema(dt), schema, name)
                 _check_same_partitions(dt.metadata().partition_columns, partition_by, name)
                 fault_point("commit:ready", table=name, attempt=attempt)
@@ -586,6 +667,33 @@ class Lake:
                          name, attempt + 1, COMMIT_ATTEMPTS, _first_line(exc), wait)
                 time.sleep(wait)
         raise TableError(f"table {name!r}: {COMMIT_ATTEMPTS} commits for run {run_id!r} in a row lost to concurrent writers; nothing was committed")
+
+    def _refuse_if_run_changed(self, uri: str, name: str, run_id: str, since: int) -> int:
+        """RunChangedError when a version of the table after ``since`` added or removed files of
+        ``run_id``'s partition (read from the commits' own actions); else the latest version checked."""
+        latest = self._delta(uri).version() if self._is_delta(uri) else -1
+        touched = [v for v in range(since + 1, latest + 1) if run_id in self.commit_runs(name, v)]
+        if touched:
+            raise RunChangedError(f"table {name!r}: version(s) {touched} changed run {run_id!r}'s rows after version {since}, "
+                                  "which this write was computed from: nothing was committed")
+        return latest
+
+    def commit_runs(self, name: str, version: int) -> set:
+        """The ``run_id`` partitions whose files one commit of the table added or removed (its log
+        entry; a commit whose entry is gone, e.g. cleaned up after a checkpoint, counts as all of them)."""
+        fs, table_dir = self._fs(self.path(name))
+        try:
+            with fs.open_input_stream(f"{table_dir}/_delta_log/{version:020d}.json") as f:
+                lines = f.read().decode().splitlines()
+        except (FileNotFoundError, OSError):
+            return _ALL_RUNS
+        runs = set()
+        for line in lines:
+            action = json.loads(line) if line.strip() else {}
+            for kind in ("add", "remove"):
+                if kind in action:
+                    runs.add((action[kind].get("partitionValues") or {}).get(RUN_ID))
+        return runs
 
     # ------------------------------------------------------------------ files no version references
 
@@ -1076,9 +1184,9 @@ def _open_delta(path: str, storage_options: Optional[dict], version: Optional[in
     uri = _uri(path)
     options = {str(k): str(v) for k, v in (storage_options or {}).items()} or None
     try:
-        if not DeltaTable.is_deltatable(uri, storage_options=options):
+        if not DeltaTable.is_deltatable(rs_uri(uri), storage_options=options):
             raise TableError(f"{path!r} is not a Delta table (no readable _delta_log)")
-        return DeltaTable(uri, version=version, storage_options=options)
+        return DeltaTable(rs_uri(uri), version=version, storage_options=options)
     except OSError as exc:
         raise TableError(f"{path!r} cannot be read: {_first_line(exc)}") from exc
 

@@ -229,8 +229,60 @@ def check_eps(eps: Any, *, key: str = "eps") -> float:
 # ---------------------------------------------------------------- data
 
 
-def check_embeddings(x, *, name: str = "X") -> np.ndarray:
-    """A finite, non-empty 2-D float32 array, or an InputDataError saying which row is bad."""
+#: float32's smallest normal value: a squared norm below it underflows (distances become 0, a
+#: direction cannot be taken in float32)
+F32_TINY = float(np.finfo(np.float32).tiny)
+#: the largest squared norm a row may have: the squared distance between two rows is at most four
+#: times the larger squared norm, and must stay below float32's largest value
+F32_SQUARED_NORM_MAX = float(np.finfo(np.float32).max) / 4
+#: rows per chunk when squared norms are taken in float64 (bounded memory on any input)
+_NORM_CHUNK_ROWS = 65536
+
+
+def squared_norms(x: np.ndarray) -> np.ndarray:
+    """Each row's squared L2 norm, summed in float64 (no float32 overflow or underflow on the way)."""
+    out = np.empty(x.shape[0], np.float64)
+    for s in range(0, x.shape[0], _NORM_CHUNK_ROWS):
+        c = np.asarray(x[s : s + _NORM_CHUNK_ROWS], np.float64)
+        out[s : s + c.shape[0]] = np.einsum("ij,ij->i", c, c)
+    return out
+
+
+def unusable_rows(x: np.ndarray, metric: str) -> dict[str, np.ndarray]:
+    """The finite rows ``metric`` cannot take, as ``{reason: boolean mask}`` (reasons with no row left out).
+
+    * ``cosine`` (and de-duplication, which compares directions): a zero row has no direction; a
+      row whose squared norm is below float32's smallest normal value cannot be normalised in
+      float32; one above :data:`F32_SQUARED_NORM_MAX` overflows on the way. Each would otherwise
+      land in a cluster of its own kind, silently.
+    * ``l2``: a row whose squared norm (hence its distances) overflows float32, or underflows it
+      (non-zero but below its smallest normal value: every distance between such rows rounds to
+      0). A zero row is a valid point under l2.
+    """
+    sq = squared_norms(x)
+    out = {}
+    if metric == "cosine":
+        out["zero vector (no direction to compare under cosine)"] = sq == 0
+    out[f"squared norm below float32's smallest normal value {F32_TINY:.3g} (underflows)"] = (sq > 0) & (sq < F32_TINY)
+    out[f"squared norm above {F32_SQUARED_NORM_MAX:.3g} (squared distances overflow float32)"] = sq > F32_SQUARED_NORM_MAX
+    return {reason: mask for reason, mask in out.items() if mask.any()}
+
+
+def check_metric_rows(x: np.ndarray, metric: str, *, name: str = "X") -> None:
+    """InputDataError naming the rows of ``x`` (finite, float32) that ``metric`` cannot take: how
+    many for each reason and the first row numbers (:func:`unusable_rows`)."""
+    bad = unusable_rows(x, metric)
+    if not bad:
+        return
+    parts = [f"{int(mask.sum())} with {reason}, first at rows {np.flatnonzero(mask)[:3].tolist()}" for reason, mask in bad.items()]
+    total = int(np.logical_or.reduce(list(bad.values())).sum())
+    raise InputDataError(f"{name} has {total} row(s) that metric={metric!r} cannot take: " + "; ".join(parts)
+                         + "; remove or rescale them")
+
+
+def check_embeddings(x, *, name: str = "X", metric: Optional[str] = None) -> np.ndarray:
+    """A finite, non-empty 2-D float32 array, or an InputDataError saying which row is bad; with
+    ``metric``, also the rows that metric cannot take (:func:`unusable_rows`)."""
     try:
         arr = np.asarray(x)
     except ValueError as exc:  # ragged rows
@@ -254,6 +306,8 @@ def check_embeddings(x, *, name: str = "X") -> np.ndarray:
             f"{name} has {bad.size} row(s) with NaN or infinite values (float32), first at row {int(bad[0])}: "
             f"{arr[bad[0]][~np.isfinite(arr[bad[0]])][:3].tolist()}"
         )
+    if metric is not None:
+        check_metric_rows(arr, metric, name=name)
     return arr
 
 

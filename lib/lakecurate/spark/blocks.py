@@ -41,13 +41,14 @@ from lakecurate.spark.cache import Kept, keep, resolve
 from lakecurate.spark.progress import progress
 from lakecurate.spark.session import default_parallelism
 from lakecurate.spark import tasks
+from lakecurate.validation import unusable_rows
 from lakecurate.spark.tasks import PayloadFiles, configure_faiss, ship_to_tasks
 
 log = logging.getLogger(__name__)
 
 BLOCK_DDL = (
     "part INT, seq INT, n INT, ids_arrow BINARY, keys BINARY, vectors BINARY, "
-    "n_null_id LONG, n_null_embedding LONG, n_bad_dim LONG, n_nonfinite LONG, examples STRING"
+    "n_null_id LONG, n_null_embedding LONG, n_bad_dim LONG, n_nonfinite LONG, n_unusable LONG, examples STRING"
 )
 #: how passes read the vectors (:mod:`lakecurate.spark.cache`): memory-mapped block files on the
 #: executors, Spark's cache, or Parquet staged in the lake (no cache at all); ``auto`` picks
@@ -136,10 +137,13 @@ class CheckedBatch:
     n_bad_dim: int
     n_nonfinite: int
     examples: list
+    n_unusable: int = 0  # finite rows the metric cannot take (:func:`lakecurate.validation.unusable_rows`)
 
 
-def check_batch(batch: pa.RecordBatch, id_col: str, emb_col: str, dim: int, transform: Optional[Callable]) -> CheckedBatch:
-    """Validate one batch of (id, embedding) rows: null ids, null or wrong-length embeddings, NaN/inf."""
+def check_batch(batch: pa.RecordBatch, id_col: str, emb_col: str, dim: int, transform: Optional[Callable],
+                metric: Optional[str] = None) -> CheckedBatch:
+    """Validate one batch of (id, embedding) rows: null ids, null or wrong-length embeddings, NaN/inf,
+    and with ``metric`` the rows it cannot take (zero rows under cosine, squared norms outside float32)."""
     import pyarrow.compute as pc
 
     ids = batch.column(id_col)
@@ -152,8 +156,14 @@ def check_batch(batch: pa.RecordBatch, id_col: str, emb_col: str, dim: int, tran
     ok_idx = np.flatnonzero(ok)
     x = list_column_to_matrix(emb.take(pa.array(ok_idx)), dim) if ok_idx.size else np.zeros((0, dim), np.float32)
     finite = np.isfinite(x).all(axis=1)
+    unusable = np.zeros(finite.shape, bool)
+    reasons = {}
+    if metric is not None and finite.any():
+        reasons = unusable_rows(x[finite], metric)
+        for mask in reasons.values():
+            unusable[np.flatnonzero(finite)[mask]] = True
     examples = []
-    id_list = ids.to_pylist() if not ok.all() or not finite.all() else None
+    id_list = ids.to_pylist() if not ok.all() or not finite.all() or unusable.any() else None
     if id_list is not None:
         for j in np.flatnonzero(null_id)[:_MAX_EXAMPLES]:
             examples.append({"row_in_batch": int(j), "problem": "null id"})
@@ -163,22 +173,28 @@ def check_batch(batch: pa.RecordBatch, id_col: str, emb_col: str, dim: int, tran
             examples.append({"id": id_list[j], "problem": f"{int(lengths[j])} values, expected {dim}"})
         for j in ok_idx[~finite][:_MAX_EXAMPLES]:
             examples.append({"id": id_list[j], "problem": "NaN or infinite value"})
-    keep = ok_idx[finite]
+        finite_idx = ok_idx[finite]
+        for reason, mask in reasons.items():
+            for j in finite_idx[mask][:_MAX_EXAMPLES]:
+                examples.append({"id": id_list[j], "problem": f"{reason}, metric {metric}"})
+    usable = finite & ~unusable
+    keep = ok_idx[usable]
     kept_ids = ids.take(pa.array(keep))
-    x = x[finite]
+    x = x[usable]
     if transform is not None:
         x = transform(x)
     return CheckedBatch(kept_ids, row_keys(kept_ids), x, int(null_id.sum()), int((null_emb & ~null_id).sum()),
-                        int((bad_dim & ~null_id).sum()), int((~finite).sum()), examples)
+                        int((bad_dim & ~null_id).sum()), int((~finite).sum()), examples, int(unusable.sum()))
 
 
-def _make_blocks_fn(id_col: str, emb_col: str, dim: int, transform: Optional[Callable], cache_id: Optional[str]):
+def _make_blocks_fn(id_col: str, emb_col: str, dim: int, transform: Optional[Callable], cache_id: Optional[str],
+                    metric: Optional[str] = None):
     def to_blocks(batches):
         from pyspark import TaskContext
 
         part = TaskContext.get().partitionId()
         for seq, batch in enumerate(batches):
-            c = check_batch(batch, id_col, emb_col, dim, transform)
+            c = check_batch(batch, id_col, emb_col, dim, transform, metric)
             if cache_id is not None and c.keys.size:
                 write_block_files(cache_id, part, seq, c.keys, c.vectors)
             yield pa.record_batch(
@@ -193,6 +209,7 @@ def _make_blocks_fn(id_col: str, emb_col: str, dim: int, transform: Optional[Cal
                     "n_null_embedding": pa.array([c.n_null_embedding], pa.int64()),
                     "n_bad_dim": pa.array([c.n_bad_dim], pa.int64()),
                     "n_nonfinite": pa.array([c.n_nonfinite], pa.int64()),
+                    "n_unusable": pa.array([c.n_unusable], pa.int64()),
                     "examples": pa.array([json.dumps(c.examples, default=str)], pa.string()),
                 }
             )
@@ -217,7 +234,7 @@ def check_columns(df, id_column: str, embedding_column: str, where: str):
 
 
 def small_input(df, *, id_column: str, embedding_column: str, where: str, max_rows: int,
-                transform: Optional[Callable] = None) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+                transform: Optional[Callable] = None, metric: Optional[str] = None) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     """A small input (a coreset's target set) on the driver: (ids, row keys, float32 rows), sorted by
     row key, checked as :meth:`EmbeddingBlocks.from_dataframe` checks an input (one Spark job, no cache).
 
@@ -233,11 +250,12 @@ def small_input(df, *, id_column: str, embedding_column: str, where: str, max_ro
     dim = lengths[0]
     if dim <= 0:
         raise InputDataError(f"{where}: the first embedding has {dim} values")
-    checked = [check_batch(b, id_column, embedding_column, dim, transform) for b in table.to_batches()]
+    checked = [check_batch(b, id_column, embedding_column, dim, transform, metric) for b in table.to_batches()]
     report = InputReport(
         n_rows=sum(c.keys.size for c in checked), dim=dim, n_null_id=sum(c.n_null_id for c in checked),
         n_null_embedding=sum(c.n_null_embedding for c in checked), n_bad_dim=sum(c.n_bad_dim for c in checked),
         n_nonfinite=sum(c.n_nonfinite for c in checked), examples=[e for c in checked for e in c.examples],
+        n_unusable=sum(c.n_unusable for c in checked), metric=metric,
     )
     report.raise_if_bad(where)
     if report.n_rows == 0:
@@ -265,6 +283,8 @@ class InputReport:
     n_bad_dim: int = 0
     n_nonfinite: int = 0
     examples: list = field(default_factory=list)
+    n_unusable: int = 0
+    metric: Optional[str] = None
 
     def raise_if_bad(self, where: str) -> None:
         problems = []
@@ -276,6 +296,9 @@ class InputReport:
             problems.append(f"{self.n_bad_dim} row(s) whose embedding does not have {self.dim} values (the first row's dimension)")
         if self.n_nonfinite:
             problems.append(f"{self.n_nonfinite} row(s) with NaN or infinite values")
+        if self.n_unusable:
+            problems.append(f"{self.n_unusable} row(s) that metric {self.metric!r} cannot take (zero rows have no direction "
+                            "under cosine; squared norms must stay inside float32's range); remove or rescale them")
         if problems:
             raise InputDataError(f"{where}: " + "; ".join(problems) + f"; examples: {json.dumps(self.examples[:6], default=str)}")
 
@@ -334,6 +357,7 @@ class EmbeddingBlocks:
         where: str = "input",
         cache: str = "auto",
         lake=None,
+        metric: Optional[str] = None,
     ) -> "EmbeddingBlocks":
         """Validate and cache ``df``'s (id, embedding) rows as blocks; InputDataError on bad input.
 
@@ -341,7 +365,9 @@ class EmbeddingBlocks:
         ``normalize_rows`` for cosine k-means, ``unit_rows`` for de-duplication); it must work row
         by row, so the result does not depend on the blocking. ``cache`` is one of
         :data:`CACHES`; ``lake`` (a :class:`~lakecurate.lake.Lake`) is where blocks are staged
-        in ``lake`` mode and where payloads too large for a closure travel.
+        in ``lake`` mode and where payloads too large for a closure travel. ``metric`` (``l2``,
+        ``cosine``) refuses the rows it cannot take (:func:`lakecurate.validation.unusable_rows`),
+        counted with example ids like every other bad row.
         """
         if cache not in CACHES:
             raise ConfigError(f"cache={cache!r} is not one of {list(CACHES)}")
@@ -358,13 +384,13 @@ class EmbeddingBlocks:
             raise InputDataError(f"{where}: the first embedding has {dim} values")
         parts = partitions or 2 * default_parallelism(spark)
         src = df.select(id_column, embedding_column).repartition(parts)
-        built = src.mapInArrow(_make_blocks_fn(id_column, embedding_column, dim, transform, cache_id), BLOCK_DDL)
+        built = src.mapInArrow(_make_blocks_fn(id_column, embedding_column, dim, transform, cache_id, metric), BLOCK_DDL)
         log.info("%s: reading, checking and caching the embeddings (%s) over %d partitions", where, mode, parts)
         with progress(spark, f"{where}: caching the embeddings"):
             kept = keep(built, spark=spark, lake=lake, mode="lake" if mode == "lake" else "spark", what="embedding blocks")
             made = cls(spark, kept, 0, dim, id_type, partitions=parts, cache_id=cache_id, lake=lake)
             frame = kept.frame
-            meta = frame.select("n", "n_null_id", "n_null_embedding", "n_bad_dim", "n_nonfinite", "examples").collect()
+            meta = frame.select("n", "n_null_id", "n_null_embedding", "n_bad_dim", "n_nonfinite", "n_unusable", "examples").collect()
         report = InputReport(
             n_rows=sum(r["n"] for r in meta),
             dim=dim,
@@ -373,6 +399,8 @@ class EmbeddingBlocks:
             n_bad_dim=sum(r["n_bad_dim"] for r in meta),
             n_nonfinite=sum(r["n_nonfinite"] for r in meta),
             examples=[e for r in meta for e in json.loads(r["examples"])],
+            n_unusable=sum(r["n_unusable"] for r in meta),
+            metric=metric,
         )
         try:
             report.raise_if_bad(where)
@@ -410,14 +438,14 @@ class EmbeddingBlocks:
         for seq, start in enumerate(range(0, x.shape[0], block_rows)):
             xb = x[start : start + block_rows]
             ids = pa.array(np.arange(start, start + xb.shape[0], dtype=np.int64))
-            rows.append((seq % parts, seq, xb.shape[0], array_to_ipc(ids), np.asarray(ids).tobytes(), xb.tobytes(), 0, 0, 0, 0, "[]"))
+            rows.append((seq % parts, seq, xb.shape[0], array_to_ipc(ids), np.asarray(ids).tobytes(), xb.tobytes(), 0, 0, 0, 0, 0, "[]"))
         mode = resolve(spark, cache)
         if lake is not None and (mode == "lake" or x.nbytes > tasks.CLOSURE_MAX_BYTES):
             scratch = lake.scratch("matrix")
             columns = list(zip(*rows))
             names = [c.strip().split()[0] for c in BLOCK_DDL.split(",")]
             types = [pa.int32(), pa.int32(), pa.int32(), pa.binary(), pa.binary(), pa.binary(), pa.int64(), pa.int64(), pa.int64(),
-                     pa.int64(), pa.string()]
+                     pa.int64(), pa.int64(), pa.string()]
             for part in range(parts):
                 mine = [i for i in range(len(rows)) if rows[i][0] == part]
                 table = pa.table([pa.array([columns[c][i] for i in mine], t) for c, t in enumerate(types)], names=names)

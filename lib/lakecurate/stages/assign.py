@@ -14,8 +14,9 @@ every curated row downstream. Instead:
    the fit gave it) and the path up the tree; the rows are appended to the tree's rows of
    ``assignments`` as one table version, its commit tagged with this run's id (the increment);
 4. ``clusters``: the tree's rows again as one new version, centroids unchanged, ``size`` and
-   level-1 ``n_children`` counted from its assignments (so a rerun after a kill between the two
-   commits repairs the counts);
+   level-1 ``n_children`` counted from its assignments, whenever they differ from what the tree
+   says: every run of the stage checks, so a rerun after a kill between the two commits repairs
+   the counts, with or without new rows (:func:`recount`);
 5. staleness: the share of the increment's rows farther from their level-1 centroid than that
    cluster's 99th-percentile distance at fit time (kept with the tree under
    ``<lake>/_trees/<tree run>/``), overall and per top-level cluster, in ``runs.metrics``; above
@@ -23,6 +24,12 @@ every curated row downstream. Instead:
 
 Re-running the same increment changes nothing: the same input has the same run id (the stage is
 skipped); under another run id its rows are already assigned.
+
+Two runs at once (two attempts of one run, or two configs growing one tree): the anti-join reads
+``assignments`` pinned at one version, and the append commits only if no later version touched
+the tree's rows (:meth:`~lakecurate.lake.Lake.append_run` ``unchanged_since``); the loser computes
+its new rows again on the new snapshot, finds the winner's rows there, and appends only what is
+still new. An increment is appended once, whatever two runs do.
 """
 
 from __future__ import annotations
@@ -33,12 +40,14 @@ import logging
 import time
 import warnings
 
+from typing import Optional
+
 import numpy as np
 
 from lakecurate.config import RunConfig, to_dict
 from lakecurate.core.assign import RoutedCentroids
 from lakecurate.core.kmeans import normalize_rows
-from lakecurate.errors import ConfigError, StaleTreeWarning, TableError
+from lakecurate.errors import ConfigError, RunChangedError, StaleTreeWarning, TableError
 from lakecurate.faults import fault_point
 from lakecurate.spark.arrow import matrix_to_list_array
 from lakecurate.spark.assignments import assignment_rows
@@ -49,6 +58,8 @@ log = logging.getLogger(__name__)
 
 #: the quantile of fit-time distances a new row is compared with
 STALE_QUANTILE = 0.99
+#: times the new rows are computed again when a concurrent run grew the tree first
+APPEND_ATTEMPTS = 12
 
 
 def check(cfg: RunConfig) -> None:
@@ -103,20 +114,18 @@ def old_duplicates(ctx: StageContext, tree_run: str):
     return ctx.lake.read(DUPLICATES).where(F.col("run_id").isin(runs)).select(ctx.config.input.id_column)
 
 
-def new_rows(ctx: StageContext, tree_run: str, frame):
-    """``frame``'s rows that are neither in the tree's assignments nor removed from its pool as duplicates."""
+def new_rows(ctx: StageContext, tree_run: str, frame, version: Optional[int] = None):
+    """``frame``'s rows that are neither in the tree's assignments (at ``version``, default the
+    latest) nor removed from its pool as duplicates."""
     id_col = ctx.config.input.id_column
-    new = frame.join(ctx.lake.read(ASSIGNMENTS, tree_run).select(id_col), on=id_col, how="left_anti")
+    new = frame.join(ctx.lake.read(ASSIGNMENTS, tree_run, version=version).select(id_col), on=id_col, how="left_anti")
     gone = old_duplicates(ctx, tree_run)
     return new if gone is None else new.join(gone, on=id_col, how="left_anti")
 
 
 def read_tree(ctx: StageContext, tree_run: str):
     """(level-1 centroids float32, parents per level above 1, the clusters table as pandas)."""
-    pdf = ctx.lake.read(CLUSTERS, tree_run).toPandas()
-    if pdf.empty:
-        raise TableError(f"table {CLUSTERS!r} has no rows for run {tree_run!r}")
-    pdf = pdf.sort_values(["level", "cluster_id"]).reset_index(drop=True)
+    pdf = read_clusters(ctx, tree_run)
     levels = sorted(pdf["level"].unique())
     first = pdf[pdf["level"] == 1]
     centroids = np.stack(first["centroid"].to_numpy()).astype(np.float32)
@@ -160,15 +169,49 @@ def fit_quantiles(ctx: StageContext, tree_run: str, k: int) -> np.ndarray:
     return q
 
 
-def recount(ctx: StageContext, tree_run: str, pdf, parents) -> None:
-    """The tree's ``clusters`` rows again, ``size`` and level-1 ``n_children`` counted from its assignments."""
+def level1_counts(ctx: StageContext, tree_run: str, k: int, version: Optional[int] = None) -> np.ndarray:
+    """Rows per level-1 cluster in the tree's ``assignments`` (at ``version``, default the latest)."""
+    size = np.zeros(k, np.int64)
+    for r in ctx.lake.read(ASSIGNMENTS, tree_run, version=version).groupBy("cluster").count().collect():
+        size[int(r["cluster"])] = int(r["count"])
+    return size
+
+
+def recount(ctx: StageContext, tree_run: str, parents) -> bool:
+    """Make the tree's ``clusters`` rows count its assignments: when a level-1 ``size`` differs
+    from the rows assigned to it (new rows, or a run killed between its two commits), the rows
+    again as one version with ``size`` and level-1 ``n_children`` counted. The counts are taken
+    at one version of ``assignments``; if it moved while they were written, they are taken
+    again, so the last word is never an older count. Returns whether anything was written."""
+    wrote = False
+    for _ in range(APPEND_ATTEMPTS):
+        version = ctx.lake.version(ASSIGNMENTS)
+        pdf = read_clusters(ctx, tree_run)
+        k = int((pdf["level"] == 1).sum())
+        size = level1_counts(ctx, tree_run, k, version)
+        if np.array_equal(pdf[pdf["level"] == 1]["size"].to_numpy(np.int64), size):
+            return wrote
+        write_counts(ctx, tree_run, pdf, parents, size)
+        wrote = True
+        if ctx.lake.version(ASSIGNMENTS) == version:
+            return wrote
+        log.info("assign: %r changed while the tree's sizes were counted: counting again", ASSIGNMENTS)
+    raise TableError(f"assign: {ASSIGNMENTS!r} of run {tree_run!r} kept changing while its sizes were counted "
+                     f"({APPEND_ATTEMPTS} times); rerun to count them again")
+
+
+def read_clusters(ctx: StageContext, tree_run: str):
+    """The tree's ``clusters`` rows as pandas, by level and cluster id."""
+    pdf = ctx.lake.read(CLUSTERS, tree_run).toPandas()
+    if pdf.empty:
+        raise TableError(f"table {CLUSTERS!r} has no rows for run {tree_run!r}")
+    return pdf.sort_values(["level", "cluster_id"]).reset_index(drop=True)
+
+
+def write_counts(ctx: StageContext, tree_run: str, pdf, parents, size: np.ndarray) -> None:
+    """The tree's ``clusters`` rows with level 1 sized ``size`` and every level above summed from it."""
     import pyarrow as pa
 
-    counts = {int(r["cluster"]): int(r["count"]) for r in ctx.lake.read(ASSIGNMENTS, tree_run).groupBy("cluster").count().collect()}
-    k = int((pdf["level"] == 1).sum())
-    size = np.zeros(k, np.int64)
-    for c, n in counts.items():
-        size[c] = n
     pdf = pdf.copy()
     sizes = [size]
     for t, par in enumerate(parents, start=2):  # a cluster's size: the sum of its children's
@@ -200,31 +243,17 @@ def run_assign(ctx: StageContext, metrics: dict) -> None:
     centroids, parents, pdf = read_tree(ctx, tree_run)
     k = centroids.shape[0]
     metrics.update(tree_run_id=tree_run, increment=ctx.run_id)
-    new = new_rows(ctx, tree_run, ctx.input_frame("assign"))
     quantiles = fit_quantiles(ctx, tree_run, k)
-    n_new = new.count()
+    new, n_new, info = append_new_rows(ctx, tree_run, centroids, parents)
     metrics["new_rows"] = n_new
+    if recount(ctx, tree_run, parents) and n_new == 0:
+        log.warning("assign: the sizes in %r of run %s did not count its assignments (an earlier attempt was stopped between "
+                    "its two commits): counted again", CLUSTERS, tree_run)
+        metrics["repaired_counts"] = True
     if n_new == 0:
         log.info("assign: every row of the input is already in the tree of run %s: nothing to add", tree_run)
         metrics.update(stale_share=0.0, seconds=round(time.perf_counter() - t0, 3))
         return
-    from lakecurate.spark.blocks import EmbeddingBlocks
-
-    blocks = EmbeddingBlocks.from_dataframe(
-        ctx.spark, new, id_column=id_col, embedding_column=cfg.input.embedding_column, partitions=cfg.spark.partitions,
-        transform=normalize_rows if cfg.clustering.metric == "cosine" else None, where=f"assign input {cfg.input.location}",
-        cache=cfg.spark.block_cache, lake=ctx.lake,
-    )
-    try:
-        if blocks.d != centroids.shape[1]:
-            raise TableError(f"the input {cfg.input.location} has dimension {blocks.d} but the tree of run {tree_run!r} has "
-                             f"dimension {centroids.shape[1]}")
-        rows = assignment_rows(blocks, centroids, parents, id_column=id_col)
-        info = ctx.lake.append_run(rows, ASSIGNMENTS, tree_run, commit_metadata={"lakecurate.increment": ctx.run_id})
-        fault_point("assign:appended")
-        recount(ctx, tree_run, pdf, parents)
-    finally:
-        blocks.release()
     added = ctx.lake.read(ASSIGNMENTS, tree_run).join(new.select(id_col), on=id_col, how="left_semi")
     limits = ctx.spark.createDataFrame([(int(c), float(v)) for c, v in enumerate(quantiles)], "cluster INT, fit_q DOUBLE")
     top = F.element_at("path", len(parents) + 1)
@@ -248,6 +277,45 @@ def run_assign(ctx: StageContext, metrics: dict) -> None:
             f"{100 * share:.1f}% of the {n} new rows are farther from their level-1 centroid than that cluster's 99th-percentile "
             f"distance at fit time, above assign.refit_threshold={cfg.assign.refit_threshold}: the tree of run {tree_run!r} "
             "no longer fits the pool; re-cluster (run the cluster stage on the grown pool)"), stacklevel=2)
+
+
+def append_new_rows(ctx: StageContext, tree_run: str, centroids, parents):
+    """``(new rows, how many, TableInfo or None)``: the input's rows new to the tree, labelled and
+    appended to its ``assignments`` as one version computed from one snapshot of it. When another
+    run touched the tree's rows after that snapshot, nothing is committed and the new rows are
+    computed again on the new one (bounded): an increment lands once."""
+    from lakecurate.spark.blocks import EmbeddingBlocks
+
+    cfg = ctx.config
+    id_col = cfg.input.id_column
+    for attempt in range(APPEND_ATTEMPTS):
+        version = ctx.lake.version(ASSIGNMENTS)
+        new = new_rows(ctx, tree_run, ctx.input_frame("assign"), version)
+        n_new = new.count()
+        if n_new == 0:
+            return new, 0, None
+        blocks = EmbeddingBlocks.from_dataframe(
+            ctx.spark, new, id_column=id_col, embedding_column=cfg.input.embedding_column, partitions=cfg.spark.partitions,
+            transform=normalize_rows if cfg.clustering.metric == "cosine" else None, where=f"assign input {cfg.input.location}",
+            cache=cfg.spark.block_cache, lake=ctx.lake, metric=cfg.clustering.metric,
+        )
+        try:
+            if blocks.d != centroids.shape[1]:
+                raise TableError(f"the input {cfg.input.location} has dimension {blocks.d} but the tree of run {tree_run!r} has "
+                                 f"dimension {centroids.shape[1]}")
+            rows = assignment_rows(blocks, centroids, parents, id_column=id_col)
+            fault_point("assign:labelled")
+            info = ctx.lake.append_run(rows, ASSIGNMENTS, tree_run, commit_metadata={"lakecurate.increment": ctx.run_id},
+                                       unchanged_since=-1 if version is None else version)
+            fault_point("assign:appended")
+            return new, n_new, info
+        except RunChangedError as exc:
+            log.info("assign: another run grew the tree of run %s first (%s): finding the new rows again (attempt %d of %d)",
+                     tree_run, exc, attempt + 1, APPEND_ATTEMPTS)
+        finally:
+            blocks.release()
+    raise TableError(f"assign: the tree of run {tree_run!r} was grown by other runs {APPEND_ATTEMPTS} times while this one "
+                     "labelled its new rows; nothing was appended: rerun it")
 
 
 def summarize(m: dict) -> list[str]:

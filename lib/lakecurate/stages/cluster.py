@@ -154,7 +154,7 @@ def run_cluster(ctx: StageContext, metrics: dict) -> None:
     cfg = ctx.config
     ccfg = cfg.clustering
     t0 = time.perf_counter()
-    blocks = ctx.input_blocks("cluster", transform=normalize_rows if ccfg.metric == "cosine" else None)
+    blocks = ctx.input_blocks("cluster", transform=normalize_rows if ccfg.metric == "cosine" else None, metric=ccfg.metric)
     assigner = SparkAssigner(blocks)
     upper: list[EmbeddingBlocks] = []  # levels 2..T run on the executors
     metrics.update(n_rows=blocks.n, dim=blocks.d, cache_seconds=round(time.perf_counter() - t0, 3))

@@ -118,11 +118,13 @@ class StageContext:
                 frame = functools.partial(record.hands_on, self, frame)
         return frame()
 
-    def input_blocks(self, stage: str, *, transform=None):
+    def input_blocks(self, stage: str, *, transform=None, metric=None):
         """The input as ``stage`` sees it, validated and cached as embedding blocks
         (:class:`~lakecurate.spark.blocks.EmbeddingBlocks`): release them when done.
 
-        ``transform`` maps every block's vectors once, as they are cached (e.g. unit rows).
+        ``transform`` maps every block's vectors once, as they are cached (e.g. unit rows);
+        ``metric`` refuses the rows it cannot take (zero rows under cosine, squared norms outside
+        float32), by name, before any work.
         """
         from lakecurate.spark.blocks import EmbeddingBlocks
 
@@ -130,5 +132,5 @@ class StageContext:
         return EmbeddingBlocks.from_dataframe(
             self.spark, self.input_frame(stage), id_column=cfg.input.id_column, embedding_column=cfg.input.embedding_column,
             partitions=cfg.spark.partitions, transform=transform, where=f"{stage} input {cfg.input.location}",
-            cache=cfg.spark.block_cache, lake=self.lake,
+            cache=cfg.spark.block_cache, lake=self.lake, metric=metric,
         )

@@ -121,7 +121,8 @@ def read_target(ctx: StageContext, metrics: dict):
     from lakecurate.spark.blocks import small_input
 
     df, id_col, emb_col, where = target_frame(ctx, metrics)
-    return (*small_input(df, id_column=id_col, embedding_column=emb_col, where=where, max_rows=MAX_TARGET_ROWS), where)
+    return (*small_input(df, id_column=id_col, embedding_column=emb_col, where=where, max_rows=MAX_TARGET_ROWS, metric="cosine"),
+            where)
 
 
 def run_coreset(ctx: StageContext, metrics: dict) -> None:
@@ -133,7 +134,7 @@ def run_coreset(ctx: StageContext, metrics: dict) -> None:
     _, _, target, where = read_target(ctx, metrics)
     metrics.update(target=where, n_target=int(target.shape[0]), target_seconds=round(time.perf_counter() - t0, 3))
     t1 = time.perf_counter()
-    blocks = ctx.input_blocks("coreset", transform=normalize_rows)
+    blocks = ctx.input_blocks("coreset", transform=normalize_rows, metric="cosine")
     metrics["cache_seconds"] = round(time.perf_counter() - t1, 3)
     try:
         if blocks.d != target.shape[1]:

@@ -15,12 +15,15 @@ import numpy as np
 import pyarrow as pa
 
 from lakecurate.core.sampling import ClusterTree, hierarchical_quotas, selection_keys
-from lakecurate.errors import InputDataError, TableError
+from lakecurate.errors import InputDataError, RunChangedError, TableError
 from lakecurate.faults import fault_point
 from lakecurate.stages.context import Stage, StageContext
 from lakecurate.tables import ASSIGNMENTS, CLUSTERS, CURATED
 
 log = logging.getLogger(__name__)
+
+#: times the earlier set is read again when another attempt of this run marked it first
+MARK_ATTEMPTS = 12
 
 
 def tree_stage(ctx: StageContext) -> str:
@@ -29,7 +32,8 @@ def tree_stage(ctx: StageContext) -> str:
 
 
 def previous_curated(ctx: StageContext, tree_run: str):
-    """``(run id, DataFrame of ids)`` of the latest other run's curated set of the tree ``tree_run``, or None."""
+    """``(run id, DataFrame of ids, curated version)`` of the latest other run's curated set of the
+    tree ``tree_run``, read at that version of ``curated``, or None."""
     from lakecurate.tables import RUNS
 
     rows = [r for r in ctx.lake.read_small(RUNS, columns=["run_id", "stage", "status", "finished_at", "metrics"])
@@ -40,9 +44,10 @@ def previous_curated(ctx: StageContext, tree_run: str):
     run = max(rows, key=lambda r: r["finished_at"])["run_id"]
     from pyspark.sql import functions as F
 
-    earlier = ctx.lake.read(CURATED, run).where("copy = 0")
+    version = ctx.lake.version(CURATED)
+    earlier = ctx.lake.read(CURATED, run, version=version).where("copy = 0")
     added_in = F.coalesce("added_in", F.lit(run)) if "added_in" in earlier.columns else F.lit(run)  # rows of an older version
-    return run, earlier.select(ctx.config.input.id_column, added_in.alias("earlier_added_in"))
+    return run, earlier.select(ctx.config.input.id_column, added_in.alias("earlier_added_in")), version
 
 
 def read_tree(ctx: StageContext) -> ClusterTree:
@@ -61,6 +66,24 @@ def read_tree(ctx: StageContext) -> ClusterTree:
         par = rows["parent_id"]
         parents.append(None if par.isna().all() else par.to_numpy(np.int64))
     return ClusterTree(sizes, parents)
+
+
+def check_counts(ctx: StageContext, tree: ClusterTree) -> None:
+    """TableError unless every level-1 ``size`` of the tree counts its rows in ``assignments``: the
+    quotas are computed from the sizes, so stale ones would curate the wrong number of rows."""
+    from pyspark.sql import functions as F
+
+    tree_run = ctx.output_run("cluster")
+    counted = {int(r["cluster"]): int(r["n"]) for r in
+               ctx.lake.read(ASSIGNMENTS, tree_run).groupBy("cluster").agg(F.count("*").alias("n")).collect()}
+    sizes = tree.sizes[0]
+    total = sum(counted.values())
+    wrong = [c for c in range(sizes.size) if counted.pop(c, 0) != int(sizes[c])] + sorted(counted)
+    if wrong:
+        raise TableError(
+            f"table {CLUSTERS!r} of run {tree_run!r} sizes its tree at {int(sizes.sum())} rows but {ASSIGNMENTS!r} holds {total}, "
+            f"{len(wrong)} level-1 cluster(s) differing (e.g. {wrong[:3]}): a run that grew the tree stopped between its two commits. "
+            f"Run its assign stage again (lakecurate assign CONFIG): it counts them again; nothing was written")
 
 
 def check_target(scfg, rows: int, what: str) -> None:
@@ -101,6 +124,7 @@ def run_sample(ctx: StageContext, metrics: dict) -> None:
     cfg = ctx.config
     scfg = cfg.sampling
     tree = read_tree(ctx)
+    check_counts(ctx, tree)
     pool = tree.n_points
     check_target(scfg, pool, "the pool")
     quotas = hierarchical_quotas(tree, scfg.target_size, np.random.default_rng(scfg.seed), max_repeats=scfg.max_repeats)
@@ -147,7 +171,7 @@ def run_sample(ctx: StageContext, metrics: dict) -> None:
         raise TableError(f"curated table holds {n_written} rows for run {ctx.run_id!r}, expected {scfg.target_size}")
     if previous is not None:
         metrics.update(top_up_churn(ctx, previous, quota_df))
-        mark_dropped(ctx, previous[0])
+        mark_dropped(ctx, previous[0], previous[2])
     metrics.update(
         {
             "mode": scfg.mode,
@@ -169,7 +193,7 @@ def top_up_churn(ctx: StageContext, previous, quota_df) -> dict:
     from pyspark.sql import functions as F
 
     id_col = ctx.config.input.id_column
-    run, earlier = previous
+    run, earlier, _ = previous
     now = ctx.lake.read(CURATED, ctx.run_id).select(id_col)
     n_earlier = earlier.count()
     kept = now.join(earlier, on=id_col, how="left_semi").count()
@@ -187,23 +211,47 @@ def top_up_churn(ctx: StageContext, previous, quota_df) -> dict:
     return out
 
 
-def mark_dropped(ctx: StageContext, previous_run: str) -> None:
+def mark_dropped(ctx: StageContext, previous_run: str, version: int) -> None:
     """``dropped_in`` = this run on the rows of the earlier run's set that this one dropped (its
-    rows again, as one table version; a mark this run left in an earlier attempt is redone)."""
+    rows again, as one table version; a mark this run left in an earlier attempt is redone).
+
+    The earlier set is read at ``version``, the one this top-up was computed from, and rewritten
+    only if no run changed it since (:meth:`~lakecurate.lake.Lake.write_run` ``unchanged_since``):
+    two top-ups of one set at once would otherwise leave only the last one's marks. When the set
+    changed, it is read again: marks of this run only (another attempt of it) are redone on it;
+    another run's marks refuse this top-up in one line, and its rerun tops up that run's set.
+    """
     from pyspark.sql import functions as F
 
     id_col = ctx.config.input.id_column
     now = ctx.lake.read(CURATED, ctx.run_id).select(id_col).distinct().withColumn("still", F.lit(1))
-    earlier = ctx.lake.read(CURATED, previous_run)
-    mine = F.col("dropped_in") == ctx.run_id if "dropped_in" in earlier.columns else F.lit(False)
-    before = F.col("dropped_in") if "dropped_in" in earlier.columns else F.lit(None).cast("string")
-    marked = (earlier.join(now, on=id_col, how="left")
-              .withColumn("dropped_in", F.when(F.col("still").isNull(), F.lit(ctx.run_id))
-                          .otherwise(F.when(mine, F.lit(None).cast("string")).otherwise(before)))
-              .drop("still"))
-    if "added_in" not in earlier.columns:
-        marked = marked.withColumn("added_in", F.lit(None).cast("string"))
-    ctx.lake.write_run(marked.select(*[c for c in ctx.lake.read(CURATED).columns if c != "run_id"]), CURATED, previous_run)
+    columns = [c for c in ctx.lake.read(CURATED).columns if c != "run_id"]
+    for attempt in range(MARK_ATTEMPTS):
+        earlier = ctx.lake.read(CURATED, previous_run, version=version)
+        has_marks = "dropped_in" in earlier.columns
+        if attempt > 0 and has_marks:
+            other = earlier.where(F.col("dropped_in").isNotNull() & (F.col("dropped_in") != ctx.run_id)).select("dropped_in").first()
+            if other is not None:
+                raise TableError(
+                    f"top-up of run {previous_run!r}'s curated set: run {other['dropped_in']!r} topped up the same set while this one "
+                    f"ran, so this run's marks were not written and it is not succeeded; run it again: it tops up the latest "
+                    f"curated set of the tree")
+        mine = F.col("dropped_in") == ctx.run_id if has_marks else F.lit(False)
+        before = F.col("dropped_in") if has_marks else F.lit(None).cast("string")
+        marked = (earlier.join(now, on=id_col, how="left")
+                  .withColumn("dropped_in", F.when(F.col("still").isNull(), F.lit(ctx.run_id))
+                              .otherwise(F.when(mine, F.lit(None).cast("string")).otherwise(before)))
+                  .drop("still"))
+        if "added_in" not in earlier.columns:
+            marked = marked.withColumn("added_in", F.lit(None).cast("string"))
+        try:
+            ctx.lake.write_run(marked.select(*columns), CURATED, previous_run, unchanged_since=version)
+            return
+        except RunChangedError as exc:
+            log.info("sample: run %s's curated set changed while this top-up ran (%s): reading it again", previous_run, exc)
+            version = ctx.lake.version(CURATED)
+    raise TableError(f"top-up of run {previous_run!r}'s curated set: it kept changing under other writers ({MARK_ATTEMPTS} "
+                     "attempts); nothing was marked: rerun")
 
 
 def summarize(m: dict) -> list[str]:
