@@ -20,7 +20,9 @@ def spark():
     session = get_spark(
         "local[2]",
         "lakecurate-tests",
-        {"spark.sql.shuffle.partitions": "4", "spark.sql.execution.arrow.maxRecordsPerBatch": "1000"},
+        # 4g: the heap the suite was sized with (a local session's default is half the machine's
+        # memory, and two workers' sessions live side by side here)
+        {"spark.sql.shuffle.partitions": "4", "spark.sql.execution.arrow.maxRecordsPerBatch": "1000", "spark.driver.memory": "4g"},
     )
     yield session
     session.stop()

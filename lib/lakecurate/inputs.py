@@ -141,6 +141,32 @@ def input_facts(lake: Lake, cfg: InputConfig, snapshot: Optional[dict] = None) -
     return InputFacts(where, columns, lake.row_count(cfg.format, cfg.path, snapshot, max_files=COUNT_FOOTERS_MAX_FILES) if cfg.path else None)
 
 
+def embedded_input_facts(lake: Lake, cfg, snapshot: Optional[dict] = None) -> InputFacts:
+    """The :class:`InputFacts` of what a run that embeds hands to its later stages (the embeddings
+    of ``embed.source``), from metadata alone, before anything is embedded: the id and embedding
+    columns as ``input.*`` names them, the source's pass-through columns, and as rows an upper bound:
+    the source's rows plus the rows the embeddings table already holds (None when either is unknown)."""
+    src = cfg.embed.source
+    where = f"(the embeddings of embed.source {src.path or src.table!r})"
+    if src.format == "files":
+        types = {"path": "string", "modificationTime": "timestamp", "length": "bigint"}
+        listing = (snapshot or {}).get("listing")
+        rows = len(listing) if listing is not None else None
+        id_type = "string" if src.file_id == "path" else "bigint"
+    else:
+        df = lake.read_source(src.format, path=src.path, table=src.table, key="embed.source", snapshot=snapshot)
+        types = {f.name: f.dataType.simpleString() for f in df.schema.fields}
+        rows = lake.row_count(src.format, src.path, snapshot, max_files=COUNT_FOOTERS_MAX_FILES) if src.path else None
+        id_type = types.get(src.id_column, "bigint")
+    columns = {cfg.input.id_column: id_type, cfg.input.embedding_column: "array<float>",
+               **{c: types[c] for c in src.passthrough_columns if c in types}}
+    table = cfg.embed.table
+    if rows is not None and lake.exists(table):
+        held = lake.row_count("delta", lake.path(table))
+        rows = None if held is None else rows + held
+    return InputFacts(where, columns, rows)
+
+
 # ---------------------------------------------------------------- fingerprints of what a run reads
 
 _HASHED: dict[tuple, str] = {}  # (path, device, inode, size, mtime_ns) -> sha256, within one process

@@ -496,7 +496,11 @@ class Lake:
             else:
                 info = self._write_embedded(df, name, run_id, mode, description, max_rows_per_file, commit_metadata, unchanged_since)
         log.info("committed %s version %s (%s, run %s) in %.2fs", name, info.version, mode, run_id, time.perf_counter() - t0)
-        self.register(name)
+        try:  # a convenience for SQL in this session: the commit above stands whatever happens here
+            self.register(name)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("committed %s version %s, but could not register it as a view in this session: %s", name, info.version,
+                        _first_line(exc))
         return info
 
     def _write_native(self, df, name: str, run_id: str, mode: str, max_rows_per_file: Optional[int],

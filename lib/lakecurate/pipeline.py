@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from lakecurate.config import RunConfig, redacted
-from lakecurate.inputs import InputFacts, fingerprint_coreset_target, fingerprint_embed_source, fingerprint_run_input, input_facts, input_tables, prepare_run_input
+from lakecurate.inputs import (InputFacts, embedded_input_facts, fingerprint_coreset_target, fingerprint_embed_source, fingerprint_run_input,
+                               input_facts, input_tables, prepare_run_input)
 from lakecurate.inputs import summary as input_summary
 from lakecurate.errors import InputDataError
 from lakecurate.lake import Lake, disk_error
@@ -71,6 +72,9 @@ def run(plan: Union[RunPlan, RunConfig], spark=None) -> RunResult:
             preflight(plan, input_facts(lake, config.input, plan.inputs.get("input")))
         with one_line_errors("preparing the input"):
             prepare_run_input(lake, config.input)
+    elif plan.has("embed"):  # the stages after embed, checked against what it will hand them, before it embeds
+        with one_line_errors("checking the run's input"):
+            preflight(plan, embedded_input_facts(lake, config, plan.inputs.get("embed.source")), after="embed")
     runlog = RunLog(lake, plan.run_id, redacted(config), plan.stage_fingerprints, inputs=plan.recorded_inputs())
     ctx = StageContext(spark, lake, plan, runlog)
     result = RunResult(run_id=plan.run_id, lake_root=lake.root, backend=lake.backend)
@@ -144,15 +148,17 @@ def one_line_errors(doing: str):
         raise converted from exc
 
 
-def preflight(plan: RunPlan, facts: InputFacts) -> None:
+def preflight(plan: RunPlan, facts: InputFacts, *, after: Optional[str] = None) -> None:
     """Every check that needs no Spark job: the input's id and embedding columns, then each
-    stage's own (:attr:`lakecurate.stages.Stage.preflight`)."""
+    stage's own (:attr:`lakecurate.stages.Stage.preflight`); with ``after``, only the stages after
+    that one (which makes their input: ``facts`` describe what it will hand on)."""
     cfg = plan.config.input
     if facts.rows == 0:
         raise InputDataError(f"the input {facts.where} is empty: 0 rows")
     facts.require_columns({cfg.id_column: "id", cfg.embedding_column: "array"},
                           {cfg.id_column: "input.id_column", cfg.embedding_column: "input.embedding_column"})
-    for stage in plan.stages:
+    names = [s.name for s in plan.stages]
+    for stage in plan.stages[names.index(after) + 1 if after in names else 0:]:
         if stage.preflight is not None:
             stage.preflight(plan.config, facts)
     log.info("input %s: %s rows, columns %s: the run's checks passed", facts.where,

@@ -74,3 +74,29 @@ def test_columns_levels_and_paths_are_checked_before_any_job(spark, tmp_path, pa
     # and the run that can succeed does, with the label column it names
     res = run(plan(root, {"format": "parquet", "path": folder}, report={"label_column": "concept"}), spark=spark)
     assert res.report["curated"]["n"] == 50
+
+
+def test_a_run_that_embeds_checks_the_later_stages_against_its_source_before_embedding(spark, tmp_path):
+    """The embed source's rows (plus what the embeddings table already holds) bound the target and
+    k, and its pass-through columns are what the report can label by: refused before any text is encoded."""
+    from builders import make_texts
+
+    texts = make_texts(60, seed=1)
+    src = tmp_path / "texts.parquet"
+    pq.write_table(pa.table({"id": np.arange(60, dtype=np.int64), "text": texts, "section": ["a", "b"] * 30}), src)
+    root = str(tmp_path / "lake")
+
+    def embed_plan(**sections):
+        data = {"name": "emb", "stages": ["embed", "cluster", "sample"], "lake": {"root": root},
+                "embed": {"source": {"format": "parquet", "path": str(src), "passthrough_columns": ["section"]}},
+                "clustering": {"n_clusters": [8, 2], "n_iter": 2}, "sampling": {"target_size": 50}, "spark": {"partitions": 2}}
+        for key, value in sections.items():
+            data[key] = {**data.get(key, {}), **value}
+        return load_plan(data=data)
+
+    refused(spark, root, embed_plan(sampling={"target_size": 61}), InputDataError,
+            r"sampling.target_size=61 is larger than the input \(the embeddings of embed.source .*\) of 60 rows")
+    refused(spark, root, embed_plan(clustering={"n_clusters": [61, 2]}), InputDataError, r"clustering.n_clusters\[0\]=61 .* 60 rows")
+    refused(spark, root, embed_plan(report={"label_column": "sektion"}), InputDataError,
+            r"report.label_column='sektion' is not a column of the input \(the embeddings of .*\['embedding', 'id', 'section'\]")
+    assert not os.path.exists(os.path.join(root, "embeddings")), "texts were embedded for a run that cannot succeed"

@@ -23,7 +23,18 @@ _DISK = (
     ("Read-only file system", "read-only file system"),
     ("Permission denied", "permission denied"),
 )
+#: the driver JVM ran out of memory (said outright, or by what fails once it has died of it)
+_OUT_OF_MEMORY = ("java.lang.OutOfMemoryError", "Java heap space", "GC overhead limit exceeded")
+_DRIVER_GONE = ("driverEndpoint()", "SparkContext was shut down", "Cannot call methods on a stopped SparkContext",
+                "SparkContext has been shutdown")
 _PATH = re.compile(r"((?:file|s3a?|gs|abfss?|hdfs|dbfs):/\S+|/(?:[\w.@%+=-]+/)+[\w.@%+=-]*)")
+
+
+def _setting(key: str) -> str:
+    """A Spark setting of the session this process started, as it was asked for (for messages)."""
+    from lakecurate.spark import session
+
+    return session.STARTED_WITH.get(key, "Spark's default, 1g")
 
 
 def is_spark_error(exc: BaseException) -> bool:
@@ -53,6 +64,14 @@ def as_lakecurate_error(exc: BaseException, doing: str) -> Optional[errors.Lakec
         _, name, message = worker[-1]
         cls = getattr(errors, name, errors.LakecurateError)
         return cls(f"{doing}: {message}") if isinstance(cls, type) and issubclass(cls, errors.LakecurateError) else None
+    if any(m in text for m in _OUT_OF_MEMORY):
+        return errors.LakecurateError(
+            f"{doing}: Spark's JVM ran out of memory (java.lang.OutOfMemoryError); raise spark.conf.spark.driver.memory "
+            f"(local sessions and the driver; now {_setting('spark.driver.memory')}) or spark.conf.spark.executor.memory on a cluster")
+    if any(m in text for m in _DRIVER_GONE):
+        return errors.LakecurateError(
+            f"{doing}: the Spark driver stopped in the middle of the job, most often because its JVM ran out of memory (look for "
+            f"java.lang.OutOfMemoryError above, with -v); raise spark.conf.spark.driver.memory (now {_setting('spark.driver.memory')})")
     for needle, reason in _DISK:
         if needle in text:
             where = next((p for p in _PATH.findall(text[max(0, text.index(needle) - 400) : text.index(needle)]) if "/" in p), None)

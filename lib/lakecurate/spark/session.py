@@ -27,10 +27,10 @@ REQUIRED_CONF: dict[str, str] = {
     "spark.sql.session.timeZone": "UTC",
 }
 
-#: Defaults for local mode only (a laptop, CI): small shuffles and a driver heap that fits k x d.
+#: Defaults for local mode only (a laptop, CI): small shuffles; the driver heap is sized from the
+#: machine (:func:`local_driver_memory`) unless the config says it.
 LOCAL_DEFAULTS: dict[str, str] = {
     "spark.sql.shuffle.partitions": "8",
-    "spark.driver.memory": "4g",
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.adaptive.enabled": "true",
@@ -39,6 +39,22 @@ LOCAL_DEFAULTS: dict[str, str] = {
 
 #: Spark's logging in local sessions: failed tasks are reported once, by lakecurate (see the file)
 LOCAL_LOG4J = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2-local.properties")
+#: the settings the session this process started was given (error messages name them)
+STARTED_WITH: dict[str, str] = {}
+#: a local session's driver (which is also its only executor) gets this share of the machine's
+#: memory as heap, at least 1 GiB and at most 32 GiB; the Python workers live in the rest
+LOCAL_HEAP_SHARE = 0.5
+
+
+def local_driver_memory() -> str:
+    """The heap of a local session's JVM when the config sets none: :data:`LOCAL_HEAP_SHARE` of
+    the machine's memory (Spark's own default, 1g, runs out on a laptop-size de-duplication)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return "4g"
+    gib = int(total * LOCAL_HEAP_SHARE) >> 30
+    return f"{min(32, max(1, gib))}g"
 
 
 def is_connect(spark) -> bool:
@@ -80,7 +96,10 @@ def get_spark(master: Optional[str] = "local[*]", app_name: str = "lakecurate", 
 
     builder = SparkSession.builder.appName(app_name)
     settings: dict[str, str] = {}
-    local = remote.startswith("local") if remote else bool(master and master.startswith("local"))
+    # no master and no spark-submit around this process (which would have started the JVM and set
+    # PYSPARK_GATEWAY_PORT): pyspark starts a local[*] JVM itself, a local session all the same
+    launched = "PYSPARK_GATEWAY_PORT" in os.environ
+    local = remote.startswith("local") if remote else bool(master.startswith("local") if master else not launched)
     if remote:
         _require_connect_client(remote)
         builder = builder.remote(remote)
@@ -88,23 +107,65 @@ def get_spark(master: Optional[str] = "local[*]", app_name: str = "lakecurate", 
         builder = builder.master(master)
     if local:
         settings.update(LOCAL_DEFAULTS)
+        settings["spark.driver.memory"] = local_driver_memory()
         if os.environ.get("LAKECURATE_SPARK_LOG", "quiet") != "full" and "spark.driver.extraJavaOptions" not in (conf or {}):
             settings["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{LOCAL_LOG4J}"
     settings.update(REQUIRED_CONF)
     settings.update({k: str(v) for k, v in (conf or {}).items()})
     for key, value in settings.items():
         builder = builder.config(key, value)
+    STARTED_WITH.clear()
+    STARTED_WITH.update(settings)
     with warnings.catch_warnings():
         if remote and local:  # pyspark starts the local server with these; its client then also
             # tries each as a runtime setting and warns for the static ones (driver memory, ...)
             warnings.filterwarnings("ignore", message="Failed to set", category=UserWarning)
-        spark = builder.getOrCreate()
+        if remote and local and not port_is_free(CONNECT_PORT):
+            spark = _local_connect_on_a_free_port(remote, app_name, settings)
+        else:
+            spark = builder.getOrCreate()
     if is_connect(spark):
         log.info("Spark %s Connect session %s (remote=%s)", spark.version, app_name, _redact(remote or "default"))
     else:
         spark.sparkContext.setLogLevel("WARN")  # classic only: Connect sessions log on the server
         log.info("Spark %s session %s (master=%s)", spark.version, app_name, spark.conf.get("spark.master", master))
     return spark
+
+
+#: the port pyspark's local Spark Connect server binds (and its client dials) by default
+CONNECT_PORT = 15002
+
+
+def port_is_free(port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _local_connect_on_a_free_port(remote: str, app_name: str, settings: dict):
+    """A local Connect server (``spark.remote=local[n]``) when another process holds the default
+    port: pyspark would fail to bind it (a raw Py4J BindException) and its client would dial the
+    other process's server. The server is started as pyspark starts it, on a free port, and the
+    client dials that port (the server's token reaches the client through the environment, as in
+    pyspark's own local mode)."""
+    import socket
+
+    from pyspark.sql.connect.session import SparkSession as RemoteSparkSession
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    opts = {**settings, "spark.app.name": app_name, "spark.connect.grpc.binding.port": str(port)}
+    os.environ["SPARK_LOCAL_REMOTE"] = "1"  # as pyspark does: stopping the session stops this server
+    RemoteSparkSession._start_connect_server(remote, opts)  # keeps in opts only the runtime settings
+    log.info("port %d is taken (another local Spark Connect server?): this one listens on port %d", CONNECT_PORT, port)
+    os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
+    return RemoteSparkSession.builder.config(map={**opts, "spark.remote": f"sc://localhost:{port}"}).getOrCreate()
 
 
 def _require_connect_client(remote: str) -> None:
