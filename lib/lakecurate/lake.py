@@ -66,16 +66,6 @@ _NATIVE_CONFLICTS = ("Concurrent", "MetadataChanged", "ProtocolChanged", "DELTA_
 ORPHAN_AGE_SECONDS = 3600.0
 
 
-class _AllRuns(frozenset):
-    """Stands for every run partition (a commit whose actions cannot be read)."""
-
-    def __contains__(self, item) -> bool:
-        return True
-
-
-_ALL_RUNS = _AllRuns()
-
-
 def new_token() -> str:
     """A unique, time-ordered name for one write's files (UTC time first, so age is visible)."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:12]
@@ -156,18 +146,25 @@ def _uri(path: str) -> str:
 _ESCAPE_LIKE = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
+def delta_rs_unreadable(location: str) -> Optional[str]:
+    """Why delta-rs cannot read a table at ``location`` back (:data:`_ESCAPE_LIKE`), or None."""
+    bad = _ESCAPE_LIKE.search(location)
+    if bad is None:
+        return None
+    return (f"the embedded Delta backend (delta-rs) cannot read a table whose location holds {bad.group(0)!r} (a '%' and two "
+            "hex digits: it decodes it as an escaped character); rename the folder, or use lake.backend=native on a Spark with Delta")
+
+
 def rs_uri(uri: str) -> str:
     """A :func:`_uri` as delta-rs takes it: a local table as its plain path (in a ``file://`` URL a
     ``#`` would start a fragment), an object-store URI as it is; TableError for a location delta-rs
-    cannot read back (:data:`_ESCAPE_LIKE`), naming it, before anything is written there. Spaces,
-    ``#``, ``=``, a lone ``%`` and non-ASCII characters pass as they are."""
+    cannot read back (:func:`delta_rs_unreadable`), naming it, before anything is written there.
+    Spaces, ``#``, ``=``, a lone ``%`` and non-ASCII characters pass as they are."""
     if uri.startswith("file://"):
         uri = uri[len("file://"):]
-    bad = _ESCAPE_LIKE.search(uri)
-    if bad:
-        raise TableError(f"{uri!r}: the embedded Delta backend (delta-rs) cannot read a table whose location "
-                         f"holds {bad.group(0)!r} (a '%' and two hex digits: it decodes it as an escaped character); rename the "
-                         "folder, or use lake.backend=native on a Spark with Delta")
+    why = delta_rs_unreadable(uri)
+    if why:
+        raise TableError(f"{uri!r}: {why}")
     return uri
 
 
@@ -195,11 +192,9 @@ class Lake:
         self.backend = ("native" if native else "embedded") if config.backend == "auto" else config.backend
         if self.backend == "native" and not native:
             raise TableError("lake.backend='native' but this Spark session has no Delta Lake (io.delta jars missing)")
-        if self.backend == "embedded":
-            try:
-                rs_uri(_uri(self.root))
-            except TableError as exc:
-                raise TableError(f"lake.root={self.root!r}: {str(exc).split(': ', 1)[1]}") from None
+        why = delta_rs_unreadable(self.root) if self.backend == "embedded" else None
+        if why:
+            raise TableError(f"lake.root={self.root!r}: {why}")
         self._check_reachable()
         log.info("lake at %s (%s Delta)", self.root, self.backend)
 
@@ -624,11 +619,11 @@ class Lake:
         from the new snapshot (the last writer's rows win, whole). Creating the table races the
         same way: the loser commits to the table the winner created.
 
-        With ``unchanged_since`` every attempt first reads the commits after that version on its
-        fresh snapshot: one that touched ``run_id``'s partition raises :class:`RunChangedError`
-        (the rows were computed from a snapshot that no longer holds). The check and the commit are
-        one step: the commit goes on exactly the snapshot checked, without retries, so a commit
-        that slips in between fails it and the next attempt checks again.
+        With ``unchanged_since`` every attempt reads the commits between that version and its fresh
+        snapshot: one that touched ``run_id``'s partition raises :class:`RunChangedError` (the rows
+        were computed from a snapshot that no longer holds). The commit goes on exactly the
+        snapshot checked, without retries, so a commit that slips in between fails it and the next
+        attempt checks again.
         """
         from deltalake import CommitProperties, Schema
         from deltalake.exceptions import CommitFailedError
@@ -637,7 +632,6 @@ class Lake:
         no_retry = CommitProperties(max_commit_retries=0, custom_metadata={str(k): str(v) for k, v in (commit_metadata or {}).items()} or None)
         for attempt in range(COMMIT_ATTEMPTS):
             try:
-                checked = self._refuse_if_run_changed(uri, name, run_id, unchanged_since) if unchanged_since is not None else None
                 if not self._is_delta(uri):
                     fault_point("commit:ready", table=name, attempt=attempt)
                     try:
@@ -651,11 +645,9 @@ class Lake:
                         if not self._is_delta(uri):
                             raise
                         log.info("table %s was created by a concurrent writer: committing to it instead", name)
-                        if unchanged_since is not None:
-                            continue  # check the creator's commit on the next attempt
                 dt = self._delta(uri)  # a fresh snapshot for every attempt
-                if checked is not None and dt.version() != checked:
-                    continue  # a commit landed between the check and this snapshot: check again
+                if unchanged_since is not None:
+                    self._refuse_if_run_changed(name, run_id, unchanged_since, dt.version())
                 _check_same_schema(_table_arrow_schema(dt), schema, name)
                 _check_same_partitions(dt.metadata().partition_columns, partition_by, name)
                 fault_point("commit:ready", table=name, attempt=attempt)
@@ -672,32 +664,23 @@ class Lake:
                 time.sleep(wait)
         raise TableError(f"table {name!r}: {COMMIT_ATTEMPTS} commits for run {run_id!r} in a row lost to concurrent writers; nothing was committed")
 
-    def _refuse_if_run_changed(self, uri: str, name: str, run_id: str, since: int) -> int:
-        """RunChangedError when a version of the table after ``since`` added or removed files of
-        ``run_id``'s partition (read from the commits' own actions); else the latest version checked."""
-        latest = self._delta(uri).version() if self._is_delta(uri) else -1
-        touched = [v for v in range(since + 1, latest + 1) if run_id in self.commit_runs(name, v)]
+    def _refuse_if_run_changed(self, name: str, run_id: str, since: int, latest: int) -> None:
+        """RunChangedError when a version of the table in (``since``, ``latest``] added or removed
+        files of ``run_id``'s partition (its log entry's own actions; a version whose entry is gone,
+        e.g. cleaned up after a checkpoint, counts as touching it)."""
+        fs, table_dir = self._fs(self.path(name))
+        touched = []
+        for version in range(since + 1, latest + 1):
+            try:
+                actions = commit_file_actions(fs, f"{table_dir}/_delta_log/{version:020d}.json")
+                runs = {(a.get("partitionValues") or {}).get(RUN_ID) for a in actions}
+            except OSError:
+                runs = {run_id}
+            if run_id in runs:
+                touched.append(version)
         if touched:
             raise RunChangedError(f"table {name!r}: version(s) {touched} changed run {run_id!r}'s rows after version {since}, "
                                   "which this write was computed from: nothing was committed")
-        return latest
-
-    def commit_runs(self, name: str, version: int) -> set:
-        """The ``run_id`` partitions whose files one commit of the table added or removed (its log
-        entry; a commit whose entry is gone, e.g. cleaned up after a checkpoint, counts as all of them)."""
-        fs, table_dir = self._fs(self.path(name))
-        try:
-            with fs.open_input_stream(f"{table_dir}/_delta_log/{version:020d}.json") as f:
-                lines = f.read().decode().splitlines()
-        except (FileNotFoundError, OSError):
-            return _ALL_RUNS
-        runs = set()
-        for line in lines:
-            action = json.loads(line) if line.strip() else {}
-            for kind in ("add", "remove"):
-                if kind in action:
-                    runs.add((action[kind].get("partitionValues") or {}).get(RUN_ID))
-        return runs
 
     # ------------------------------------------------------------------ files no version references
 
@@ -708,12 +691,8 @@ class Lake:
         paths: set[str] = set()
         for info in fs.get_file_info(pafs.FileSelector(log_dir, recursive=False, allow_not_found=True)):
             if info.base_name.endswith(".json"):
-                with fs.open_input_stream(info.path) as f:
-                    for line in f.read().decode().splitlines():
-                        action = json.loads(line) if line.strip() else {}
-                        for kind in ("add", "remove"):
-                            if kind in action:
-                                paths |= {action[kind]["path"], unquote(action[kind]["path"])}
+                for action in commit_file_actions(fs, info.path):
+                    paths |= {action["path"], unquote(action["path"])}
             elif info.base_name.endswith(".parquet") and ".checkpoint" in info.base_name:
                 cp = pq.read_table(info.path, filesystem=fs, columns=["add", "remove"])
                 for column in ("add", "remove"):
@@ -1009,6 +988,14 @@ class Lake:
 SCRATCH_AGE_SECONDS = 24 * 3600.0
 #: a live run touches this file in its scratch folder on every pass, so age means idle time
 HEARTBEAT = "_alive"
+
+
+def commit_file_actions(fs: pafs.FileSystem, log_file: str) -> list[dict]:
+    """The ``add`` and ``remove`` actions of one commit file of a Delta log (OSError if it is gone)."""
+    with fs.open_input_stream(log_file) as f:
+        lines = f.read().decode().splitlines()
+    actions = [json.loads(line) for line in lines if line.strip()]
+    return [a[kind] for a in actions for kind in ("add", "remove") if kind in a]
 
 
 def put_bytes(uri: str, data: bytes, options: Optional[dict] = None) -> None:

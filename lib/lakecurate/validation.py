@@ -251,8 +251,7 @@ def squared_norms(x: np.ndarray) -> np.ndarray:
 def unusable_rows(x: np.ndarray, metric: str) -> dict[str, np.ndarray]:
     """The finite rows ``metric`` cannot take, as ``{reason: boolean mask}`` (reasons with no row left out).
 
-    * ``cosine`` (and de-duplication, which compares directions): a zero row has no direction; a
-      row whose squared norm is below float32's smallest normal value cannot be normalised in
+    * ``cosine``: a zero row has no direction; a row whose squared norm is below float32's smallest normal value cannot be normalised in
       float32; one above :data:`F32_SQUARED_NORM_MAX` overflows on the way. Each would otherwise
       land in a cluster of its own kind, silently.
     * ``l2``: a row whose squared norm (hence its distances) overflows float32, or underflows it

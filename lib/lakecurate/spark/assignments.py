@@ -25,6 +25,11 @@ def assignment_schema(id_column: str, id_type):
     ])
 
 
+def cluster_counts(assignments) -> dict[int, int]:
+    """``{level-1 cluster: rows}`` of an ``assignments`` DataFrame (one aggregate; k rows reach the driver)."""
+    return {int(r["cluster"]): int(r["count"]) for r in assignments.groupBy("cluster").count().collect()}
+
+
 def _paths(lab: np.ndarray, parents) -> np.ndarray:
     path = np.empty((lab.size, len(parents) + 1), np.int32)
     path[:, 0] = lab

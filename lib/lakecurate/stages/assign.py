@@ -50,7 +50,7 @@ from lakecurate.core.kmeans import normalize_rows
 from lakecurate.errors import ConfigError, RunChangedError, StaleTreeWarning, TableError
 from lakecurate.faults import fault_point
 from lakecurate.spark.arrow import matrix_to_list_array
-from lakecurate.spark.assignments import assignment_rows
+from lakecurate.spark.assignments import assignment_rows, cluster_counts
 from lakecurate.stages.context import Stage, StageContext
 from lakecurate.tables import ASSIGNMENTS, CLUSTERS, COARSE_CLUSTERS, DUPLICATES, RUNS
 
@@ -172,8 +172,8 @@ def fit_quantiles(ctx: StageContext, tree_run: str, k: int) -> np.ndarray:
 def level1_counts(ctx: StageContext, tree_run: str, k: int, version: Optional[int] = None) -> np.ndarray:
     """Rows per level-1 cluster in the tree's ``assignments`` (at ``version``, default the latest)."""
     size = np.zeros(k, np.int64)
-    for r in ctx.lake.read(ASSIGNMENTS, tree_run, version=version).groupBy("cluster").count().collect():
-        size[int(r["cluster"])] = int(r["count"])
+    for cluster, n in cluster_counts(ctx.lake.read(ASSIGNMENTS, tree_run, version=version)).items():
+        size[cluster] = n
     return size
 
 
@@ -240,7 +240,7 @@ def run_assign(ctx: StageContext, metrics: dict) -> None:
     id_col = cfg.input.id_column
     t0 = time.perf_counter()
     tree_run = find_tree(ctx)
-    centroids, parents, pdf = read_tree(ctx, tree_run)
+    centroids, parents, _ = read_tree(ctx, tree_run)
     k = centroids.shape[0]
     metrics.update(tree_run_id=tree_run, increment=ctx.run_id)
     quantiles = fit_quantiles(ctx, tree_run, k)
@@ -304,7 +304,6 @@ def append_new_rows(ctx: StageContext, tree_run: str, centroids, parents):
                 raise TableError(f"the input {cfg.input.location} has dimension {blocks.d} but the tree of run {tree_run!r} has "
                                  f"dimension {centroids.shape[1]}")
             rows = assignment_rows(blocks, centroids, parents, id_column=id_col)
-            fault_point("assign:labelled")
             info = ctx.lake.append_run(rows, ASSIGNMENTS, tree_run, commit_metadata={"lakecurate.increment": ctx.run_id},
                                        unchanged_since=-1 if version is None else version)
             fault_point("assign:appended")

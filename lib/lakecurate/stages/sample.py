@@ -71,11 +71,10 @@ def read_tree(ctx: StageContext) -> ClusterTree:
 def check_counts(ctx: StageContext, tree: ClusterTree) -> None:
     """TableError unless every level-1 ``size`` of the tree counts its rows in ``assignments``: the
     quotas are computed from the sizes, so stale ones would curate the wrong number of rows."""
-    from pyspark.sql import functions as F
+    from lakecurate.spark.assignments import cluster_counts
 
     tree_run = ctx.output_run("cluster")
-    counted = {int(r["cluster"]): int(r["n"]) for r in
-               ctx.lake.read(ASSIGNMENTS, tree_run).groupBy("cluster").agg(F.count("*").alias("n")).collect()}
+    counted = cluster_counts(ctx.lake.read(ASSIGNMENTS, tree_run))
     sizes = tree.sizes[0]
     total = sum(counted.values())
     wrong = [c for c in range(sizes.size) if counted.pop(c, 0) != int(sizes[c])] + sorted(counted)
