@@ -14,16 +14,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import threading
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from deltalake import DeltaTable
 
 import lakecurate.lake as lake_module
@@ -35,10 +29,10 @@ from lakecurate.plan import load_plan
 
 from builders import embeddings_table
 from digests import run_digests
+from faults.jobs import RaceAt, frame, killed_at, run_together
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.spark]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 N, NEW, D = 1500, 240, 8
 CLUSTERING = {"n_clusters": [20, 4], "n_resampling_steps": 1, "resample_size": [1, 2], "n_iter": 3, "seed": 1}
 SPARK = {"master": "local[2]", "partitions": 2, "conf": {"spark.sql.shuffle.partitions": 2}}
@@ -93,10 +87,6 @@ def lake_copy(fitted, tmp_path) -> str:
     return str(root)
 
 
-def frame(root, name):
-    return DeltaTable(os.path.join(root, name)).to_pandas()
-
-
 def assert_tree_counts_its_rows(root, tree):
     """Each id of the tree's assignments once, and every level's sizes counting them."""
     a = frame(root, "assignments")
@@ -124,43 +114,6 @@ def marks(root, run_id):
     return list(zip(c["id"], c["dropped_in"].fillna("")))
 
 
-class RaceAt:
-    """Makes ``count`` writers of ``table`` wait for each other right before their (first) commit,
-    so each computed its rows from the same snapshot: the race the commit must survive."""
-
-    def __init__(self, monkeypatch, table, count=2):
-        self.table, self.barrier, self.calls = table, threading.Barrier(count, timeout=120), 0
-        real = lake_module.Lake._write
-        race = self
-
-        def write(lake, df, name, **kw):
-            if name == race.table and race.calls < count:
-                race.calls += 1
-                df = df.cache()
-                df.count()  # the rows computed before either commits
-                race.barrier.wait()
-            return real(lake, df, name, **kw)
-
-        monkeypatch.setattr(lake_module.Lake, "_write", write)
-
-
-def run_together(spark, configs):
-    results, errors = {}, {}
-
-    def go(key, cfg):
-        try:
-            results[key] = run(load_plan(data=cfg), spark=spark)
-        except BaseException as exc:  # noqa: BLE001 - reported by the caller
-            errors[key] = exc
-
-    threads = [threading.Thread(target=go, args=(k, c)) for k, c in configs.items()]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results, errors
-
-
 @pytest.mark.parametrize("ids", [("nightly-a", "nightly-a"), ("nightly-a", "nightly-b")], ids=["one-run-twice", "two-runs"])
 def test_two_assigns_at_once_append_the_increment_once(spark, fitted, tmp_path, monkeypatch, ids):
     root = lake_copy(fitted, tmp_path)
@@ -176,6 +129,20 @@ def test_two_assigns_at_once_append_the_increment_once(spark, fitted, tmp_path, 
     # the assignments table got the increment in one version: exactly one commit tagged with an increment
     tagged = [h for h in DeltaTable(os.path.join(root, "assignments")).history() if h.get("lakecurate.increment")]
     assert len(tagged) == 1
+
+
+@pytest.mark.parametrize("ids", [("nightly", "nightly"), ("nightly", "nightly-b")], ids=["one-run-twice", "two-runs"])
+def test_two_incremental_dedups_at_once_leave_each_runs_duplicates_once(spark, fitted, tmp_path, monkeypatch, ids):
+    root = lake_copy(fitted, tmp_path)
+    race = RaceAt(monkeypatch, "duplicates")
+    configs = {f"r{i}": {**nightly(root, fitted["grown"], run_id=run_id), "stages": ["dedup", "assign"]} for i, run_id in enumerate(ids)}
+    results, errors = run_together(spark, configs)
+    assert race.calls == 2 and not errors, errors
+    want = run_digests(fitted["alone"], fitted["nightly_run"])["duplicates"]
+    for run_id in set(ids):
+        assert run_digests(root, run_id)["duplicates"] == want  # each run's duplicates once, whole
+    assert sorted(r.stages["dedup"]["removed"] for r in results.values()) == [want["rows"]] * 2
+    assert_tree_counts_its_rows(root, fitted["tree"])
 
 
 def test_a_rerun_after_a_race_repairs_nothing_and_appends_nothing(spark, fitted, tmp_path):
@@ -257,16 +224,6 @@ POINTS = [
     "commit:files_written:table=curated",
     "commit:files_written:table=curated@2",  # the top-up's marks of the earlier set
 ]
-
-
-def killed_at(point, cfg, tmp_path):
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "LAKECURATE_FAULT": point, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
-           "PYTHONPATH": os.path.join(ROOT, "lib") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    out = subprocess.run([sys.executable, "-m", "lakecurate.cli", "run", str(path)], env=env, cwd=str(tmp_path),
-                         capture_output=True, text=True, timeout=600, start_new_session=True)
-    assert out.returncode == -signal.SIGKILL, f"the job was not killed at {point}: rc {out.returncode}\n{out.stderr[-3000:]}"
 
 
 @pytest.mark.parametrize("point", POINTS)
