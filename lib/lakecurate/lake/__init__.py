@@ -19,13 +19,11 @@ matrices staged once as Parquet under ``lake.staging``) and keeps its own files 
 
 from __future__ import annotations
 
-import errno
 import fnmatch
 import json
 import logging
 import os
 import posixpath
-import re
 import random
 import time
 import uuid
@@ -39,13 +37,17 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lakecurate.config import LakeConfig
+# the package's public names, where callers have always found them
+from lakecurate.lake.delta import (DeltaFile, Snapshot, arrow_schema_of, commit_file_actions, delta_files,  # noqa: F401
+                                   read_delta_files, scan_delta, table_schema)
+from lakecurate.lake.paths import (absolute, delta_rs_unreadable, disk_error, filesystem, first_line, get_bytes,  # noqa: F401
+                                   hadoop_uri, is_uri, put_bytes, quietly, remove_path, rs_uri)
 from lakecurate.errors import InputDataError, RunChangedError, TableError
 from lakecurate.faults import fault_point
 from lakecurate.spark.errors import as_lakecurate_error
 from lakecurate.spark.errors import describe as describe_spark_error
 from lakecurate.spark.session import has_native_delta
 from lakecurate.tables import ADDED_COLUMNS, DESCRIPTIONS, OUTDATED_COLUMNS, PARTITIONS, ROW_GROUP_BYTES
-from lakecurate.validation import PYARROW_STORAGE_OPTIONS, STORAGE_SCHEMES
 
 log = logging.getLogger(__name__)
 
@@ -71,103 +73,6 @@ def new_token() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:12]
 
 
-_DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-                errno.EACCES: "permission denied", errno.EPERM: "operation not permitted", errno.EROFS: "read-only file system"}
-
-
-def disk_error(exc: OSError, doing: str) -> TableError:
-    """A one-line TableError for an OSError while ``doing`` something: what, where, and why."""
-    reason = _DISK_ERRNOS.get(exc.errno or -1, exc.strerror or _first_line(exc))
-    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-    return TableError(f"{doing} failed: {reason}{where}")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def _dbfs(path: str) -> str:
-    """``dbfs:/Volumes/x`` -> ``/Volumes/x``, ``dbfs:/x`` -> ``/dbfs/x``: Databricks' FUSE mounts,
-    which Spark, pyarrow and delta-rs all read; refused where the mount does not exist (it would
-    otherwise become a local folder named ``dbfs:``)."""
-    if not path.startswith("dbfs:"):
-        return path
-    rest = path[len("dbfs:"):].lstrip("/")
-    local = "/" + rest if rest.startswith("Volumes/") else "/dbfs/" + rest
-    top = "/" + local.strip("/").split("/")[0]
-    if not os.path.isdir(top):
-        raise TableError(f"{path!r}: dbfs: paths are read through Databricks' {top} mount, which this machine does not have; "
-                         "on Databricks give /Volumes/... paths, elsewhere an s3://, abfss:// or gs:// URI")
-    return local
-
-
-def _abs(path: str) -> str:
-    path = _dbfs(path)
-    return path if _is_uri(path) else os.path.abspath(path)
-
-
-def filesystem(path: str, options: Optional[dict] = None) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem for ``path`` (with ``lake.storage_options`` for object stores) and the
-    path inside it."""
-    path = _dbfs(path)
-    if not _is_uri(path):
-        return pafs.LocalFileSystem(), os.path.abspath(path)
-    scheme, rest = path.split("://", 1)
-    kind = STORAGE_SCHEMES.get(scheme.lower())
-    if not options or kind not in PYARROW_STORAGE_OPTIONS:
-        return pafs.FileSystem.from_uri(f"s3://{rest}" if kind == "s3" else path)
-    lower = {k.lower(): v for k, v in options.items()}
-    kwargs = {arg: str(lower[k]) for k, arg in PYARROW_STORAGE_OPTIONS[kind].items() if k in lower}
-    if kind == "s3":
-        if str(lower.get("aws_allow_http", "")).lower() == "true":
-            kwargs["scheme"] = "http"
-        if "endpoint_override" in kwargs:
-            kwargs["endpoint_override"] = kwargs["endpoint_override"].split("://", 1)[-1]
-        return pafs.S3FileSystem(**kwargs), rest
-    container, _, inner = rest.partition("/")
-    account = container.split("@", 1)
-    return pafs.AzureFileSystem(**kwargs), (account[0] + "/" + inner if len(account) == 2 else rest)
-
-
-def _uri(path: str) -> str:
-    """The path as Spark (Hadoop) takes it: ``file://`` plus the path as it is for local paths
-    (Hadoop reads every character literally: a ``%`` is a ``%``), URIs unchanged."""
-    path = _dbfs(path)
-    return path if _is_uri(path) else "file://" + os.path.abspath(path)
-
-
-#: ``%`` and two hex digits: delta-rs (1.6) decodes such a sequence in a table's location once more
-#: than it encodes it, so a table under a folder named ``a%20b`` is written but cannot be read back
-_ESCAPE_LIKE = re.compile(r"%[0-9A-Fa-f]{2}")
-
-
-def delta_rs_unreadable(location: str) -> Optional[str]:
-    """Why delta-rs cannot read a table at ``location`` back (:data:`_ESCAPE_LIKE`), or None."""
-    bad = _ESCAPE_LIKE.search(location)
-    if bad is None:
-        return None
-    return (f"the embedded Delta backend (delta-rs) cannot read a table whose location holds {bad.group(0)!r} (a '%' and two "
-            "hex digits: it decodes it as an escaped character); rename the folder, or use lake.backend=native on a Spark with Delta")
-
-
-def rs_uri(uri: str) -> str:
-    """A :func:`_uri` as delta-rs takes it: a local table as its plain path (in a ``file://`` URL a
-    ``#`` would start a fragment), an object-store URI as it is; TableError for a location delta-rs
-    cannot read back (:func:`delta_rs_unreadable`), naming it, before anything is written there.
-    Spaces, ``#``, ``=``, a lone ``%`` and non-ASCII characters pass as they are."""
-    if uri.startswith("file://"):
-        uri = uri[len("file://"):]
-    why = delta_rs_unreadable(uri)
-    if why:
-        raise TableError(f"{uri!r}: {why}")
-    return uri
-
-
 @dataclass
 class TableInfo:
     name: str
@@ -184,10 +89,10 @@ class Lake:
         self.spark = spark
         #: ``lake.storage_options``: credentials and endpoints for delta-rs and pyarrow (Spark uses its own settings)
         self.options = {str(k): str(v) for k, v in (config.storage_options or {}).items()}
-        self.root = _abs(config.root)
+        self.root = absolute(config.root)
         self.database = config.database
         #: where inputs that must be rewritten are staged (``lake.staging``; default ``<root>/_staging``)
-        self.staging = _abs(config.staging) if config.staging else self._join(self.root, "_staging")
+        self.staging = absolute(config.staging) if config.staging else self._join(self.root, "_staging")
         native = spark is not None and config.backend != "embedded" and has_native_delta(spark)
         self.backend = ("native" if native else "embedded") if config.backend == "auto" else config.backend
         if self.backend == "native" and not native:
@@ -206,10 +111,10 @@ class Lake:
             fs.get_file_info(root)
         except OSError as exc:
             hint = ""
-            if _is_uri(self.root):
+            if is_uri(self.root):
                 hint = ("; give credentials in the environment (AWS_*, AZURE_STORAGE_*, GOOGLE_APPLICATION_CREDENTIALS), "
                         "an instance role, or lake.storage_options")
-            raise TableError(f"lake.root={self.root!r} cannot be reached: {_first_line(exc)}{hint}") from exc
+            raise TableError(f"lake.root={self.root!r} cannot be reached: {first_line(exc)}{hint}") from exc
 
     # ------------------------------------------------------------------ storage
 
@@ -250,34 +155,30 @@ class Lake:
     # ------------------------------------------------------------------ reading
 
     def exists(self, name: str) -> bool:
-        return self._is_delta(_uri(self.path(name)))
+        return self._is_delta(hadoop_uri(self.path(name)))
 
     def read(self, name: str, run_id: Optional[str] = None, *, version: Optional[int] = None):
         """A table of this lake as a DataFrame (optionally one run's rows; at ``version``, default the latest)."""
-        df = self.read_delta_path(self.path(name), version=version)
+        df = self.read_delta_path(self.path(name), version=version, partition=None if run_id is None else {RUN_ID: run_id})
         if run_id is not None:
             from pyspark.sql import functions as F
 
             df = df.where(F.col(RUN_ID) == run_id)
         return df
 
-    def read_delta_path(self, path: str, version: Optional[int] = None):
-        """Any Delta table by path (at ``version``, default the latest), with this lake's backend."""
-        uri = _uri(path)
+    def read_delta_path(self, path: str, version: Optional[int] = None, partition: Optional[dict] = None):
+        """Any Delta table by path (at ``version``, default the latest), with this lake's backend:
+        the rows the Delta protocol says are live (:mod:`lakecurate.lake.spark_read` on embedded
+        lakes). ``partition`` (``{column: value}``) limits an embedded read to those files; callers
+        still filter."""
+        uri = hadoop_uri(path)
         if self.backend == "native":
             reader = self.spark.read.format("delta")
             return (reader.option("versionAsOf", version) if version is not None else reader).load(uri)
-        if not self._is_delta(uri):
-            raise TableError(f"{path!r} is not a Delta table (no readable _delta_log)")
-        dt = self._delta(uri, version=version)
-        files = [unquote(u) for u in dt.file_uris()]  # delta-rs percent-encodes them; Spark takes paths as they are
-        spark_schema = _spark_schema(_table_arrow_schema(dt))
-        if not files:
-            return self.spark.createDataFrame([], spark_schema)
-        partition_cols = dt.metadata().partition_columns
-        reader = self.spark.read.schema(spark_schema).option("basePath", uri)
-        df = reader.parquet(*files)
-        return df.select(*[f.name for f in spark_schema.fields]) if partition_cols else df
+        from lakecurate.lake.spark_read import snapshot_frame
+
+        snap = Snapshot(path, storage_options=self.options, version=version)
+        return snapshot_frame(self.spark, snap, _spark_schema(snap.schema), partition)
 
     def partition_sizes(self, name: str, run_id: str, column: str) -> dict:
         """``{value: {"rows", "files", "bytes"}}`` of one run's rows of a table partitioned by
@@ -316,15 +217,13 @@ class Lake:
 
     def delta_snapshot(self, path: str) -> dict:
         """The identity of a Delta table's latest version: ``{"table_id", "version"}``."""
-        uri = _uri(path)
+        uri = hadoop_uri(path)
         if self.backend == "native":
             detail = self.spark.sql(f"DESCRIBE DETAIL delta.`{uri}`").first()
             version = self.spark.sql(f"DESCRIBE HISTORY delta.`{uri}` LIMIT 1").first()["version"]
             return {"table_id": detail["id"], "version": int(version)}
-        if not self._is_delta(uri):
-            raise TableError(f"{path!r} is not a Delta table (no readable _delta_log)")
-        dt = self._delta(uri)
-        return {"table_id": dt.metadata().id, "version": dt.version()}
+        snap = Snapshot(path, storage_options=self.options)
+        return {"table_id": snap.table_id, "version": snap.version}
 
     def row_count(self, format: str, path: str, snapshot: Optional[dict] = None, *, max_files: int = 2000) -> Optional[int]:
         """Rows of a Delta or Parquet input from metadata alone (the Delta log's per-file record
@@ -334,9 +233,7 @@ class Lake:
                 if self.backend == "native":
                     return None  # no delta-rs on native lakes; counted by the stages' first job
                 version = snapshot.get("version") if snapshot else None
-                adds = pa.table(self._delta(_uri(path), version=version).get_add_actions(flatten=True))
-                counts = adds.column("num_records").to_pylist() if adds.num_rows else []
-                return None if any(c is None for c in counts) else int(sum(counts))
+                return Snapshot(path, storage_options=self.options, version=version).live_rows()
             if format == "parquet":
                 fs, base = self._fs(path)
                 listing = snapshot.get("listing") if snapshot else None
@@ -374,8 +271,8 @@ class Lake:
                 return list(self.read(name).columns)
             except Exception:
                 return None
-        uri = _uri(self.path(name))
-        return list(_table_arrow_schema(self._delta(uri)).names) if self._is_delta(uri) else None
+        uri = hadoop_uri(self.path(name))
+        return list(arrow_schema_of(self._delta(uri)).names) if self._is_delta(uri) else None
 
     def refuse_outdated(self, name: str) -> None:
         """TableError, saying what to do, when table ``name`` was written by an older lakecurate
@@ -405,20 +302,20 @@ class Lake:
         if not missing:
             return []
         if self.backend == "native":
-            target = self.qualified(name) if self.database else f"delta.`{_uri(self.path(name))}`"
+            target = self.qualified(name) if self.database else f"delta.`{hadoop_uri(self.path(name))}`"
             cols = ", ".join(f"{c} {fields[c].dataType.simpleString()}" for c in missing)
             self.spark.sql(f"ALTER TABLE {target} ADD COLUMNS ({cols})")
         else:
-            from deltalake.schema import Field, Schema
+            from deltalake.schema import Schema
 
             arrow = pa.schema([pa.field(c, _arrow_schema(schema).field(c).type, nullable=True) for c in missing])
-            self._delta(_uri(self.path(name))).alter.add_columns(list(Schema.from_arrow(arrow).fields))
+            self._delta(hadoop_uri(self.path(name))).alter.add_columns(list(Schema.from_arrow(arrow).fields))
         log.info("table %s gained the column(s) %s (an older lakecurate wrote it; its earlier rows read them as null)",
                  name, missing)
         return missing
 
     def version(self, name: str) -> Optional[int]:
-        uri = _uri(self.path(name))
+        uri = hadoop_uri(self.path(name))
         if not self._is_delta(uri):
             return None
         if self.backend == "native":
@@ -495,7 +392,7 @@ class Lake:
             self.register(name)
         except Exception as exc:  # noqa: BLE001
             log.warning("committed %s version %s, but could not register it as a view in this session: %s", name, info.version,
-                        _first_line(exc))
+                        first_line(exc))
         return info
 
     def _write_native(self, df, name: str, run_id: str, mode: str, max_rows_per_file: Optional[int],
@@ -515,9 +412,9 @@ class Lake:
                 self._refuse_if_native_run_changed(name, run_id, unchanged_since)
             try:
                 if self.database:
-                    writer.option("path", _uri(path)).saveAsTable(self.qualified(name))
+                    writer.option("path", hadoop_uri(path)).saveAsTable(self.qualified(name))
                 else:
-                    writer.save(_uri(path))
+                    writer.save(hadoop_uri(path))
                 break
             except Exception as exc:  # Delta's optimistic concurrency lost to another writer: write again
                 text = str(exc)
@@ -536,7 +433,7 @@ class Lake:
         from pyspark.sql import functions as F
 
         def files(version):
-            if version is None and not self._is_delta(_uri(self.path(name))):
+            if version is None and not self._is_delta(hadoop_uri(self.path(name))):
                 return set()
             frame = self.read(name, run_id, version=version).select(F.input_file_name().alias("f")).distinct()
             return {r["f"] for r in frame.collect()}
@@ -566,13 +463,13 @@ class Lake:
         files_rel = f"{DATA_DIR}/{RUN_ID}={_escape(run_id)}/" + (f"{WRITE_DIR}={token}" if parts else token)
         files_dir = f"{table_dir}/{files_rel}"
         arrow_schema = _arrow_schema(df.schema)
-        uri = _uri(path)
+        uri = hadoop_uri(path)
         if self._is_delta(uri):
-            _check_same_schema(_table_arrow_schema(self._delta(uri)), arrow_schema, name)
+            _check_same_schema(arrow_schema_of(self._delta(uri)), arrow_schema, name)
         self._remove_stale_files(name)  # also when a killed first write left files but no table
         committed = False
         try:
-            _with_layout(df.drop(RUN_ID).write.mode("error").partitionBy(*parts), name, max_rows_per_file).parquet(_uri(files_dir))
+            _with_layout(df.drop(RUN_ID).write.mode("error").partitionBy(*parts), name, max_rows_per_file).parquet(hadoop_uri(files_dir))
             adds = []
             for info in fs.get_file_info(pafs.FileSelector(files_dir, recursive=True)):
                 if not info.is_file or not info.base_name.endswith(".parquet") or info.base_name.startswith((".", "_")):
@@ -597,7 +494,7 @@ class Lake:
             fault_point("commit:committed", table=name)
         except BaseException as exc:
             if not committed:
-                _quiet(fs.delete_dir, files_dir)
+                quietly(fs.delete_dir, files_dir)
             doing = f"writing table {name!r} at {path!r} for run {run_id!r}"
             if isinstance(exc, OSError):
                 raise disk_error(exc, doing) from exc
@@ -605,7 +502,7 @@ class Lake:
                 converted = as_lakecurate_error(exc, doing)
                 if isinstance(converted, TableError):  # a disk error on the executors
                     raise converted from exc
-                raise TableError(f"{doing} failed: {describe_spark_error(str(exc)) if converted else _first_line(exc)}") from exc
+                raise TableError(f"{doing} failed: {describe_spark_error(str(exc)) if converted else first_line(exc)}") from exc
             raise
         return TableInfo(name, path, version, "embedded")
 
@@ -648,7 +545,7 @@ class Lake:
                 dt = self._delta(uri)  # a fresh snapshot for every attempt
                 if unchanged_since is not None:
                     self._refuse_if_run_changed(name, run_id, unchanged_since, dt.version())
-                _check_same_schema(_table_arrow_schema(dt), schema, name)
+                _check_same_schema(arrow_schema_of(dt), schema, name)
                 _check_same_partitions(dt.metadata().partition_columns, partition_by, name)
                 fault_point("commit:ready", table=name, attempt=attempt)
                 if mode == "replace_run":
@@ -660,7 +557,7 @@ class Lake:
             except CommitFailedError as exc:
                 wait = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
                 log.info("commit to %s conflicted with a concurrent commit (attempt %d of %d: %s); retrying on a fresh snapshot in %.2fs",
-                         name, attempt + 1, COMMIT_ATTEMPTS, _first_line(exc), wait)
+                         name, attempt + 1, COMMIT_ATTEMPTS, first_line(exc), wait)
                 time.sleep(wait)
         raise TableError(f"table {name!r}: {COMMIT_ATTEMPTS} commits for run {run_id!r} in a row lost to concurrent writers; nothing was committed")
 
@@ -728,7 +625,7 @@ class Lake:
                 self.delete_table_files(name, stale)
                 log.info("removed %d file(s) of %s that no version references (leftovers of killed writes)", len(stale), name)
         except Exception as exc:  # cleaning is never worth failing a write for
-            log.warning("could not look for leftover files in %s: %s", name, _first_line(exc))
+            log.warning("could not look for leftover files in %s: %s", name, first_line(exc))
 
     def table_names(self, *, with_leftovers: bool = False) -> list[str]:
         """The Delta tables directly under the root; with ``with_leftovers`` also the folders where a
@@ -784,7 +681,7 @@ class Lake:
                 full = f"{table_dir}/{folder}"
                 if fs.get_file_info(pafs.FileSelector(full, allow_not_found=True)):
                     break
-                _quiet(fs.delete_dir, full)
+                quietly(fs.delete_dir, full)
                 folder = posixpath.dirname(folder)
 
     # ------------------------------------------------------------------ inputs
@@ -807,7 +704,7 @@ class Lake:
         try:
             kind = fs.get_file_info(p).type
         except OSError as exc:  # credentials, permissions, network: one line naming the path
-            raise TableError(f"{key}.path={path!r} cannot be read: {_first_line(exc)}") from exc
+            raise TableError(f"{key}.path={path!r} cannot be read: {first_line(exc)}") from exc
         if kind == pafs.FileType.NotFound:
             raise TableError(f"{key}.path={path!r} does not exist")
         try:
@@ -816,9 +713,9 @@ class Lake:
             if format == "parquet":
                 listing = snapshot.get("listing") if snapshot else None
                 if listing and fs.get_file_info(p).type == pafs.FileType.Directory:
-                    base = _uri(path).rstrip("/")
+                    base = hadoop_uri(path).rstrip("/")
                     return self.spark.read.option("basePath", base).parquet(*[f"{base}/{rel}" for rel in listing])
-                return self.spark.read.parquet(_uri(path))
+                return self.spark.read.parquet(hadoop_uri(path))
         except TableError:
             raise
         except Exception as exc:
@@ -837,7 +734,7 @@ class Lake:
 
     def file_uri(self, folder: str, relpath: str) -> str:
         """The path Spark's file sources give a file ``relpath`` under ``folder`` (``file:/...`` locally)."""
-        if _is_uri(folder):
+        if is_uri(folder):
             return folder.rstrip("/") + "/" + relpath
         return "file:" + os.path.join(os.path.abspath(folder), relpath)
 
@@ -867,8 +764,8 @@ class Lake:
             except OSError as exc:
                 raise disk_error(exc, f"staging {path!r} as Parquet under {self.staging!r}") from exc
             finally:
-                _quiet(fs.delete_dir, tmp)
-        df = self.spark.read.parquet(_uri(out_dir))
+                quietly(fs.delete_dir, tmp)
+        df = self.spark.read.parquet(hadoop_uri(out_dir))
         return df.withColumnRenamed("id", id_column).withColumnRenamed("embedding", embedding_column)
 
     def _half_staged(self, older_than_seconds: float) -> list:
@@ -904,7 +801,7 @@ class Lake:
         scratch = self.scratch(what)
         try:
             # uncompressed: float32 bytes do not compress, and a pass reads them again and again
-            df.write.mode("error").option("compression", "uncompressed").parquet(_uri(f"{scratch.path}/data"))
+            df.write.mode("error").option("compression", "uncompressed").parquet(hadoop_uri(f"{scratch.path}/data"))
         except BaseException as exc:
             scratch.remove()
             if isinstance(exc, OSError):
@@ -913,7 +810,7 @@ class Lake:
             if converted is not None:
                 raise converted from exc
             raise
-        return self.spark.read.parquet(_uri(f"{scratch.path}/data")), scratch
+        return self.spark.read.parquet(hadoop_uri(f"{scratch.path}/data")), scratch
 
     def write_scratch_parquet(self, scratch: Scratch, relpath: str, table: pa.Table) -> None:
         """A driver-side Arrow table as one Parquet file in a scratch folder."""
@@ -927,7 +824,7 @@ class Lake:
     @staticmethod
     def spark_path(path: str) -> str:
         """``path`` as Spark's readers and writers want it (``file://`` for local paths)."""
-        return _uri(path)
+        return hadoop_uri(path)
 
     def stale_scratch(self, older_than_seconds: float) -> list[tuple[str, int, int]]:
         """(path, files, bytes) of scratch folders idle for at least ``older_than_seconds``."""
@@ -956,7 +853,7 @@ class Lake:
     # ------------------------------------------------------------------ files of the lake's own
 
     def _join(self, *parts: str) -> str:
-        return posixpath.join(*parts) if _is_uri(parts[0]) else os.path.join(*parts)
+        return posixpath.join(*parts) if is_uri(parts[0]) else os.path.join(*parts)
 
     def file_path(self, relpath: str) -> str:
         """Where ``<root>/<relpath>`` is (a local path or a URI)."""
@@ -988,44 +885,6 @@ class Lake:
 SCRATCH_AGE_SECONDS = 24 * 3600.0
 #: a live run touches this file in its scratch folder on every pass, so age means idle time
 HEARTBEAT = "_alive"
-
-
-def commit_file_actions(fs: pafs.FileSystem, log_file: str) -> list[dict]:
-    """The ``add`` and ``remove`` actions of one commit file of a Delta log (OSError if it is gone)."""
-    with fs.open_input_stream(log_file) as f:
-        lines = f.read().decode().splitlines()
-    actions = [json.loads(line) for line in lines if line.strip()]
-    return [a[kind] for a in actions for kind in ("add", "remove") if kind in a]
-
-
-def put_bytes(uri: str, data: bytes, options: Optional[dict] = None) -> None:
-    """Write a file (local path or URI) atomically: a temporary name, then a rename."""
-    fs, path = filesystem(uri, options)
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        fs.create_dir(posixpath.dirname(path), recursive=True)
-        with fs.open_output_stream(tmp) as out:
-            out.write(data)
-        fs.move(tmp, path)
-    except OSError as exc:
-        _quiet(fs.delete_file, tmp)
-        raise disk_error(exc, f"writing {path!r}") from exc
-
-
-def get_bytes(uri: str, options: Optional[dict] = None) -> bytes:
-    fs, path = filesystem(uri, options)
-    with fs.open_input_file(path) as f:
-        return f.read()
-
-
-def remove_path(uri: str, options: Optional[dict] = None) -> None:
-    """Delete a file or a folder (and everything under it), if it exists."""
-    fs, path = filesystem(uri, options)
-    kind = fs.get_file_info(path).type
-    if kind == pafs.FileType.Directory:
-        fs.delete_dir(path)
-    elif kind == pafs.FileType.File:
-        fs.delete_file(path)
 
 
 class Scratch:
@@ -1098,104 +957,8 @@ def _check_same_partitions(existing: Sequence[str], new: Sequence[str], name: st
                          f"{list(new)}: write to another lake.root, or move the old table away")
 
 
-@dataclass(frozen=True)
-class DeltaFile:
-    """One data file of a Delta table's version: its URI, partition values, rows and bytes."""
-
-    uri: str
-    partition: dict
-    rows: Optional[int]
-    bytes: int
-
-
-def delta_files(path: str, *, storage_options: Optional[dict] = None, version: Optional[int] = None,
-                partition: Optional[dict] = None) -> tuple[int, list[DeltaFile]]:
-    """``(version, files)`` of the Delta table at ``path`` with delta-rs alone (no Spark: the
-    training-time loaders read tables this way), optionally only the files whose partition values
-    equal ``partition`` (``{"run_id": ..., "shard": "3"}``): those are all the reader opens."""
-    dt = _open_delta(path, storage_options, version)
-    actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
-    base = _abs(path).rstrip("/")
-    files = []
-    for a in actions:
-        values = {k[len("partition."):]: (None if v is None else str(v)) for k, v in a.items() if k.startswith("partition.")}
-        if partition and any(values.get(k) != (None if v is None else str(v)) for k, v in partition.items()):
-            continue
-        rel = a["path"]
-        files.append(DeltaFile(rel if "://" in rel else f"{base}/{rel}", values, a.get("num_records"), a["size_bytes"]))
-    return dt.version(), files
-
-
-def scan_delta(path: str, *, storage_options: Optional[dict] = None, columns: Optional[list[str]] = None,
-               partition: Optional[dict] = None, batch_rows: int = 65536) -> Iterator[pa.Table]:
-    """The latest version of a Delta table a piece at a time (no Spark, bounded memory): delta-rs
-    reads the log, pyarrow the files, ``batch_rows`` rows at most per piece, only the ``columns``
-    asked for, only the files whose partition values equal ``partition``; partition columns are
-    filled from the log. (delta-rs's own scan leaves native threads that abort about one process in
-    two at interpreter exit, an exit code 134 after a correct answer; a command must not end that way.)"""
-    schema, parts = table_schema(path, storage_options=storage_options)
-    _, files = delta_files(path, storage_options=storage_options, partition=partition)
-    want = list(columns or schema.names)
-    missing = [c for c in want if c not in schema.names]
-    if missing:
-        raise TableError(f"Delta table {path!r} has no column(s) {missing} (columns: {schema.names})")
-    stored = [c for c in want if c not in parts]
-    target = pa.schema([schema.field(c) for c in want])
-    for f in files:
-        fs, p = filesystem(f.uri, storage_options or {})
-        with fs.open_input_file(p) as handle:
-            for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=stored):
-                t = pa.Table.from_batches([batch])
-                for c in parts:
-                    if c in want:
-                        t = t.append_column(pa.field(c, schema.field(c).type),
-                                            pa.array([f.partition.get(c)] * t.num_rows).cast(schema.field(c).type))
-                yield t.select(want).cast(target)
-
-
-def read_delta_files(path: str, *, storage_options: Optional[dict] = None, columns: Optional[list[str]] = None,
-                     partition: Optional[dict] = None) -> pa.Table:
-    """The latest version of a small Delta table as one Arrow table (:func:`scan_delta`, concatenated)."""
-    pieces = list(scan_delta(path, storage_options=storage_options, columns=columns, partition=partition))
-    if pieces:
-        return pa.concat_tables(pieces)
-    schema, _ = table_schema(path, storage_options=storage_options)
-    return pa.schema([schema.field(c) for c in (columns or schema.names)]).empty_table()
-
-
-def table_schema(path: str, *, storage_options: Optional[dict] = None, version: Optional[int] = None) -> tuple[pa.Schema, list[str]]:
-    """``(arrow schema, partition columns)`` of the Delta table at ``path`` (delta-rs, no Spark)."""
-    dt = _open_delta(path, storage_options, version)
-    return _table_arrow_schema(dt), list(dt.metadata().partition_columns)
-
-
-def _open_delta(path: str, storage_options: Optional[dict], version: Optional[int]):
-    from deltalake import DeltaTable
-
-    uri = _uri(path)
-    options = {str(k): str(v) for k, v in (storage_options or {}).items()} or None
-    try:
-        if not DeltaTable.is_deltatable(rs_uri(uri), storage_options=options):
-            raise TableError(f"{path!r} is not a Delta table (no readable _delta_log)")
-        return DeltaTable(rs_uri(uri), version=version, storage_options=options)
-    except OSError as exc:
-        raise TableError(f"{path!r} cannot be read: {_first_line(exc)}") from exc
-
-
-def _table_arrow_schema(dt) -> pa.Schema:
-    """A Delta table's schema as a pyarrow schema (delta-rs returns an arro3 one)."""
-    return pa.schema(dt.schema().to_arrow())
-
-
 def _escape(value: str) -> str:
     return value.replace("/", "%2F").replace("=", "%3D")
-
-
-def _quiet(fn, *args) -> None:
-    try:
-        fn(*args)
-    except Exception:
-        pass
 
 
 def _arrow_schema(spark_schema) -> pa.Schema:

@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lakecurate.errors import InputDataError, TableError
-from lakecurate.lake import delta_files, filesystem, table_schema
+from lakecurate.lake.delta import Snapshot
+from lakecurate.lake.paths import filesystem
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,11 @@ class ShardTable:
                  columns: Optional[Sequence[str]] = None, storage_options: Optional[dict] = None, version: Optional[int] = None):
         self.path = path
         self.options = storage_options
-        schema, partitions = table_schema(path, storage_options=storage_options, version=version)
+        snap = Snapshot(path, storage_options=storage_options, version=version)
+        if snap.column_mapping:
+            raise TableError(f"{path!r} uses column mapping ({snap.column_mapping!r} mode): the loaders read lakecurate's shards and "
+                             "curated tables, which lakecurate writes without it")
+        schema, partitions = snap.schema, snap.partition_columns
         self.schema = schema
         names = schema.names
         if SHARD in partitions:
@@ -55,7 +60,12 @@ class ShardTable:
         else:
             raise TableError(f"{path!r} is neither a lakecurate shards table (partitioned by shard) nor a curated table "
                              f"(columns cluster, path); it has columns {names}")
-        self.version, files = delta_files(path, storage_options=storage_options, version=version)
+        self.version, files = snap.version, snap.files()
+        marked = [f.name for f in files if f.live is not None]
+        if marked:
+            raise TableError(f"{path!r} has rows deleted by deletion vectors in {len(marked)} file(s) (e.g. {marked[0]}); the loaders read "
+                             "whole row groups and do not apply them: rewrite the table without them (REORG TABLE ... APPLY (PURGE)) "
+                             "or write its shards again")
         runs = sorted({f.partition.get(RUN_ID) for f in files if f.partition.get(RUN_ID) is not None})
         if run_id is None:
             if len(runs) > 1:
