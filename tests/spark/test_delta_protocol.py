@@ -141,3 +141,24 @@ def test_the_training_loaders_refuse_rows_deleted_by_a_deletion_vector(sail_tabl
         ShardTable(os.path.join(out, "curated_with_deletes"))
     assert np.array_equal(np.sort(read_delta_files(os.path.join(out, "curated_with_deletes")).column("id").to_numpy()),
                           np.arange(10, 200))
+
+
+def test_vacuum_keeps_deletion_vector_files_and_finds_real_leftovers(sail_tables, tmp_path):
+    """A deletion vector's file is referenced by the log (encoded in the add action), not by name:
+    vacuum must count it as the table's, or it would delete it and bring the deleted rows back."""
+    import shutil
+
+    out, _ = sail_tables
+    root = tmp_path / "lake"
+    shutil.copytree(os.path.join(out, "everything"), root / "everything")
+    dv_files = [os.path.relpath(os.path.join(d, f), root / "everything") for d, _, fs in os.walk(root / "everything")
+                for f in fs if f.startswith("deletion_vector_")]
+    assert dv_files, "the table has deletion vector files on disk"
+    lake = Lake(None, LakeConfig(root=str(root), backend="embedded"))
+    assert set(dv_files) <= lake.referenced_files("everything")
+    assert lake.unreferenced_files("everything", older_than_seconds=0) == []
+    (root / "everything" / "part-stray.parquet").write_bytes(b"x")
+    assert lake.unreferenced_files("everything", older_than_seconds=0) == ["part-stray.parquet"]
+    found = lake.vacuum(apply=True, older_than_seconds=0)
+    assert [f["files"] for f in found] == [1]
+    assert read_delta_files(str(root / "everything")).num_rows == expected(out, "everything").num_rows

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from lakecurate.config import LakeConfig
 # the package's public names, where callers have always found them
 from lakecurate.lake.delta import (DeltaFile, Snapshot, arrow_schema_of, commit_file_actions, delta_files,  # noqa: F401
-                                   read_delta_files, scan_delta, table_schema)
+                                   deletion_vector_file, read_delta_files, scan_delta, table_schema)
 from lakecurate.lake.paths import (absolute, delta_rs_unreadable, disk_error, filesystem, first_line, get_bytes,  # noqa: F401
                                    hadoop_uri, is_uri, put_bytes, quietly, remove_path, rs_uri)
 from lakecurate.errors import InputDataError, RunChangedError, TableError
@@ -582,20 +582,24 @@ class Lake:
     # ------------------------------------------------------------------ files no version references
 
     def referenced_files(self, name: str) -> set[str]:
-        """Every data file path (relative to the table) that any version in the table's log adds."""
+        """Every file path (relative to the table) that any version in the table's log adds or removes: data
+        files and the deletion vector files that mark their deleted rows."""
         fs, table_dir = self._fs(self.path(name))
         log_dir = f"{table_dir}/_delta_log"
         paths: set[str] = set()
         for info in fs.get_file_info(pafs.FileSelector(log_dir, recursive=False, allow_not_found=True)):
             if info.base_name.endswith(".json"):
-                for action in commit_file_actions(fs, info.path):
-                    paths |= {action["path"], unquote(action["path"])}
+                actions = commit_file_actions(fs, info.path)
             elif info.base_name.endswith(".parquet") and ".checkpoint" in info.base_name:
                 cp = pq.read_table(info.path, filesystem=fs, columns=["add", "remove"])
-                for column in ("add", "remove"):
-                    for item in cp.column(column).to_pylist():
-                        if item and item.get("path"):
-                            paths |= {item["path"], unquote(item["path"])}
+                actions = [item for column in ("add", "remove") for item in cp.column(column).to_pylist() if item and item.get("path")]
+            else:
+                continue
+            for action in actions:
+                paths |= {action["path"], unquote(action["path"])}
+                dv = deletion_vector_file(action.get("deletionVector"))
+                if dv:  # a deletion vector's file is part of the table as much as the data file it marks
+                    paths |= {dv, unquote(dv)}
         return paths
 
     def unreferenced_files(self, name: str, *, older_than_seconds: float) -> list[str]:

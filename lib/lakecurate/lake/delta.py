@@ -267,3 +267,36 @@ def commit_file_actions(fs: pafs.FileSystem, log_file: str) -> list[dict]:
         lines = f.read().decode().splitlines()
     actions = [json.loads(line) for line in lines if line.strip()]
     return [a[kind] for a in actions for kind in ("add", "remove") if kind in a]
+
+
+_Z85 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+
+
+def _z85_decode(text: str) -> bytes:
+    """Z85 (ZeroMQ's base-85, which Delta uses for deletion vector ids) to bytes."""
+    if len(text) % 5:
+        raise ValueError(f"not Z85: {text!r} (length {len(text)} is not a multiple of 5)")
+    out = bytearray()
+    for i in range(0, len(text), 5):
+        value = 0
+        for ch in text[i:i + 5]:
+            value = value * 85 + _Z85.index(ch)
+        out += value.to_bytes(4, "big")
+    return bytes(out)
+
+
+def deletion_vector_file(descriptor: Optional[dict]) -> Optional[str]:
+    """The file a deletion vector descriptor (an ``add``/``remove`` action's ``deletionVector``)
+    lives in: a path relative to the table for storage type ``u`` (a random prefix, then the
+    file ``deletion_vector_<uuid>.bin``), the absolute path for ``p``, None for an inline one."""
+    if not descriptor:
+        return None
+    kind, where = descriptor.get("storageType"), descriptor.get("pathOrInlineDv", "")
+    if kind == "u":
+        prefix, encoded = where[:-20], where[-20:]
+        raw = _z85_decode(encoded).hex()
+        uuid = f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
+        return f"{prefix}/deletion_vector_{uuid}.bin" if prefix else f"deletion_vector_{uuid}.bin"
+    if kind == "p":
+        return where
+    return None
