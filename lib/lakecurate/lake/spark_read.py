@@ -9,8 +9,9 @@ Parquet. What the protocol adds to plain Parquet is applied here, on the executo
 * deletion vectors: the deleted rows' positions (``_metadata.row_index``) are anti-joined away.
 
 A table with none of these whose partition values need no escaping in a folder name (every table
-lakecurate writes) is read as plain Parquet with ``basePath``: partition columns from the
-``key=value`` folders, no join.
+lakecurate writes) is read as plain Parquet, no join: each partition's files with its values as
+literal columns (one partition, usually: a run's rows), or with many partitions through Spark's
+discovery of ``key=value`` folders (``basePath``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ FILE_NAME, FILE_SIZE, ROW_INDEX = "_lc_file_name", "_lc_file_size", "_lc_row_ind
 #: partition values Spark reads back from a ``key=value`` folder as they are (it decodes any
 #: other escaped character byte by byte, so ``ü`` would come back as ``Ã¼``; null is a folder name)
 _PLAIN = re.compile(r"^[A-Za-z0-9_.:+-]*$")
+#: up to this many partitions (value tuples) in a read, each is read on its own with its values as
+#: literals (Sail, for one, does not take partition values from folders); above, Spark's discovery
+MAX_LITERAL_GROUPS = 64
 
 
 def snapshot_frame(spark, snap: Snapshot, spark_schema, partition: Optional[dict] = None):
@@ -45,8 +49,27 @@ def snapshot_frame(spark, snap: Snapshot, spark_schema, partition: Optional[dict
     deleted = any(f.live is not None for f in files)
     plain = all(v is not None and _PLAIN.match(v) for f in files for v in f.partition.values())
     if not deleted and not snap.column_mapping and plain:
-        df = spark.read.schema(spark_schema).option("basePath", hadoop_uri(snap.path)).parquet(*paths)
-        return df.select(*[f.name for f in spark_schema.fields]) if parts else df
+        if not parts:
+            return spark.read.schema(spark_schema).parquet(*paths)
+        groups: dict = {}
+        for f, p in zip(files, paths):
+            groups.setdefault(tuple(f.partition.get(c) for c in parts), []).append(p)
+        if len(groups) > MAX_LITERAL_GROUPS:  # many partitions: Spark's own discovery of key=value folders
+            df = spark.read.schema(spark_schema).option("basePath", hadoop_uri(snap.path)).parquet(*paths)
+            return df.select(*[f.name for f in spark_schema.fields])
+        by_name = {f.name: f for f in spark_schema.fields}
+        data = StructType([f for f in spark_schema.fields if f.name not in parts])
+
+        def one(values, group):
+            fixed = dict(zip(parts, values))
+            df = spark.read.schema(data).parquet(*group)
+            return df.select(*[F.lit(fixed[c]).cast(by_name[c].dataType).alias(c) if c in fixed else F.col(f"`{c}`") for c in by_name])
+
+        frames = [one(values, group) for values, group in groups.items()]
+        df = frames[0]
+        for more in frames[1:]:
+            df = df.unionByName(more)
+        return df
 
     names = [f.name for f in files]
     if len(set(zip(names, (f.bytes for f in files)))) != len(files):

@@ -198,10 +198,10 @@ class SparkAssigner:
         sums_method = self.tuning.sums
 
         def partial(blocks, payload):
-            from pyspark import TaskContext
+            from lakecurate.spark.tasks import task_partition
 
             c, pr = payload
-            part = TaskContext.get().partitionId()
+            part = task_partition()
             acc = partition_assignment(blocks, c, sums_method, pr)
             cid = np.flatnonzero(acc.counts)
             for s in range(0, cid.size, 4096):

@@ -37,10 +37,18 @@ FOLDER = "lakecurate-blocks"
 
 def block_folder(cache_id: str) -> str:
     """This process's folder for a cache's block files: under Spark's per-application work dir
-    (``SparkFiles``: the executor's work directory, removed with the application)."""
-    from pyspark import SparkFiles
+    (``SparkFiles``: the executor's work directory, removed with the application); where the
+    worker has no ``SparkFiles`` (Sail runs Python UDFs with the Connect client's ``pyspark``),
+    under the machine's temporary folder (the cache's own clean-up removes them)."""
+    try:
+        from pyspark import SparkFiles
 
-    return os.path.join(SparkFiles.getRootDirectory(), FOLDER, cache_id)
+        root = SparkFiles.getRootDirectory()
+    except ImportError:
+        import tempfile
+
+        root = tempfile.gettempdir()
+    return os.path.join(root, FOLDER, cache_id)
 
 
 def block_paths(folder: str, part: int, seq: int) -> tuple[str, str]:

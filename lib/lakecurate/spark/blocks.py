@@ -42,7 +42,8 @@ from lakecurate.spark.progress import progress
 from lakecurate.spark.session import default_parallelism
 from lakecurate.spark import tasks
 from lakecurate.validation import unusable_rows
-from lakecurate.spark.tasks import PayloadFiles, configure_faiss, ship_to_tasks
+from lakecurate.spark.tasks import (PayloadFiles, batches_with_partition, configure_faiss, set_task_partition, ship_to_tasks,
+                                   with_task_partition)
 
 log = logging.getLogger(__name__)
 
@@ -190,9 +191,7 @@ def check_batch(batch: pa.RecordBatch, id_col: str, emb_col: str, dim: int, tran
 def _make_blocks_fn(id_col: str, emb_col: str, dim: int, transform: Optional[Callable], cache_id: Optional[str],
                     metric: Optional[str] = None):
     def to_blocks(batches):
-        from pyspark import TaskContext
-
-        part = TaskContext.get().partitionId()
+        part, batches = batches_with_partition(batches)
         for seq, batch in enumerate(batches):
             c = check_batch(batch, id_col, emb_col, dim, transform, metric)
             if cache_id is not None and c.keys.size:
@@ -383,7 +382,7 @@ class EmbeddingBlocks:
         if dim <= 0:
             raise InputDataError(f"{where}: the first embedding has {dim} values")
         parts = partitions or 2 * default_parallelism(spark)
-        src = df.select(id_column, embedding_column).repartition(parts)
+        src = with_task_partition(df.select(id_column, embedding_column).repartition(parts))
         built = src.mapInArrow(_make_blocks_fn(id_column, embedding_column, dim, transform, cache_id, metric), BLOCK_DDL)
         log.info("%s: reading, checking and caching the embeddings (%s) over %d partitions", where, mode, parts)
         with progress(spark, f"{where}: caching the embeddings"):
@@ -561,11 +560,13 @@ class EmbeddingBlocks:
 
         def run(batches):  # fn once per partition the blocks were built in, whichever task reads them
             configure_faiss(threads)
+            task, batches = batches_with_partition(batches)
+            set_task_partition(task)
             for part, group in itertools.groupby(blocks_of(batches), key=lambda b: b.part):
                 for rb in fn(group, get()):
                     yield _with_part(rb, pa.array([part], pa.int32()))
 
-        return list(rows_of(frame.mapInArrow(run, schema + ", _part INT, _missing BOOLEAN").toArrow().to_batches()))
+        return list(rows_of(with_task_partition(frame).mapInArrow(run, schema + ", _part INT, _missing BOOLEAN").toArrow().to_batches()))
 
     def _collect_from_files(self, fn: BlockFn, schema: str, get) -> tuple[list, list[int]]:
         threads = self.faiss_threads
@@ -573,12 +574,13 @@ class EmbeddingBlocks:
         names = [c.strip().split()[0] for c in schema.split(",")]
 
         def run(batches):
-            from pyspark import TaskContext
-
+            tc_part, batches = batches_with_partition(batches)
+            set_task_partition(tc_part)
             metas = []
             for b in batches:
                 metas += zip(b.column("part").to_pylist(), b.column("seq").to_pylist(), b.column("n").to_pylist())
-            tc_part = TaskContext.get().partitionId()
+            if not metas:
+                return
             opened = open_block_files(cache_id, sorted(metas))
             if opened is None:  # this executor does not hold the files: the driver re-runs the partition
                 cols = [pa.nulls(1, pa.binary()) for _ in names] + [pa.array([metas[0][0]], pa.int32()), pa.array([True])]
@@ -589,7 +591,7 @@ class EmbeddingBlocks:
             for rb in fn((Block(p, s, np.asarray(k), np.asarray(x)) for p, s, k, x in opened), get()):
                 yield _with_part(rb, part)
 
-        result = self.frame.select("part", "seq", "n").mapInArrow(run, schema + ", _part INT, _missing BOOLEAN").toArrow()
+        result = with_task_partition(self.frame.select("part", "seq", "n")).mapInArrow(run, schema + ", _part INT, _missing BOOLEAN").toArrow()
         rows = list(rows_of(result.to_batches()))
         missing = sorted({r["_part"] for r in rows if r["_missing"]})
         return [r for r in rows if not r["_missing"]], missing

@@ -8,12 +8,56 @@ code runs on a laptop, a CPU cluster and a GPU cluster.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import pickle
 import uuid
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 log = logging.getLogger(__name__)
+
+
+#: the column :func:`with_task_partition` adds: the partition each row's task works on
+TASK_PARTITION = "_task_partition"
+
+
+def with_task_partition(df):
+    """``df`` plus :data:`TASK_PARTITION` (``spark_partition_id()``), for a function run by
+    ``mapInArrow`` right after it: every engine numbers its tasks' partitions so, while
+    ``TaskContext`` exists in classic and Connect Spark's workers only (Sail runs Python UDFs
+    without one)."""
+    from pyspark.sql import functions as F
+
+    return df.withColumn(TASK_PARTITION, F.spark_partition_id())
+
+
+def batches_with_partition(batches) -> tuple[Optional[int], Iterator]:
+    """(the task's partition, the batches) from ``mapInArrow`` batches of a :func:`with_task_partition`
+    frame: reads ahead to the first batch with rows; None (and no batches) for an empty partition."""
+    it = iter(batches)
+    held = []
+    for b in it:
+        held.append(b)
+        if b.num_rows:
+            part = int(b.column(TASK_PARTITION)[0].as_py())
+            return part, itertools.chain(held, it)
+    return None, iter(())
+
+
+_TASK_PARTITION: Optional[int] = None
+
+
+def set_task_partition(part: Optional[int]) -> None:
+    """Record the running task's partition (from :func:`batches_with_partition`) for :func:`task_partition`."""
+    global _TASK_PARTITION
+    _TASK_PARTITION = part
+
+
+def task_partition() -> int:
+    """The partition the running task works on, as its block runner recorded it (every engine)."""
+    if _TASK_PARTITION is None:
+        raise RuntimeError("task_partition() outside a block runner's task")
+    return _TASK_PARTITION
 
 
 def task_cpus() -> Optional[int]:
