@@ -40,6 +40,8 @@ from lakecurate.config import LakeConfig
 # the package's public names, where callers have always found them
 from lakecurate.lake.delta import (DeltaFile, Snapshot, arrow_schema_of, commit_file_actions, delta_files,  # noqa: F401
                                    deletion_vector_file, read_delta_files, scan_delta, table_schema)
+from lakecurate.lake.native import NativeDelta, commit_lock
+from lakecurate.lake.schemas import arrow_schema, check_same_schema, spark_schema
 from lakecurate.lake.paths import (absolute, delta_rs_unreadable, disk_error, filesystem, first_line, get_bytes,  # noqa: F401
                                    hadoop_uri, is_uri, put_bytes, quietly, remove_path, rs_uri)
 from lakecurate.errors import InputDataError, RunChangedError, TableError
@@ -62,8 +64,6 @@ DATA_DIR = "_data"
 WRITE_DIR = "write"
 #: attempts at one commit when concurrent writers keep committing first
 COMMIT_ATTEMPTS = 12
-#: what Delta on Spark says when a concurrent writer committed first (retried, bounded)
-_NATIVE_CONFLICTS = ("Concurrent", "MetadataChanged", "ProtocolChanged", "DELTA_TABLE_ALREADY_EXISTS", "already exists")
 #: an unreferenced file younger than this may belong to a write still in flight
 ORPHAN_AGE_SECONDS = 3600.0
 
@@ -100,6 +100,10 @@ class Lake:
         why = delta_rs_unreadable(self.root) if self.backend == "embedded" else None
         if why:
             raise TableError(f"lake.root={self.root!r}: {why}")
+        #: the Spark Delta backend (:mod:`lakecurate.lake.native`); None on embedded lakes
+        self.native = NativeDelta(spark, options=self.options) if self.backend == "native" else None
+        if self.native is not None:
+            self.native.refuse_unserialisable(self.root)
         self._check_reachable()
         log.info("lake at %s (%s Delta)", self.root, self.backend)
 
@@ -130,19 +134,11 @@ class Lake:
         return DeltaTable(rs_uri(uri), version=version, storage_options=self.options or None)
 
     def _is_delta(self, uri: str) -> bool:
-        if self.backend == "native":
-            return self._native_exists(uri)
+        if self.native is not None:
+            return self.native.exists(uri)
         from deltalake import DeltaTable
 
         return DeltaTable.is_deltatable(rs_uri(uri), storage_options=self.options or None)
-
-    def _native_exists(self, uri: str) -> bool:
-        """Whether ``uri`` is a Delta table, asked through Spark (native lakes make no delta-rs call)."""
-        try:
-            self.spark.sql(f"DESCRIBE DETAIL delta.`{uri}`").first()
-            return True
-        except Exception:
-            return False
 
     # ------------------------------------------------------------------ naming
 
@@ -172,13 +168,12 @@ class Lake:
         lakes). ``partition`` (``{column: value}``) limits an embedded read to those files; callers
         still filter."""
         uri = hadoop_uri(path)
-        if self.backend == "native":
-            reader = self.spark.read.format("delta")
-            return (reader.option("versionAsOf", version) if version is not None else reader).load(uri)
+        if self.native is not None:
+            return self.native.read(uri, version)
         from lakecurate.lake.spark_read import snapshot_frame
 
         snap = Snapshot(path, storage_options=self.options, version=version)
-        return snapshot_frame(self.spark, snap, _spark_schema(snap.schema), partition)
+        return snapshot_frame(self.spark, snap, spark_schema(snap.schema), partition)
 
     def partition_sizes(self, name: str, run_id: str, column: str) -> dict:
         """``{value: {"rows", "files", "bytes"}}`` of one run's rows of a table partitioned by
@@ -210,18 +205,19 @@ class Lake:
     def scan(self, name: str, run_id: Optional[str] = None, columns: Optional[list[str]] = None,
              batch_rows: int = 65536) -> Iterator[pa.Table]:
         """A table of this lake (one run's partition, or all of it) a piece at a time on this
-        process, through delta-rs and pyarrow, with or without Spark (:func:`scan_delta`): for the
-        report and other readers that aggregate as they go."""
+        process, for the report and other readers that aggregate as they go: on embedded lakes
+        through the Delta reader and pyarrow, with or without Spark (:func:`scan_delta`); on native
+        ones through the engine."""
+        if self.native is not None:
+            frame = self.read(name, run_id)
+            return self.native.scan(frame.select(*columns) if columns else frame, batch_rows)
         return scan_delta(self.path(name), storage_options=self.options, columns=columns,
                           partition=None if run_id is None else {"run_id": run_id}, batch_rows=batch_rows)
 
     def delta_snapshot(self, path: str) -> dict:
         """The identity of a Delta table's latest version: ``{"table_id", "version"}``."""
-        uri = hadoop_uri(path)
-        if self.backend == "native":
-            detail = self.spark.sql(f"DESCRIBE DETAIL delta.`{uri}`").first()
-            version = self.spark.sql(f"DESCRIBE HISTORY delta.`{uri}` LIMIT 1").first()["version"]
-            return {"table_id": detail["id"], "version": int(version)}
+        if self.native is not None:
+            return self.native.identity(hadoop_uri(path))
         snap = Snapshot(path, storage_options=self.options)
         return {"table_id": snap.table_id, "version": snap.version}
 
@@ -301,14 +297,13 @@ class Lake:
         missing = [c for c in added if c in fields and c not in have]
         if not missing:
             return []
-        if self.backend == "native":
+        if self.native is not None:
             target = self.qualified(name) if self.database else f"delta.`{hadoop_uri(self.path(name))}`"
-            cols = ", ".join(f"{c} {fields[c].dataType.simpleString()}" for c in missing)
-            self.spark.sql(f"ALTER TABLE {target} ADD COLUMNS ({cols})")
+            self.native.add_columns(target, name, [(c, fields[c].dataType.simpleString()) for c in missing])
         else:
             from deltalake.schema import Schema
 
-            arrow = pa.schema([pa.field(c, _arrow_schema(schema).field(c).type, nullable=True) for c in missing])
+            arrow = pa.schema([pa.field(c, arrow_schema(schema).field(c).type, nullable=True) for c in missing])
             self._delta(hadoop_uri(self.path(name))).alter.add_columns(list(Schema.from_arrow(arrow).fields))
         log.info("table %s gained the column(s) %s (an older lakecurate wrote it; its earlier rows read them as null)",
                  name, missing)
@@ -318,8 +313,8 @@ class Lake:
         uri = hadoop_uri(self.path(name))
         if not self._is_delta(uri):
             return None
-        if self.backend == "native":
-            return int(self.spark.sql(f"DESCRIBE HISTORY delta.`{uri}` LIMIT 1").first()["version"])
+        if self.native is not None:
+            return self.native.version(uri)
         return self._delta(uri).version()
 
     def register(self, name: str) -> None:
@@ -381,11 +376,13 @@ class Lake:
         t0 = time.perf_counter()
         from lakecurate.spark.progress import progress
 
-        self.gain_columns(name, df.schema)
         with progress(self.spark, f"writing table {name} (run {run_id})"):
-            if self.backend == "native":
-                info = self._write_native(df, name, run_id, mode, max_rows_per_file, commit_metadata, unchanged_since)
+            if self.native is not None:
+                with commit_lock(self.root):  # the checks and the commit as one step for lakecurate's writers
+                    self.gain_columns(name, df.schema)
+                    info = self._write_native(df, name, run_id, mode, max_rows_per_file, commit_metadata, unchanged_since)
             else:
+                self.gain_columns(name, df.schema)
                 info = self._write_embedded(df, name, run_id, mode, description, max_rows_per_file, commit_metadata, unchanged_since)
         log.info("committed %s version %s (%s, run %s) in %.2fs", name, info.version, mode, run_id, time.perf_counter() - t0)
         try:  # a convenience for SQL in this session: the commit above stands whatever happens here
@@ -397,51 +394,14 @@ class Lake:
 
     def _write_native(self, df, name: str, run_id: str, mode: str, max_rows_per_file: Optional[int],
                       commit_metadata: Optional[dict] = None, unchanged_since: Optional[int] = None) -> TableInfo:
-        writer = _with_layout(df.write.format("delta").partitionBy(RUN_ID, *PARTITIONS.get(name, ())), name, max_rows_per_file)
-        if commit_metadata:
-            writer = writer.option("userMetadata", json.dumps(commit_metadata, sort_keys=True))
-        if mode == "replace_run":
-            writer = writer.mode("overwrite").option("replaceWhere", f"{RUN_ID} = '{run_id}'")
-        else:
-            writer = writer.mode("append")
         path = self.path(name)
-        for attempt in range(COMMIT_ATTEMPTS):
-            if unchanged_since is not None:
-                # Spark's writer takes no expected version: the check (the run's files then and now,
-                # as Spark lists them) runs just before the write, which leaves a window of one write
-                self._refuse_if_native_run_changed(name, run_id, unchanged_since)
-            try:
-                if self.database:
-                    writer.option("path", hadoop_uri(path)).saveAsTable(self.qualified(name))
-                else:
-                    writer.save(hadoop_uri(path))
-                break
-            except Exception as exc:  # Delta's optimistic concurrency lost to another writer: write again
-                text = str(exc)
-                if attempt + 1 == COMMIT_ATTEMPTS or not any(k in text for k in _NATIVE_CONFLICTS):
-                    raise
-                wait = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
-                log.info("write to %s lost a commit race (attempt %d of %d: %s); writing again in %.2fs",
-                         name, attempt + 1, COMMIT_ATTEMPTS, describe_spark_error(text), wait)
-                time.sleep(wait)
+        fault_point("commit:ready", table=name)
+        self.native.write(df, uri=hadoop_uri(path), name=name, partition_by=[RUN_ID, *PARTITIONS.get(name, ())], run_column=RUN_ID,
+                          run_id=run_id, mode=mode, layout=lambda w: _with_layout(w, name, max_rows_per_file),
+                          commit_metadata=commit_metadata, unchanged_since=unchanged_since,
+                          table=self.qualified(name) if self.database else None)
+        fault_point("commit:committed", table=name)
         return TableInfo(name, path, self.version(name), "native")
-
-    def _refuse_if_native_run_changed(self, name: str, run_id: str, since: int) -> None:
-        """RunChangedError when ``run_id``'s rows of the table are not the files they were at ``since``
-        (the files Spark reads the run's rows from, then and now: a rewrite or an append of the run
-        makes new files; other runs' commits do not count)."""
-        from pyspark.sql import functions as F
-
-        def files(version):
-            if version is None and not self._is_delta(hadoop_uri(self.path(name))):
-                return set()
-            frame = self.read(name, run_id, version=version).select(F.input_file_name().alias("f")).distinct()
-            return {r["f"] for r in frame.collect()}
-
-        then = set() if since < 0 else files(since)
-        if then != files(None):
-            raise RunChangedError(f"table {name!r}: run {run_id!r}'s rows changed after version {since}, which this write was "
-                                  "computed from: nothing was written")
 
     def _write_embedded(self, df, name: str, run_id: str, mode: str, description: str, max_rows_per_file: Optional[int],
                         commit_metadata: Optional[dict] = None, unchanged_since: Optional[int] = None) -> TableInfo:
@@ -462,10 +422,10 @@ class Lake:
         # Spark reads run_id, the write and the partition values alike from every file's path
         files_rel = f"{DATA_DIR}/{RUN_ID}={_escape(run_id)}/" + (f"{WRITE_DIR}={token}" if parts else token)
         files_dir = f"{table_dir}/{files_rel}"
-        arrow_schema = _arrow_schema(df.schema)
+        schema = arrow_schema(df.schema)
         uri = hadoop_uri(path)
         if self._is_delta(uri):
-            _check_same_schema(arrow_schema_of(self._delta(uri)), arrow_schema, name)
+            check_same_schema(arrow_schema_of(self._delta(uri)), schema, name)
         self._remove_stale_files(name)  # also when a killed first write left files but no table
         committed = False
         try:
@@ -488,7 +448,7 @@ class Lake:
                     )
                 )
             fault_point("commit:files_written", table=name)
-            version = self._commit_embedded(uri, name, adds, arrow_schema, run_id, mode, description, [RUN_ID, *parts],
+            version = self._commit_embedded(uri, name, adds, schema, run_id, mode, description, [RUN_ID, *parts],
                                             commit_metadata, unchanged_since)
             committed = True
             fault_point("commit:committed", table=name)
@@ -545,7 +505,7 @@ class Lake:
                 dt = self._delta(uri)  # a fresh snapshot for every attempt
                 if unchanged_since is not None:
                     self._refuse_if_run_changed(name, run_id, unchanged_since, dt.version())
-                _check_same_schema(arrow_schema_of(dt), schema, name)
+                check_same_schema(arrow_schema_of(dt), schema, name)
                 _check_same_partitions(dt.metadata().partition_columns, partition_by, name)
                 fault_point("commit:ready", table=name, attempt=attempt)
                 if mode == "replace_run":
@@ -963,45 +923,3 @@ def _check_same_partitions(existing: Sequence[str], new: Sequence[str], name: st
 
 def _escape(value: str) -> str:
     return value.replace("/", "%2F").replace("=", "%3D")
-
-
-def _arrow_schema(spark_schema) -> pa.Schema:
-    from pyspark.sql.pandas.types import to_arrow_schema
-
-    return to_arrow_schema(spark_schema, timezone="UTC")
-
-
-def _spark_schema(arrow_schema: pa.Schema):
-    from pyspark.sql.pandas.types import from_arrow_schema
-
-    # delta-rs may hand back string_view / large types; Spark knows the plain ones
-    fields = []
-    for f in arrow_schema:
-        t = f.type
-        if pa.types.is_string_view(t) or pa.types.is_large_string(t):
-            t = pa.string()
-        elif pa.types.is_large_list(t) or pa.types.is_list_view(t):
-            t = pa.list_(t.value_type)
-        fields.append(pa.field(f.name, t, f.nullable))
-    return from_arrow_schema(pa.schema(fields), prefer_timestamp_ntz=False)
-
-
-def _normalise_type(t: pa.DataType) -> str:
-    s = str(t)
-    for a, b in (("large_string", "string"), ("string_view", "string"), ("large_list", "list"), ("item: ", "element: ")):
-        s = s.replace(a, b)
-    # nullability is not part of the comparison: Spark marks it per plan, not per table
-    return s.replace("element: ", "").replace("item", "").replace(" not null", "")
-
-
-def _check_same_schema(existing: pa.Schema, new: pa.Schema, name: str) -> None:
-    old = {f.name: _normalise_type(f.type) for f in existing}
-    cur = {f.name: _normalise_type(f.type) for f in new}
-    if old != cur:
-        missing = sorted(set(old) - set(cur))
-        extra = sorted(set(cur) - set(old))
-        changed = sorted(k for k in set(old) & set(cur) if old[k] != cur[k])
-        raise TableError(
-            f"table {name!r} has a different schema: missing columns {missing}, new columns {extra}, "
-            f"changed types {[(k, old[k], cur[k]) for k in changed]}"
-        )
