@@ -264,3 +264,23 @@ def test_a_native_write_that_does_not_match_the_table_is_refused_and_nothing_is_
     assert "table 'scores' has a different schema" in out["type"] and "('id', 'int64', 'string')" in out["type"]
     assert "new columns ['extra']" in out["column"]
     assert out["rows"] == [1, 2, 3] and out["version"] == 0
+
+
+@pytest.mark.parametrize("backend", ["native", "embedded"])
+def test_both_backends_keep_the_table_contract_on_one_engine(sail, tmp_path, backend):
+    """Atomic replace of a run, time travel, an append with commit metadata, a conditional append
+    refused once its run changed, concurrent appends, a schema refused, the log readable by the
+    protocol reader, a non-Delta path refused: the same answers from both backends."""
+    proc = subprocess.run([SAIL_PYTHON, os.path.join(ROOT, "tests", "e2e", "sail_contract.py"), sail, str(tmp_path / "lake"), backend],
+                          capture_output=True, text=True, env=sail_env(sail), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["backend"] == backend
+    assert out["replace"] == [["a", 4], ["a", 5], ["b", 10], ["b", 11]] and out["run_a"] == [["a", 4], ["a", 5]]
+    assert out["time_travel"] == [["a", 1], ["a", 2], ["a", 3], ["b", 10], ["b", 11]]
+    assert out["commit_metadata"] == {"lakecurate.increment": "n1"}
+    assert "run 'a''s rows" in out["stale_append"] and "after version" in out["stale_append"] and "nothing was" in out["stale_append"]
+    assert out["concurrent_errors"] == [] and out["concurrent"] == [[f"c{i}", 100 + i] for i in range(4)]
+    assert "table 'scores' has a different schema" in out["mismatch"] and out["version_unchanged"]
+    assert out["reader_rows"] == out["engine_rows"] == 2 + 2 + 2 + 4
+    assert out["not_delta"].startswith("input.path=") and "plain" in out["not_delta"]

@@ -165,7 +165,7 @@ def test_killed_job_resumes_to_identical_tables_and_leaves_nothing_behind(spark,
     assert set(done) <= set(all_stages) and len(done) == len(set(done))
 
     # an hour later (the safety margin for writes still in flight), the same job again
-    monkeypatch.setattr(lake_module, "ORPHAN_AGE_SECONDS", 0.0)
+    monkeypatch.setattr(lake_module.layout, "ORPHAN_AGE_SECONDS", 0.0)
     res = run(load_plan(data=job(pool, root, stages)), spark=spark)
     assert run_digests(root, res.run_id) == digests
     assert_no_partial_versions(root, counts)

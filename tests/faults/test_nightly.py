@@ -235,7 +235,7 @@ def test_a_nightly_run_killed_inside_a_commit_resumes_to_the_uninterrupted_table
     stage = {"duplicates": "dedup", "assignments": "assign", "clusters": "assign", "curated": "sample"}.get(
         point.split("table=")[-1].split("@")[0], point.split(":")[0])
     assert stage not in set(runs[(runs.status == "succeeded") & (runs.run_id != fitted["tree"])]["stage"])
-    monkeypatch.setattr(lake_module, "ORPHAN_AGE_SECONDS", 0.0)
+    monkeypatch.setattr(lake_module.layout, "ORPHAN_AGE_SECONDS", 0.0)
     res = run(load_plan(data=cfg), spark=spark)
     assert res.run_id == fitted["nightly_run"]
     assert_tree_counts_its_rows(root, fitted["tree"])

@@ -101,7 +101,7 @@ def test_a_run_killed_inside_the_coreset_or_shards_commit_resumes_to_the_uninter
         runs = frame(root, "runs")
         claimed = set(runs[runs.status == "succeeded"]["stage"])
     assert stage not in claimed, "runs claims the stage the kill stopped"
-    monkeypatch.setattr(lake_module, "ORPHAN_AGE_SECONDS", 0.0)
+    monkeypatch.setattr(lake_module.layout, "ORPHAN_AGE_SECONDS", 0.0)
     res = run(load_plan(data=cfg), spark=spark)
     assert set(res.stages) == set(STAGES)
     assert_same_run(root, alone, "job")

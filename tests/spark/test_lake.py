@@ -183,7 +183,7 @@ def test_leftovers_of_a_killed_write_are_removed_by_the_next_write_once_old(spar
     assert lake.unreferenced_files("t", older_than_seconds=0) == ["_data/run_id=r1/20200101T000000Z-deadbeef0000/part-0.parquet"]
     lake.write_run(frame(spark, 4), "t", "r2")  # young: a write in flight could own it
     assert leftover.exists()
-    monkeypatch.setattr(lake_module, "ORPHAN_AGE_SECONDS", 0.0)
+    monkeypatch.setattr(lake_module.layout, "ORPHAN_AGE_SECONDS", 0.0)
     lake.write_run(frame(spark, 4), "t", "r3")
     assert not leftover.exists() and lake.unreferenced_files("t", older_than_seconds=0) == []
     assert _rows_per_run(str(tmp_path / "t")) == {"r1": 4, "r2": 4, "r3": 4}

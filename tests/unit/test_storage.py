@@ -61,9 +61,18 @@ def test_dbfs_paths_are_databricks_mounts_or_refused():
 def test_a_native_delta_lake_never_calls_delta_rs(monkeypatch, tmp_path):
     import lakecurate.lake as lake_module
 
-    class NoDeltaSpark:  # a session that answers every Delta question through SQL
+    class NoDeltaSpark:  # a session that answers every Delta question itself: reads by path, SQL
         def __init__(self):
             self.queries = []
+            self.read = self
+
+        def format(self, fmt):
+            self.queries.append(f"format {fmt}")
+            return self
+
+        def load(self, uri):
+            self.queries.append(f"load {uri}")
+            raise RuntimeError(f"[DELTA_MISSING_DELTA_TABLE] {uri} is not a Delta table")
 
         def sql(self, query):
             self.queries.append(query)
@@ -77,6 +86,6 @@ def test_a_native_delta_lake_never_calls_delta_rs(monkeypatch, tmp_path):
     lake = Lake(spark, LakeConfig(root=str(tmp_path / "lake"), backend="native"))
     assert not lake.exists("runs") and lake.version("runs") is None
     assert lake.row_count("delta", str(tmp_path / "in")) is None
-    assert spark.queries and all(q.startswith("DESCRIBE DETAIL delta.`") for q in spark.queries)
+    assert spark.queries and all(q in ("format delta",) or q.startswith("load file://") for q in spark.queries)
     with pytest.raises(TableError, match="native-Delta lake"):
         lake._delta(str(tmp_path))

@@ -1,13 +1,18 @@
-"""All table I/O goes through here: the only module that knows which Delta backend is in use.
+"""All table I/O goes through this package: the only place that knows which Delta backend is in use.
 
 Two backends write the same Delta tables:
 
-* **native**: ``format("delta")`` when the session has Delta (Databricks, EMR, ``--packages``);
-  a run's rows are replaced atomically with ``replaceWhere``.
-* **embedded**: where Spark has no Delta jars (a laptop, CI). Spark writes Parquet into a staging
-  folder inside the table; the files are moved under ``run_id=<id>/`` and committed in one Delta
-  transaction by delta-rs (add actions for the new files, remove actions for the run's old ones).
-  Until that commit nothing is visible; on failure the files are deleted.
+* **native** (:mod:`lakecurate.lake.native`): ``format("delta")`` when the session has Delta
+  (Databricks, EMR, ``--packages``, Sail); a run's rows are replaced atomically with ``replaceWhere``.
+* **embedded**: where Spark has no Delta jars (a laptop, CI). Spark writes Parquet into a fresh
+  folder of the table (``_data/run_id=<id>/<token>/``), then delta-rs commits those files in one
+  conditional Delta transaction (add actions for the new files, remove actions for the run's old
+  ones). Until that commit nothing is visible; on failure the files are deleted.
+
+Every read of a Delta table goes through the protocol reader (:mod:`lakecurate.lake.delta`), or on
+native lakes through the engine. The modules: ``delta`` (the reader), ``spark_read`` (its rows on
+Spark, embedded lakes), ``native``, ``schemas``, ``paths``; :class:`Lake` here holds what both
+backends share and dispatches the rest.
 
 Every output table is partitioned by ``run_id`` and every write replaces exactly that run's rows,
 so a rerun of a stage is idempotent and a killed stage leaves no partial table version behind.
@@ -26,12 +31,10 @@ import os
 import posixpath
 import random
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 from urllib.parse import unquote
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -44,7 +47,7 @@ from lakecurate.lake.native import NativeDelta, commit_lock
 from lakecurate.lake.schemas import arrow_schema, check_same_schema, spark_schema
 from lakecurate.lake.paths import (absolute, delta_rs_unreadable, disk_error, filesystem, first_line, get_bytes,  # noqa: F401
                                    hadoop_uri, is_uri, put_bytes, quietly, remove_path, rs_uri)
-from lakecurate.errors import InputDataError, RunChangedError, TableError
+from lakecurate.errors import RunChangedError, TableError
 from lakecurate.faults import fault_point
 from lakecurate.spark.errors import as_lakecurate_error
 from lakecurate.spark.errors import describe as describe_spark_error
@@ -57,20 +60,10 @@ log = logging.getLogger(__name__)
 # failure itself reaches lakecurate as an exception and becomes one line
 os.environ.setdefault("RUST_LOG", "error")
 
-RUN_ID = "run_id"
-#: where a table's data files live: ``_data/run_id=<id>/<token>/part-*.parquet`` (embedded backend)
-DATA_DIR = "_data"
-#: ``_data/run_id=<id>/write=<token>/<column>=<value>/part-*.parquet`` for tables with more partition columns
-WRITE_DIR = "write"
-#: attempts at one commit when concurrent writers keep committing first
-COMMIT_ATTEMPTS = 12
-#: an unreferenced file younger than this may belong to a write still in flight
-ORPHAN_AGE_SECONDS = 3600.0
-
-
-def new_token() -> str:
-    """A unique, time-ordered name for one write's files (UTC time first, so age is visible)."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:12]
+from lakecurate.lake.layout import COMMIT_ATTEMPTS, DATA_DIR, ORPHAN_AGE_SECONDS, RUN_ID, WRITE_DIR, new_token  # noqa: E402,F401
+from lakecurate.lake.maintenance import Maintenance  # noqa: E402
+from lakecurate.lake.scratch import HEARTBEAT, SCRATCH_AGE_SECONDS, Scratch, ScratchSpace  # noqa: E402,F401
+from lakecurate.lake.sources import Sources, open_npy  # noqa: E402,F401
 
 
 @dataclass
@@ -81,7 +74,7 @@ class TableInfo:
     backend: str
 
 
-class Lake:
+class Lake(Sources, ScratchSpace, Maintenance):
     """Tables under one root (a folder or URI), optionally registered in a catalog database."""
 
     def __init__(self, spark, config: LakeConfig):
@@ -539,355 +532,8 @@ class Lake:
             raise RunChangedError(f"table {name!r}: version(s) {touched} changed run {run_id!r}'s rows after version {since}, "
                                   "which this write was computed from: nothing was committed")
 
-    # ------------------------------------------------------------------ files no version references
-
-    def referenced_files(self, name: str) -> set[str]:
-        """Every file path (relative to the table) that any version in the table's log adds or removes: data
-        files and the deletion vector files that mark their deleted rows."""
-        fs, table_dir = self._fs(self.path(name))
-        log_dir = f"{table_dir}/_delta_log"
-        paths: set[str] = set()
-        for info in fs.get_file_info(pafs.FileSelector(log_dir, recursive=False, allow_not_found=True)):
-            if info.base_name.endswith(".json"):
-                actions = commit_file_actions(fs, info.path)
-            elif info.base_name.endswith(".parquet") and ".checkpoint" in info.base_name:
-                cp = pq.read_table(info.path, filesystem=fs, columns=["add", "remove"])
-                actions = [item for column in ("add", "remove") for item in cp.column(column).to_pylist() if item and item.get("path")]
-            else:
-                continue
-            for action in actions:
-                paths |= {action["path"], unquote(action["path"])}
-                dv = deletion_vector_file(action.get("deletionVector"))
-                if dv:  # a deletion vector's file is part of the table as much as the data file it marks
-                    paths |= {dv, unquote(dv)}
-        return paths
-
-    def unreferenced_files(self, name: str, *, older_than_seconds: float) -> list[str]:
-        """Data files of the table that no version of its log references (a killed or failed
-        write's leftovers), at least ``older_than_seconds`` old: a concurrent writer's files are
-        unreferenced too until it commits, so young files are left alone."""
-        fs, table_dir = self._fs(self.path(name))
-        if fs.get_file_info(table_dir).type != pafs.FileType.Directory:
-            return []
-        known = self.referenced_files(name)
-        cutoff = time.time() - older_than_seconds
-        out = []
-        for info in fs.get_file_info(pafs.FileSelector(table_dir, recursive=True)):
-            rel = posixpath.relpath(info.path, table_dir)
-            if not info.is_file or rel.startswith("_delta_log/") or rel in known:
-                continue
-            if info.mtime is not None and info.mtime.timestamp() > cutoff:
-                continue
-            out.append(rel)
-        return sorted(out)
-
-    def _remove_stale_files(self, name: str) -> None:
-        """Best effort, before a write: the table's leftovers of killed writes (see ``unreferenced_files``)."""
-        try:
-            stale = self.unreferenced_files(name, older_than_seconds=ORPHAN_AGE_SECONDS)
-            if stale:
-                self.delete_table_files(name, stale)
-                log.info("removed %d file(s) of %s that no version references (leftovers of killed writes)", len(stale), name)
-        except Exception as exc:  # cleaning is never worth failing a write for
-            log.warning("could not look for leftover files in %s: %s", name, first_line(exc))
-
-    def table_names(self, *, with_leftovers: bool = False) -> list[str]:
-        """The Delta tables directly under the root; with ``with_leftovers`` also the folders where a
-        killed first write left data files but no table yet."""
-        fs, root = self._fs(self.root)
-        if fs.get_file_info(root).type == pafs.FileType.NotFound:
-            return []
-        names = []
-        for info in fs.get_file_info(pafs.FileSelector(root, recursive=False)):
-            if info.type != pafs.FileType.Directory or info.base_name.startswith(("_", ".")):
-                continue
-            if self.exists(info.base_name) or (with_leftovers and fs.get_file_info(f"{info.path}/{DATA_DIR}").type == pafs.FileType.Directory):
-                names.append(info.base_name)
-        return sorted(names)
-
-    def vacuum(self, *, apply: bool = False, older_than_seconds: float = ORPHAN_AGE_SECONDS) -> list[dict]:
-        """Files no committed version references (killed or failed writes) and half-staged inputs,
-        older than ``older_than_seconds``; deleted when ``apply``. Committed files, including those
-        of older versions (time travel), are never touched. One dict per place: what, files, bytes."""
-        found = []
-        for name in self.table_names(with_leftovers=True):
-            stale = self.unreferenced_files(name, older_than_seconds=older_than_seconds)
-            if stale:
-                fs, table_dir = self._fs(self.path(name))
-                size = sum(fs.get_file_info(f"{table_dir}/{rel}").size or 0 for rel in stale)
-                found.append({"place": f"table {name}", "path": self.path(name), "files": len(stale), "bytes": size})
-                if apply:
-                    self.delete_table_files(name, stale)
-        fs, _ = self._fs(self.staging)
-        for info in self._half_staged(older_than_seconds):
-            files = [f for f in fs.get_file_info(pafs.FileSelector(info.path, recursive=True)) if f.is_file]
-            found.append({"place": "staged input (unfinished)", "path": info.path, "files": len(files), "bytes": sum(f.size or 0 for f in files)})
-            if apply:
-                fs.delete_dir(info.path)
-        for path, n_files, size in self.stale_scratch(older_than_seconds):
-            found.append({"place": "scratch of a run that did not finish", "path": path, "files": n_files, "bytes": size})
-            if apply:
-                fs.delete_dir(path)
-        if self.backend == "native":
-            log.info("lake.backend is native: Spark's Delta writer leaves no unreferenced files of lakecurate's; "
-                     "use Delta's own VACUUM for files of old versions")
-        return found
-
-    def delete_table_files(self, name: str, relpaths: list[str]) -> None:
-        """Delete files of a table (relative paths), then the folders they leave empty."""
-        fs, table_dir = self._fs(self.path(name))
-        folders = set()
-        for rel in relpaths:
-            fs.delete_file(f"{table_dir}/{rel}")
-            folders.add(posixpath.dirname(rel))
-        for folder in sorted(folders, key=len, reverse=True):
-            while folder and folder != ".":
-                full = f"{table_dir}/{folder}"
-                if fs.get_file_info(pafs.FileSelector(full, allow_not_found=True)):
-                    break
-                quietly(fs.delete_dir, full)
-                folder = posixpath.dirname(folder)
-
-    # ------------------------------------------------------------------ inputs
-
-    def read_source(self, format: str, *, path: Optional[str] = None, table: Optional[str] = None, key: str = "input",
-                    snapshot: Optional[dict] = None):
-        """A Delta or Parquet input by storage path or catalog name (``key`` names it in errors).
-
-        ``snapshot`` (what :func:`lakecurate.inputs.fingerprint_source` recorded) pins the read to
-        exactly what was fingerprinted: a Delta version, or a Parquet folder's file listing.
-        """
-        version = snapshot.get("version") if snapshot else None
-        if table:
-            try:
-                reader = self.spark.read
-                return (reader.option("versionAsOf", version) if version is not None else reader).table(table)
-            except Exception as exc:
-                raise TableError(f"{key}.table={table!r} cannot be read: {describe_spark_error(str(exc))}") from exc
-        fs, p = self._fs(path)
-        try:
-            kind = fs.get_file_info(p).type
-        except OSError as exc:  # credentials, permissions, network: one line naming the path
-            raise TableError(f"{key}.path={path!r} cannot be read: {first_line(exc)}") from exc
-        if kind == pafs.FileType.NotFound:
-            raise TableError(f"{key}.path={path!r} does not exist")
-        try:
-            if format == "delta":
-                return self.read_delta_path(path, version)
-            if format == "parquet":
-                listing = snapshot.get("listing") if snapshot else None
-                if listing and fs.get_file_info(p).type == pafs.FileType.Directory:
-                    base = hadoop_uri(path).rstrip("/")
-                    return self.spark.read.option("basePath", base).parquet(*[f"{base}/{rel}" for rel in listing])
-                return self.spark.read.parquet(hadoop_uri(path))
-        except TableError:
-            raise
-        except Exception as exc:
-            raise TableError(f"{key}.path={path!r} cannot be read: {describe_spark_error(str(exc))}") from exc
-        raise InputDataError(f"{key}.format={format!r} cannot be read as a table")
-
-    def read_files(self, path: str, *, glob: Optional[str] = None, recursive: bool = True, key: str = "path"):
-        """Files under ``path`` through Spark's ``binaryFile`` source (path, modificationTime, length, content)."""
-        reader = self.spark.read.format("binaryFile").option("recursiveFileLookup", str(recursive).lower())
-        if glob:
-            reader = reader.option("pathGlobFilter", glob)
-        try:
-            return reader.load(path)
-        except Exception as exc:
-            raise InputDataError(f"{key}={path!r} cannot be listed: {str(exc).splitlines()[0]}") from exc
-
-    def file_uri(self, folder: str, relpath: str) -> str:
-        """The path Spark's file sources give a file ``relpath`` under ``folder`` (``file:/...`` locally)."""
-        if is_uri(folder):
-            return folder.rstrip("/") + "/" + relpath
-        return "file:" + os.path.join(os.path.abspath(folder), relpath)
-
-    def read_npy(self, path: str, *, id_column: str, embedding_column: str, content_sha256: str, key: str = "input.path"):
-        """A local .npy matrix as (id = row number, embedding), staged once as Parquet under
-        :attr:`staging`, keyed by its content hash (two files never share a staged copy)."""
-        arr = open_npy(path, key)
-        out_dir = self._join(self.staging, "inputs", f"{os.path.basename(path)}-{content_sha256[:32]}")
-        fs, base = self._fs(out_dir)
-        if fs.get_file_info(f"{base}/_SUCCESS").type != pafs.FileType.File:
-            self._remove_stale_staging()
-            tmp = f"{base}.{new_token()}.tmp"  # staged whole, then renamed: a reader never sees half a copy
-            try:
-                fs.create_dir(tmp, recursive=True)
-                chunk = 65536
-                for i, start in enumerate(range(0, arr.shape[0], chunk)):
-                    block = np.ascontiguousarray(arr[start : start + chunk], dtype=np.float32)
-                    ids = pa.array(np.arange(start, start + block.shape[0], dtype=np.int64))
-                    emb = pa.ListArray.from_arrays(
-                        pa.array(np.arange(0, block.size + 1, block.shape[1], dtype=np.int32)), pa.array(block.ravel())
-                    )
-                    pq.write_table(pa.table({"id": ids, "embedding": emb}), f"{tmp}/part-{i:05d}.parquet", filesystem=fs)
-                with fs.open_output_stream(f"{tmp}/_SUCCESS"):
-                    pass
-                if fs.get_file_info(base).type == pafs.FileType.NotFound:
-                    fs.move(tmp, base)
-            except OSError as exc:
-                raise disk_error(exc, f"staging {path!r} as Parquet under {self.staging!r}") from exc
-            finally:
-                quietly(fs.delete_dir, tmp)
-        df = self.spark.read.parquet(hadoop_uri(out_dir))
-        return df.withColumnRenamed("id", id_column).withColumnRenamed("embedding", embedding_column)
-
-    def _half_staged(self, older_than_seconds: float) -> list:
-        """Half-staged input copies (``*.tmp``) that killed jobs left, at least that old."""
-        fs, folder = self._fs(self._join(self.staging, "inputs"))
-        cutoff = time.time() - older_than_seconds
-        return [info for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-                if info.type == pafs.FileType.Directory and info.base_name.endswith(".tmp")
-                and (info.mtime is None or info.mtime.timestamp() <= cutoff)]
-
-    def _remove_stale_staging(self) -> None:
-        try:
-            fs, _ = self._fs(self.staging)
-            for info in self._half_staged(ORPHAN_AGE_SECONDS):
-                fs.delete_dir(info.path)
-                log.info("removed a half-staged input a killed job left: %s", info.path)
-        except OSError as exc:
-            log.warning("could not look for half-staged inputs in %s: %s", self.staging, exc)
-
-    # ------------------------------------------------------------------ scratch
-
-    def scratch(self, what: str) -> Scratch:
-        """A new scratch folder for ``what`` (e.g. ``blocks``, ``payloads``); old ones a killed
-        run left are removed first."""
-        self._remove_stale_scratch(SCRATCH_AGE_SECONDS)
-        slug = "".join(c if c.isalnum() else "-" for c in what)
-        return Scratch(self._join(self.staging, "scratch", f"{new_token()}-{slug}"), self.options)
-
-    def stage_frame(self, df, what: str):
-        """``df`` written once as Parquet into a scratch folder and read back: a DataFrame that
-        can be read many times without Spark's cache (sessions that cannot cache, e.g.
-        serverless). Returns ``(frame, scratch)``; ``scratch.remove()`` when done."""
-        scratch = self.scratch(what)
-        try:
-            # uncompressed: float32 bytes do not compress, and a pass reads them again and again
-            df.write.mode("error").option("compression", "uncompressed").parquet(hadoop_uri(f"{scratch.path}/data"))
-        except BaseException as exc:
-            scratch.remove()
-            if isinstance(exc, OSError):
-                raise disk_error(exc, f"staging {what} under {scratch.path!r}") from exc
-            converted = as_lakecurate_error(exc, f"staging {what} under {scratch.path!r}") if isinstance(exc, Exception) else None
-            if converted is not None:
-                raise converted from exc
-            raise
-        return self.spark.read.parquet(hadoop_uri(f"{scratch.path}/data")), scratch
-
-    def write_scratch_parquet(self, scratch: Scratch, relpath: str, table: pa.Table) -> None:
-        """A driver-side Arrow table as one Parquet file in a scratch folder."""
-        fs, path = self._fs(f"{scratch.path}/{relpath}")
-        try:
-            fs.create_dir(posixpath.dirname(path), recursive=True)
-            pq.write_table(table, path, filesystem=fs)
-        except OSError as exc:
-            raise disk_error(exc, f"writing {path!r}") from exc
-
-    @staticmethod
-    def spark_path(path: str) -> str:
-        """``path`` as Spark's readers and writers want it (``file://`` for local paths)."""
-        return hadoop_uri(path)
-
-    def stale_scratch(self, older_than_seconds: float) -> list[tuple[str, int, int]]:
-        """(path, files, bytes) of scratch folders idle for at least ``older_than_seconds``."""
-        fs, folder = self._fs(self._join(self.staging, "scratch"))
-        cutoff = time.time() - older_than_seconds
-        out = []
-        for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
-            if info.type != pafs.FileType.Directory:
-                continue
-            files = [f for f in fs.get_file_info(pafs.FileSelector(info.path, recursive=True)) if f.is_file]
-            newest = max([f.mtime.timestamp() for f in files if f.mtime is not None]
-                         + [info.mtime.timestamp() if info.mtime is not None else 0.0])
-            if newest <= cutoff:
-                out.append((info.path, len(files), sum(f.size or 0 for f in files)))
-        return out
-
-    def _remove_stale_scratch(self, older_than_seconds: float) -> None:
-        try:
-            fs, _ = self._fs(self.staging)
-            for path, _, _ in self.stale_scratch(older_than_seconds):
-                fs.delete_dir(path)
-                log.info("removed a scratch folder a killed run left: %s", path)
-        except OSError as exc:
-            log.warning("could not look for old scratch folders in %s: %s", self.staging, exc)
-
-    # ------------------------------------------------------------------ files of the lake's own
-
-    def _join(self, *parts: str) -> str:
-        return posixpath.join(*parts) if is_uri(parts[0]) else os.path.join(*parts)
-
-    def file_path(self, relpath: str) -> str:
-        """Where ``<root>/<relpath>`` is (a local path or a URI)."""
-        return self._join(self.root, relpath)
-
-    def put_file(self, relpath: str, data: bytes) -> None:
-        """Write ``<root>/<relpath>`` atomically (a temporary name, then a rename)."""
-        put_bytes(self._join(self.root, relpath), data, self.options)
-
-    def get_file(self, relpath: str) -> Optional[bytes]:
-        """The bytes of ``<root>/<relpath>``, or None when it does not exist."""
-        fs, path = self._fs(self._join(self.root, relpath))
-        if fs.get_file_info(path).type != pafs.FileType.File:
-            return None
-        with fs.open_input_file(path) as f:
-            return f.read()
-
-    def remove_tree(self, relpath: str) -> None:
-        """Delete ``<root>/<relpath>`` and everything under it, if it exists."""
-        fs, path = self._fs(self._join(self.root, relpath))
-        if fs.get_file_info(path).type != pafs.FileType.NotFound:
-            fs.delete_dir(path)
-
-
-# ---------------------------------------------------------------------- scratch: a run's temporary files
-
-#: scratch folders (staged block frames, large task payloads) a killed run left are removed by
-#: the next run once this old; ``lakecurate vacuum`` takes its own ``--older-than-hours``
-SCRATCH_AGE_SECONDS = 24 * 3600.0
-#: a live run touches this file in its scratch folder on every pass, so age means idle time
-HEARTBEAT = "_alive"
-
-
-class Scratch:
-    """One folder of a run's temporary files under ``<staging>/scratch/`` (removed when done)."""
-
-    def __init__(self, path: str, options: Optional[dict] = None):
-        self.path = path
-        self.options = options or {}
-        self.touch()
-
-    def touch(self) -> None:
-        """Say the run using this folder is alive (its age is counted from here)."""
-        put_bytes(f"{self.path}/{HEARTBEAT}", str(time.time()).encode(), self.options)
-
-    def remove(self) -> None:
-        try:
-            remove_path(self.path, self.options)
-        except OSError as exc:
-            log.warning("could not remove scratch folder %s (lakecurate vacuum will): %s", self.path, exc)
-
 
 # ---------------------------------------------------------------------- helpers
-
-
-def open_npy(path: str, key: str = "input.path") -> np.ndarray:
-    """A local .npy embeddings matrix, memory-mapped and checked (2-D, real numbers, not empty)."""
-    if not os.path.isfile(path):
-        raise TableError(f"{key}={path!r} does not exist")
-    try:
-        arr = np.load(path, mmap_mode="r")
-    except Exception as exc:
-        raise TableError(f"{key}={path!r} is not a readable .npy file: {exc}") from exc
-    if arr.ndim != 2:
-        raise InputDataError(f"{key}={path!r}: expected a 2-D array (rows, dim); got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise InputDataError(f"{key}={path!r}: embeddings must be real numbers; the array holds dtype {arr.dtype}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise InputDataError(f"{key}={path!r} is empty: shape {arr.shape}")
-    return arr
 
 
 def _with_layout(writer, name: str, max_rows_per_file: Optional[int] = None):
