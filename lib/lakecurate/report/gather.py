@@ -23,7 +23,6 @@ from lakecurate.core.metrics import covered, expected_group_counts, guidance_tar
 from lakecurate.core.sampling import hierarchical_quotas, tree_from_levels
 from lakecurate.errors import TableError
 from lakecurate.history import RunSummary, read_runs
-from lakecurate.lake import read_delta_files
 from lakecurate.tables import ASSIGNMENTS, CLUSTERS, CURATED, DUPLICATES, LABEL_COUNTS, POOL
 
 log = logging.getLogger(__name__)
@@ -186,8 +185,9 @@ def _tree_run(run_id: str, metrics: dict) -> Optional[str]:
 
 
 def _levels(lake, tree_run: str) -> list[Level]:
-    t = read_delta_files(lake.path(CLUSTERS), storage_options=lake.options, columns=["level", "cluster_id", "parent_id", "size"],
-                         partition={"run_id": tree_run})
+    columns = ["level", "cluster_id", "parent_id", "size"]
+    pieces = list(lake.scan(CLUSTERS, tree_run, columns))  # through the engine on native lakes
+    t = pa.concat_tables(pieces) if pieces else pa.table({c: pa.array([], pa.int64()) for c in columns})
     levels = []
     for level in sorted(set(t.column("level").to_pylist())):
         rows = t.filter(pc.equal(t.column("level"), level))
@@ -314,6 +314,10 @@ class PayloadSource:
     def _schema(self) -> pa.Schema:
         from lakecurate.lake import table_schema
 
+        if self._format == "delta" and getattr(self.lake, "native", None) is not None:
+            from lakecurate.lake.schemas import arrow_schema
+
+            return arrow_schema(self.lake.read_delta_path(self._path).schema)
         if self._format == "delta":
             return table_schema(self._path, storage_options=self.lake.options)[0]
         return self._dataset().schema
@@ -333,7 +337,14 @@ class PayloadSource:
         want = pa.array(ids)
         found: dict = {}
         cols = [self.id_col, *[c for c in self.columns if c != self.id_col]]
-        if self._format == "delta":
+        if self._format == "delta" and getattr(self.lake, "native", None) is not None:  # a native lake reads through its engine
+            from pyspark.sql import functions as F
+
+            frame = self.lake.read_delta_path(self._path)
+            for column, value in (self._partition or {}).items():
+                frame = frame.where(F.col(column) == value)
+            pieces = [frame.select(*cols).where(F.col(self.id_col).isin(ids)).toArrow()]
+        elif self._format == "delta":
             from lakecurate.lake import scan_delta
 
             pieces = scan_delta(self._path, storage_options=self.lake.options, columns=cols, partition=self._partition)
