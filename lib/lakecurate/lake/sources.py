@@ -67,7 +67,7 @@ class Sources:
         try:
             if format == "delta":
                 if not self._is_delta(hadoop_uri(path)):
-                    raise TableError(f"{key}.path={path!r} is not a Delta table (it has no _delta_log with a commit); "
+                    raise TableError(f"{key}.path={path!r} is not a Delta table (no readable _delta_log); "
                                      f"for a folder of Parquet files use {key}.format=parquet")
                 return self.read_delta_path(path, version)
             if format == "parquet":
