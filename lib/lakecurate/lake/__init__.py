@@ -168,6 +168,27 @@ class Lake(Sources, ScratchSpace, Maintenance):
         snap = Snapshot(path, storage_options=self.options, version=version)
         return snapshot_frame(self.spark, snap, spark_schema(snap.schema), partition)
 
+    def delta_schema(self, path: str) -> pa.Schema:
+        """Any Delta table's logical schema as Arrow: through the engine on native lakes, else the protocol reader."""
+        if self.native is not None:
+            return arrow_schema(self.read_delta_path(path).schema)
+        return Snapshot(path, storage_options=self.options).schema
+
+    def delta_rows_with_ids(self, path: str, columns: list[str], id_column: str, ids: list,
+                            partition: Optional[dict] = None) -> Iterator[pa.Table]:
+        """Pieces of any Delta table's rows (``columns``), at least those whose ``id_column`` is in
+        ``ids`` (callers filter again): on native lakes one filtered read through the engine, else
+        a scan with the protocol reader (``partition`` limits both)."""
+        if self.native is None:
+            return scan_delta(path, storage_options=self.options, columns=columns, partition=partition)
+        from pyspark.sql import functions as F
+
+        frame = self.read_delta_path(path)
+        for column, value in (partition or {}).items():
+            frame = frame.where(F.col(column) == value)
+        wanted = [i.item() if hasattr(i, "item") else i for i in ids]  # numpy scalars as plain values for the plan
+        return iter([frame.where(F.col(id_column).isin(wanted)).select(*columns).toArrow()])
+
     def partition_sizes(self, name: str, run_id: str, column: str) -> dict:
         """``{value: {"rows", "files", "bytes"}}`` of one run's rows of a table partitioned by
         ``column`` (an integer column): from the Delta log on embedded lakes (no Spark job); on

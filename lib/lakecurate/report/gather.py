@@ -312,14 +312,8 @@ class PayloadSource:
         self.where = self._path
 
     def _schema(self) -> pa.Schema:
-        from lakecurate.lake import table_schema
-
-        if self._format == "delta" and getattr(self.lake, "native", None) is not None:
-            from lakecurate.lake.schemas import arrow_schema
-
-            return arrow_schema(self.lake.read_delta_path(self._path).schema)
         if self._format == "delta":
-            return table_schema(self._path, storage_options=self.lake.options)[0]
+            return self.lake.delta_schema(self._path)
         return self._dataset().schema
 
     def _dataset(self):
@@ -337,17 +331,8 @@ class PayloadSource:
         want = pa.array(ids)
         found: dict = {}
         cols = [self.id_col, *[c for c in self.columns if c != self.id_col]]
-        if self._format == "delta" and getattr(self.lake, "native", None) is not None:  # a native lake reads through its engine
-            from pyspark.sql import functions as F
-
-            frame = self.lake.read_delta_path(self._path)
-            for column, value in (self._partition or {}).items():
-                frame = frame.where(F.col(column) == value)
-            pieces = [frame.select(*cols).where(F.col(self.id_col).isin(ids)).toArrow()]
-        elif self._format == "delta":
-            from lakecurate.lake import scan_delta
-
-            pieces = scan_delta(self._path, storage_options=self.lake.options, columns=cols, partition=self._partition)
+        if self._format == "delta":  # through the engine on native lakes
+            pieces = self.lake.delta_rows_with_ids(self._path, cols, self.id_col, ids, self._partition)
         else:
             import pyarrow.dataset as ds
 
