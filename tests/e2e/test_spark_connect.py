@@ -220,7 +220,6 @@ def test_a_nightly_increment_on_spark_connect(connect_results):
     assigned = set(DeltaTable(os.path.join(root, "assignments")).to_pandas().query("run_id == @tree")["id"])
     assert set(mine.loc[list(range(1_000_000, 1_000_040)), "kept_id"]) <= assigned
     assert assign["new_rows"] == 60 - dedup["removed"] and not set(mine.index) & assigned
-    assert (sample["dropped"], sample["added"]) == (sample["dropped_least"], sample["added_least"])
     assert sample["added"] - sample["dropped"] == 20 and sample["previous_run_id"] == tree
 
 

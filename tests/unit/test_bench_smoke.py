@@ -56,9 +56,16 @@ def test_sparse_sums_add_each_chunks_rows_in_row_order():
         assert np.array_equal(counts, np.bincount(lab, minlength=k))
 
 
-def test_device_selection_is_cpu_without_gpu(monkeypatch):
-    assert faiss_device() in ("cpu", "gpu")
-    monkeypatch.setenv("LAKECURATE_FAISS_DEVICE", "cpu")
+def test_device_selection_follows_the_gpus_faiss_sees(monkeypatch):
+    import faiss
+
+    from lakecurate.core import assign
+
+    for gpus, device in ((0, "cpu"), (1, "gpu")):
+        monkeypatch.setattr(faiss, "get_num_gpus", lambda n=gpus: n, raising=False)
+        monkeypatch.setitem(assign._gpu_state, "count", None)  # asked again, as in a fresh process
+        assert faiss_device() == device
+    monkeypatch.setenv("LAKECURATE_FAISS_DEVICE", "cpu")  # forced, whatever faiss sees
     assert faiss_device() == "cpu"
 
 
