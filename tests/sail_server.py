@@ -1,6 +1,7 @@
 """A local Sail Spark Connect server for the suite's native-Delta tests (run with ``.venv-sail``'s Python).
 
-Prints ``sc://127.0.0.1:<port>`` on its first line once it listens, then serves until killed.
+Prints ``sc://127.0.0.1:<port>`` on its first line once it listens, then serves until killed or
+until the process that started it is gone.
 Sail runs the Python UDFs of the clients in its own worker processes, with this environment's
 lakecurate (``.venv-sail`` installs the checkout in editable mode).
 
@@ -9,6 +10,7 @@ lakecurate (``.venv-sail`` installs the checkout in editable mode).
 
 from __future__ import annotations
 
+import os
 import time
 
 from pysail.spark import SparkConnectServer
@@ -19,8 +21,10 @@ def main() -> None:
     server.start(background=True)
     host, port = server.listening_address
     print(f"sc://{host}:{port}", flush=True)
-    while True:
-        time.sleep(3600)
+    parent = os.getppid()
+    while os.getppid() == parent:  # the test run that started it ended, however it ended: so does the server
+        time.sleep(1)
+    os._exit(0)  # the server's threads are not daemons
 
 
 if __name__ == "__main__":
