@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import posixpath
-import random
 import time
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
@@ -60,7 +59,8 @@ log = logging.getLogger(__name__)
 # failure itself reaches lakecurate as an exception and becomes one line
 os.environ.setdefault("RUST_LOG", "error")
 
-from lakecurate.lake.layout import COMMIT_ATTEMPTS, DATA_DIR, ORPHAN_AGE_SECONDS, RUN_ID, WRITE_DIR, new_token  # noqa: E402,F401
+from lakecurate.lake.layout import (COMMIT_ATTEMPTS, DATA_DIR, ORPHAN_AGE_SECONDS, RUN_ID, WRITE_DIR, new_token,  # noqa: E402,F401
+                                    retry_wait)
 from lakecurate.lake.maintenance import Maintenance  # noqa: E402
 from lakecurate.lake.scratch import HEARTBEAT, SCRATCH_AGE_SECONDS, Scratch, ScratchSpace  # noqa: E402,F401
 from lakecurate.lake.sources import Sources, open_npy  # noqa: E402,F401
@@ -120,7 +120,7 @@ class Lake(Sources, ScratchSpace, Maintenance):
 
     def _delta(self, uri: str, version: Optional[int] = None):
         """delta-rs's table at ``uri`` with the lake's storage options (the embedded backend only)."""
-        if self.backend == "native":  # native lakes go through Spark only: a call here is a bug
+        if self.native is not None:  # native lakes go through Spark only: a call here is a bug
             raise TableError(f"internal error: delta-rs asked for {uri!r} on a native-Delta lake")
         from deltalake import DeltaTable
 
@@ -193,7 +193,7 @@ class Lake(Sources, ScratchSpace, Maintenance):
         """``{value: {"rows", "files", "bytes"}}`` of one run's rows of a table partitioned by
         ``column`` (an integer column): from the Delta log on embedded lakes (no Spark job); on
         native ones the rows from Spark, files and bytes as None."""
-        if self.backend == "native":
+        if self.native is not None:
             from pyspark.sql import functions as F
 
             counts = self.read(name, run_id).groupBy(column).agg(F.count("*").alias("n")).collect()
@@ -211,7 +211,7 @@ class Lake(Sources, ScratchSpace, Maintenance):
     def read_small(self, name: str, columns: Optional[list[str]] = None) -> list[dict]:
         """All rows of a small table of this lake (e.g. ``runs``) as dicts on the driver: delta-rs
         on embedded lakes (no Spark job), Spark on native ones."""
-        if self.backend == "native":
+        if self.native is not None:
             df = self.read(name)
             return [r.asDict() for r in (df.select(*columns) if columns else df).collect()]
         return read_delta_files(self.path(name), storage_options=self.options, columns=columns).to_pylist()
@@ -240,7 +240,7 @@ class Lake(Sources, ScratchSpace, Maintenance):
         counts; the Parquet footers of at most ``max_files`` files), or None when unknown."""
         try:
             if format == "delta":
-                if self.backend == "native":
+                if self.native is not None:
                     return None  # no delta-rs on native lakes; counted by the stages' first job
                 version = snapshot.get("version") if snapshot else None
                 return Snapshot(path, storage_options=self.options, version=version).live_rows()
@@ -276,7 +276,7 @@ class Lake(Sources, ScratchSpace, Maintenance):
 
     def columns(self, name: str) -> Optional[list[str]]:
         """The column names of table ``name`` (reading only its log), or None when it does not exist."""
-        if self.backend == "native":
+        if self.native is not None:
             try:
                 return list(self.read(name).columns)
             except Exception:
@@ -335,7 +335,7 @@ class Lake(Sources, ScratchSpace, Maintenance):
         """Make ``name`` queryable with spark.sql in this session (a temp view of the latest version)."""
         if not self.exists(name):
             return
-        if self.backend == "native" and self.database:
+        if self.native is not None and self.database:
             return  # saveAsTable already put it in the catalog
         self.read(name).createOrReplaceTempView(name)
 
@@ -529,7 +529,7 @@ class Lake(Sources, ScratchSpace, Maintenance):
                     dt.create_write_transaction(adds, mode="append", schema=schema, partition_by=partition_by, commit_properties=no_retry)
                 return self._delta(uri).version()
             except CommitFailedError as exc:
-                wait = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
+                wait = retry_wait(attempt)
                 log.info("commit to %s conflicted with a concurrent commit (attempt %d of %d: %s); retrying on a fresh snapshot in %.2fs",
                          name, attempt + 1, COMMIT_ATTEMPTS, first_line(exc), wait)
                 time.sleep(wait)

@@ -110,7 +110,7 @@ class Maintenance:
             found.append({"place": "scratch of a run that did not finish", "path": path, "files": n_files, "bytes": size})
             if apply:
                 fs.delete_dir(path)
-        if self.backend == "native":
+        if self.native is not None:
             log.info("lake.backend is native: Spark's Delta writer leaves no unreferenced files of lakecurate's; "
                      "use Delta's own VACUUM for files of old versions")
         return found

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import time
 from typing import Iterator, Optional
 
@@ -35,6 +34,7 @@ import pyarrow as pa
 
 from lakecurate.errors import RunChangedError, TableError
 from lakecurate.lake.delta import Snapshot
+from lakecurate.lake.layout import COMMIT_ATTEMPTS, retry_wait
 from lakecurate.lake.paths import first_line, is_uri
 from lakecurate.lake.schemas import arrow_schema, check_same_schema
 
@@ -56,10 +56,6 @@ _NOT_A_TABLE = ("DELTA_MISSING_DELTA_TABLE", "is not a Delta table", "PATH_NOT_F
 
 #: what engines say when they do not know a statement (the probe for DESCRIBE HISTORY)
 _UNKNOWN_STATEMENT = ("PARSE_SYNTAX_ERROR", "ParseException", "found HISTORY", "mismatched input", "UNSUPPORTED")
-
-#: how many times a commit that lost a race is tried in all
-COMMIT_ATTEMPTS = 12
-
 
 def is_conflict(exc: BaseException) -> bool:
     """Whether a write failed because another writer's commit came first (worth writing again)."""
@@ -133,18 +129,18 @@ class NativeDelta:
         reader = self.spark.read.format("delta")
         return (reader.option("versionAsOf", version) if version is not None else reader).load(uri)
 
-    def exists(self, uri: str) -> bool:
-        """Whether ``uri`` holds a Delta table, asked by reading its schema through the engine."""
+    def schema_or_none(self, uri: str):
+        """The table's Spark schema as the engine reads it, or None when ``uri`` holds no Delta table."""
         try:
-            self.read(uri).schema
-            return True
+            return self.read(uri).schema
         except Exception as exc:  # noqa: BLE001
             if any(m in str(exc) for m in _NOT_A_TABLE):
-                return False
+                return None
             raise
 
-    def schema(self, uri: str):
-        return self.read(uri).schema
+    def exists(self, uri: str) -> bool:
+        """Whether ``uri`` holds a Delta table, asked by reading its schema through the engine."""
+        return self.schema_or_none(uri) is not None
 
     def version(self, uri: str) -> int:
         if self.sql_metadata:
@@ -195,9 +191,10 @@ class NativeDelta:
         import json
 
         for attempt in range(COMMIT_ATTEMPTS):
-            exists = self.exists(uri)
+            current = self.schema_or_none(uri)  # one read of the table's schema per attempt
+            exists = current is not None
             if exists:
-                check_same_schema(arrow_schema(self.schema(uri)), arrow_schema(df.schema), name)
+                check_same_schema(arrow_schema(current), arrow_schema(df.schema), name)
             if unchanged_since is not None:
                 then = set() if unchanged_since < 0 else self.run_files(uri, run_column, run_id, unchanged_since)
                 if then != (self.run_files(uri, run_column, run_id, None) if exists else set()):
@@ -219,7 +216,7 @@ class NativeDelta:
             except Exception as exc:  # noqa: BLE001
                 if attempt + 1 == COMMIT_ATTEMPTS or not is_conflict(exc):
                     raise
-                wait = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
+                wait = retry_wait(attempt)
                 log.info("commit to %s lost a race (attempt %d of %d: %s); writing again in %.2fs",
                          name, attempt + 1, COMMIT_ATTEMPTS, first_line(exc), wait)
                 time.sleep(wait)
