@@ -82,6 +82,19 @@ def main(remote: str, root: str, backend: str) -> None:
         out["mismatch"] = str(exc)
     out["version_unchanged"] = lake.version("scores") == version
 
+    # schema gain: a curated table an older lakecurate wrote, without added_in/dropped_in
+    # (tables.ADDED_COLUMNS), then a write that has them
+    old = pa.table({"id": pa.array([1], pa.int64()), "cluster": pa.array([0], pa.int32())})
+    lake.write_arrow(old, "curated", "v0")
+    before = lake.version("curated")
+    new = old.append_column("added_in", pa.array(["v1"])).append_column("dropped_in", pa.array([None], pa.string()))
+    try:
+        lake.write_arrow(new, "curated", "v1")
+        out["gain"] = sorted(lake.columns("curated"))
+    except TableError as exc:
+        out["gain"] = str(exc)
+    out["gain_versions"] = [before, lake.version("curated")]
+
     # reading features: the log the engine wrote is one the protocol reader reads
     out["reader_rows"] = Snapshot(os.path.join(root, "scores")).live_rows()
     out["engine_rows"] = len(rows(lake, "scores"))

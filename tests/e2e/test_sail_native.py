@@ -270,7 +270,8 @@ def test_a_native_write_that_does_not_match_the_table_is_refused_and_nothing_is_
 def test_both_backends_keep_the_table_contract_on_one_engine(sail, tmp_path, backend):
     """Atomic replace of a run, time travel, an append with commit metadata, a conditional append
     refused once its run changed, concurrent appends, a schema refused, the log readable by the
-    protocol reader, a non-Delta path refused: the same answers from both backends."""
+    protocol reader, a non-Delta path refused: the same answers from both backends. Schema gain
+    (an older table's missing columns) lands on embedded and is refused in one line on Sail."""
     proc = subprocess.run([SAIL_PYTHON, os.path.join(ROOT, "tests", "e2e", "sail_contract.py"), sail, str(tmp_path / "lake"), backend],
                           capture_output=True, text=True, env=sail_env(sail), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -284,3 +285,8 @@ def test_both_backends_keep_the_table_contract_on_one_engine(sail, tmp_path, bac
     assert "table 'scores' has a different schema" in out["mismatch"] and out["version_unchanged"]
     assert out["reader_rows"] == out["engine_rows"] == 2 + 2 + 2 + 4
     assert out["not_delta"].startswith("input.path=") and "plain" in out["not_delta"]
+    if backend == "embedded":  # delta-rs adds the columns in one schema change, then the write lands
+        assert out["gain"] == ["added_in", "cluster", "dropped_in", "id", "run_id"] and out["gain_versions"] == [0, 2]
+    else:  # Sail has no ALTER TABLE ... ADD COLUMNS: refused in one line, nothing written
+        assert "written by an older lakecurate without the column(s) ['added_in', 'dropped_in']" in out["gain"]
+        assert out["gain_versions"] == [0, 0]
