@@ -20,6 +20,16 @@ concepts of it (ranks 10, 30 and 100). Every measurement runs in its own process
 
 Quality: precision (share of picks from the target's concepts) and recall (share of the pool's
 rows of those concepts picked), beside a uniform random subset of the same size.
+
+    .venv/bin/python bench/coreset.py --summaries        # the target summary's share of precision (about 2 min)
+
+``--summaries`` (issue 31) measures what the target's summary alone costs: the same greedy, in
+memory, from SimCore's summary (scikit-learn k-means of the unit target rows, what
+``target_centroids`` makes) and from the spherical k-means lakecurate used before (its own Lloyd
+loop, sampled k-means++ init), on two labelled pools with targets drawn from two of their
+classes, four seeds each: scikit-learn's handwritten digits (1,797 x 64, real data shipped
+inside scikit-learn; the target is 60 rows of digits 3 and 8, the pool the other rows) and the
+long-tailed mixture above (200k x 384, 1,000 target rows of two concepts).
 """
 
 from __future__ import annotations
@@ -175,6 +185,75 @@ def one_size(n: int, d: int, target_rows: int, tmp: str, with_reference: bool, p
     return out
 
 
+def spherical_centroids(target: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """The target summary before issue 31: spherical k-means through lakecurate's own Lloyd loop."""
+    from lakecurate.core.kmeans import fit_kmeans, normalize_rows
+
+    unit = normalize_rows(target)
+    fit, _, _ = fit_kmeans(unit, k, n_iter=50, metric="cosine", seed=seed)
+    return normalize_rows(fit.centroids)
+
+
+def summary_precision(pool: np.ndarray, label: np.ndarray, target: np.ndarray, classes, k: int, seed: int) -> dict:
+    from lakecurate.core.coreset import default_budget, greedy, in_memory_fetch, target_centroids
+    from lakecurate.core.kmeans import normalize_rows
+
+    unit = normalize_rows(pool)
+    keys = np.arange(pool.shape[0], dtype=np.int64)
+    out = {}
+    for name, cents in (("simcore", target_centroids(target, k, seed=seed)), ("spherical", spherical_centroids(target, k, seed))):
+        res = greedy(in_memory_fetch(keys, unit, cents), cents.shape[0], budget=default_budget(target.shape[0], pool.shape[0]),
+                     pool_rows=pool.shape[0], patience=20, stop_threshold=0.95, seed=seed)
+        picks = res.indices
+        out[name] = {"precision": float(np.isin(label[picks], classes).mean()), "selected": int(picks.size)}
+    return out
+
+
+def summaries(tmp: str, seeds=(0, 1, 2, 3)) -> dict:
+    from sklearn.datasets import load_digits
+
+    from data import concepts_path, generate
+
+    r = {"digits": [], "mixture": []}
+    digits = load_digits()
+    x, y = digits.data.astype(np.float32), digits.target
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        where = np.flatnonzero(np.isin(y, (3, 8)))
+        t = rng.choice(where, 60, replace=False)
+        rest = np.setdiff1d(np.arange(x.shape[0]), t)
+        r["digits"].append({"seed": seed, **summary_precision(x[rest], y[rest], x[t], (3, 8), 10, seed)})
+        log.info("digits seed %d: %s", seed, r["digits"][-1])
+    n, d = 200_000, 384
+    npy, _ = generate(tmp, n, d)
+    pool, concept = np.load(npy), np.load(concepts_path(npy))
+    two = TARGET_CONCEPTS[:2]
+    for seed in seeds:
+        from data import concept_params
+
+        _, centres, scales, _ = concept_params(n, d, seed=0)
+        rng = np.random.default_rng(seed + 99)
+        c = rng.choice(np.array(two), size=1000)
+        target = (centres[c] + scales[c, None] * rng.standard_normal((1000, d), dtype=np.float32)).astype(np.float32)
+        r["mixture"].append({"seed": seed, **summary_precision(pool, concept, target, two, N_CENTROIDS, seed)})
+        log.info("mixture seed %d: %s", seed, r["mixture"][-1])
+    return r
+
+
+def render_summaries(r: dict) -> str:
+    lines = ["# The coreset's target summary: SimCore's (scikit-learn k-means) against lakecurate's earlier spherical k-means", "",
+             "Same greedy (patience 20, threshold 0.95, budget 50 x target), in memory; precision = share of picks from the target's classes.", "",
+             "| pool | seed | SimCore summary: precision (picked) | spherical summary: precision (picked) |", "|---|---:|---:|---:|"]
+    for pool, rows in r.items():
+        for row in rows:
+            a, b = row["simcore"], row["spherical"]
+            lines.append(f"| {pool} | {row['seed']} | {a['precision']:.4f} ({a['selected']:,}) | {b['precision']:.4f} ({b['selected']:,}) |")
+        ma = np.mean([row["simcore"]["precision"] for row in rows])
+        mb = np.mean([row["spherical"]["precision"] for row in rows])
+        lines.append(f"| {pool} | mean | {ma:.4f} | {mb:.4f} |")
+    return "\n".join(lines)
+
+
 def render(r: dict) -> str:
     lines = [f"# Coreset benchmark (SimCore), {r['machine']}", "",
              f"Pool: long-tailed mixture, {r['dim']} dims, 2000 concepts; target: {r['target_rows']} new rows of concepts "
@@ -217,6 +296,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="results go to coreset-quick.json")
     ap.add_argument("--spark-partitions", type=int, default=0, help="spark.partitions of the stage (0: 2 x the cores)")
     ap.add_argument("--data", default=None, help="folder for the generated data (default: a temporary folder)")
+    ap.add_argument("--summaries", action="store_true", help="only the target summary's precision, SimCore's vs spherical")
     ap.add_argument("--worker")
     ap.add_argument("--params")
     ap.add_argument("--out")
@@ -231,6 +311,14 @@ def main(argv=None) -> int:
     log.setLevel(logging.INFO)
     import platform
 
+    if args.summaries:
+        with tempfile.TemporaryDirectory(dir=args.data) as tmp:
+            r = summaries(tmp)
+        os.makedirs(RESULTS, exist_ok=True)
+        with open(os.path.join(RESULTS, "coreset-summaries.json"), "w") as f:
+            json.dump(r, f, indent=2)
+        print(render_summaries(r))
+        return 0
     sizes = [int(s) for s in args.sizes.split(",")]
     r = {"machine": f"{os.cpu_count()} cores, {platform.machine()}", "dim": args.dim, "target_rows": args.target_rows, "sizes": []}
     with tempfile.TemporaryDirectory(dir=args.data) as tmp:

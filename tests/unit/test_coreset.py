@@ -126,9 +126,50 @@ def test_picks_come_from_the_target_concepts():
 
 def test_same_seed_same_result_and_the_seed_matters_for_kmeans_centroids():
     pool, target = domain_case(seed=9)
-    a = target_coreset(pool.x, target, n_centroids=5, budget=300, seed=1)
-    b = target_coreset(pool.x, target, n_centroids=5, budget=300, seed=1)
-    np.testing.assert_array_equal(a, b)
+    a = target_coreset(pool.x, target, n_centroids=5, budget=300, seed=1, details=True)
+    b = target_coreset(pool.x, target, n_centroids=5, budget=300, seed=1, details=True)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_array_equal(a.centroids, b.centroids)
+    # another seed starts k-means++ elsewhere: other centroids (the picks may still agree)
+    c = target_coreset(pool.x, target, n_centroids=5, budget=300, seed=2, details=True)
+    assert not np.array_equal(a.centroids, c.centroids)
+
+
+def simcore_reference(pool_x, target, n_centroids, *, patience=20, stop_threshold=0.95, seed=0):
+    """SimCore's ``simcore_sampling`` transcribed, with ``args.stop`` on: the target's unit rows,
+    ``KMeans(n_clusters=K, random_state=0).fit(...)`` with scikit-learn's defaults, the centroids
+    made unit length, the similarities, then the reference's greedy with budget 50 x |target|.
+    Its two deviations are lakecurate's pinned choices: similarities rounded from float64
+    (:func:`similarities`; torch.mm's float32 sums differ by rounding only) and the fit on one
+    thread (scikit-learn's multi-thread sums depend on which thread finishes first)."""
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    feats = normalize_rows(target)
+    if n_centroids < feats.shape[0]:
+        with threadpool_limits(limits=1):
+            centroids = KMeans(n_clusters=n_centroids, random_state=0).fit(feats).cluster_centers_
+    else:
+        centroids = feats
+    centroids = normalize_rows(centroids)
+    sim = similarities(normalize_rows(pool_x), centroids)
+    budget = min(50 * target.shape[0], pool_x.shape[0])
+    picks, _, _, _ = reference_greedy(sim, budget, patience, stop_threshold, seed)
+    return centroids, picks
+
+
+@pytest.mark.parametrize("n_centroids", [4, 10, 25])
+def test_target_summary_and_picks_equal_simcores_end_to_end(n_centroids):
+    """Issue 31: the target's centroids are SimCore's (scikit-learn's Euclidean k-means with greedy
+    k-means++), not a spherical k-means of our own; the picks then equal the reference's, on a
+    labelled pool whose target is two of its concepts."""
+    pool, target = domain_case(n=4000, d=24, n_target=120, seed=11, concepts=(1, 4))
+    ref_centroids, ref_picks = simcore_reference(pool.x, target, n_centroids)
+    res = target_coreset(pool.x, target, n_centroids=n_centroids, details=True)
+    np.testing.assert_array_equal(res.centroids, ref_centroids)
+    np.testing.assert_array_equal(res.indices, ref_picks)
+    precision = np.isin(pool.concept[res.indices], (1, 4)).mean()
+    assert precision > 2 * np.isin(pool.concept, (1, 4)).mean()
 
 
 @pytest.mark.parametrize(
