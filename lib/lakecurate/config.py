@@ -209,7 +209,7 @@ class DedupConfig:
     eps: float = 0.05
     n_clusters: Optional[int] = None  # coarse clusters; None = about sqrt(rows)
     #: also compare each row with the rows of its r nearest other coarse clusters (boundary copies)
-    n_neighbor_clusters: int = 0
+    n_neighbor_clusters: int = 1
     block_size: int = 4096  # rows per side of a similarity tile (4 * block_size^2 bytes)
     #: a coarse cluster with more rows is compared as chunks of at most this many rows, chunk
     #: against chunk, so one task never holds more than two chunks (plus its probes)

@@ -86,6 +86,9 @@ log = logging.getLogger(__name__)
 DEFAULT_BLOCK_SIZE = 4096
 #: Lloyd iterations of the coarse clustering; the partition only has to be good enough for recall.
 DEFAULT_COARSE_N_ITER = 20
+#: Each row is also compared with the rows of its nearest other coarse cluster: copies that
+#: straddle a cluster boundary are found (the config's default too: one default per setting).
+DEFAULT_NEIGHBOR_CLUSTERS = 1
 #: Rows converted to float64 at a time when similarities are recomputed exactly.
 EXACT_CHUNK_ROWS = 8192
 #: Candidate pairs pulled out of one tile at a time (bounds the index arrays of a tile full of copies).
@@ -633,7 +636,7 @@ def find_duplicates(
     eps: float,
     metric: str = "cosine",
     n_clusters: Optional[int] = None,
-    n_neighbor_clusters: int = 0,
+    n_neighbor_clusters: int = DEFAULT_NEIGHBOR_CLUSTERS,
     block_size: int = DEFAULT_BLOCK_SIZE,
     n_iter: int = DEFAULT_COARSE_N_ITER,
     seed: Union[int, np.random.Generator] = 0,
@@ -750,7 +753,7 @@ def deduplicate(
     eps: float,
     metric: str = "cosine",
     n_clusters: Optional[int] = None,
-    n_neighbor_clusters: int = 0,
+    n_neighbor_clusters: int = DEFAULT_NEIGHBOR_CLUSTERS,
     block_size: int = DEFAULT_BLOCK_SIZE,
     n_iter: int = DEFAULT_COARSE_N_ITER,
     seed: Union[int, np.random.Generator] = 0,
@@ -918,7 +921,7 @@ def find_increment_duplicates(
     eps: float,
     old_rows: Optional[np.ndarray] = None,
     n_clusters: Optional[int] = None,
-    n_neighbor_clusters: int = 0,
+    n_neighbor_clusters: int = DEFAULT_NEIGHBOR_CLUSTERS,
     block_size: int = DEFAULT_BLOCK_SIZE,
     n_iter: int = DEFAULT_COARSE_N_ITER,
     seed: Union[int, np.random.Generator] = 0,
