@@ -17,7 +17,7 @@ from lakecurate.errors import TableError
 from lakecurate.tables import RUNS
 
 #: metric keys of a stage's rows in and rows out, most telling first (stages name them differently)
-ROWS_IN = ("n_rows", "new_rows", "pool", "embedded")
+ROWS_IN = ("n_rows", "new_rows", "pool", "source_rows")
 ROWS_OUT = ("selected", "assigned", "kept", "rows", "embedded")
 
 
@@ -30,7 +30,13 @@ class StageAttempt:
     seconds: float
     metrics: dict
     error: Optional[str]
-    attempts: int = 1  # attempts recorded for this stage of the run
+    #: the statuses of this stage's earlier attempts in the run, oldest first (a rerun after a
+    #: failure, or a stage rerun on purpose: a later `shards` or `report` reruns a finished run's report)
+    earlier: list[str] = field(default_factory=list)
+
+    @property
+    def attempts(self) -> int:
+        return len(self.earlier) + 1
 
 
 @dataclass
@@ -77,7 +83,7 @@ def read_runs(lake) -> list[RunSummary]:
         if known is None:
             run.stages.append(attempt)
         else:
-            attempt.attempts = run.stages[known].attempts + 1
+            attempt.earlier = run.stages[known].earlier + [run.stages[known].status]
             run.stages[known] = attempt
         run.config = json.loads(r["config"] or "{}")
         run.version = r.get("lakecurate_version") or ""
@@ -116,7 +122,10 @@ def show_lines(runs: list[RunSummary], run_id: str) -> list[str]:
              + (f", lakecurate {run.version}" if run.version else ""),
              f"  stages {[s.stage for s in run.stages]}, rows in {_count(run.rows_in)}, rows out {_count(run.rows_out)}"]
     for s in run.stages:
-        tries = f", {s.attempts} attempts" if s.attempts > 1 else ""
+        tries = ""
+        if s.earlier:
+            counts = {st: s.earlier.count(st) for st in dict.fromkeys(s.earlier)}
+            tries = f" (attempt {s.attempts}; before it {', '.join(f'{n} {st}' for st, n in counts.items())})"
         lines.append(f"  {s.stage}: {s.status} in {s.seconds:.1f} s at {_stamp(s.started_at)}{tries}")
         if "reused_from" in s.metrics:
             lines.append(f"    reused the tables of run {s.metrics['reused_from']}")

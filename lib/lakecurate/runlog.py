@@ -28,6 +28,8 @@ from lakecurate.lake import Lake
 from lakecurate.tables import RUNS as RUNS_TABLE
 
 log = logging.getLogger(__name__)
+#: the metrics key under which every stage record carries the run's input fingerprints
+RECORDED_INPUTS = "inputs"
 
 RUNS_SCHEMA = pa.schema(
     [
@@ -99,6 +101,8 @@ class RunLog:
             raise TableError(f"stage {by!r} reads the tables of stage {stage!r}, which {state} for run {self.run_id!r}: run {stage!r} first")
 
     def record(self, stage: str, status: str, started: float, metrics: dict, error: Optional[str] = None) -> None:
+        if self.inputs and RECORDED_INPUTS in metrics:  # a stage's own metric would be lost under the fingerprints
+            raise ValueError(f"stage {stage!r}: metric {RECORDED_INPUTS!r} is reserved for the run's input fingerprints")
         now = time.time()
         row = {
             "stage": [stage],
@@ -108,7 +112,7 @@ class RunLog:
             "seconds": [round(now - started, 3)],
             "fingerprint": [self.fingerprint(stage)],
             "config": [json.dumps(self.config, default=str)],
-            "metrics": [json.dumps({**metrics, "inputs": self.inputs} if self.inputs else metrics, default=_jsonable)],
+            "metrics": [json.dumps({**metrics, RECORDED_INPUTS: self.inputs} if self.inputs else metrics, default=_jsonable)],
             "error": [error],
             "lakecurate_version": [__version__],
         }

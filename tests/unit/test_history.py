@@ -60,7 +60,8 @@ def test_runs_lists_every_run_latest_first_with_its_stages_rows_and_time(lake_ro
 def test_show_prints_each_stage_with_its_summary_error_and_warnings(lake_root):
     runs = read_runs(Lake(None, LakeConfig(root=lake_root)))
     text = "\n".join(show_lines(runs, "fit-1"))
-    assert "run fit-1: succeeded" in text and "cluster: succeeded in 20.0 s" in text and "2 attempts" in text
+    assert "run fit-1: succeeded" in text and "cluster: succeeded in 20.0 s" in text
+    assert "(attempt 2; before it 1 failed)" in text
     assert "de-duplication removed 100 of 1000 rows" in text and "curated 200 of 900 rows" in text
     night = "\n".join(show_lines(runs, "nightly-2"))
     assert "sample: failed" in night and "error: InputDataError: too big" in night and "more" not in night
@@ -87,3 +88,32 @@ def test_the_command_exits_zero_in_a_fresh_process(lake_root):
         proc = subprocess.run([sys.executable, "-m", "lakecurate.cli", "runs", "--lake", lake_root], capture_output=True, text=True,
                               env=env, timeout=120)
         assert proc.returncode == 0 and "fit-1" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_an_embed_with_nothing_new_reads_its_source_rows_in_and_no_reprs(tmp_path):
+    """Issue 31: the embed stage's row count was overwritten by the run's input fingerprints
+    (``{'embed.source': {...}} input rows``), and ``runs`` said ``rows in 0`` for an embed that found
+    nothing new; a report rerun by ``shards`` read as ``2 attempts``."""
+    fingerprints = {"embed.source": {"kind": "parquet", "files": 3}}
+    rows = [
+        attempt("emb-1", "embed", "succeeded", 0, 9, {"source_rows": 6000, "embedded": 0, "rejected": 0, "already_embedded": 6000,
+                                                      "previously_rejected": 0, "nothing_new": True, "model": "m", "dim": 384,
+                                                      "inputs": fingerprints}),
+        attempt("emb-1", "report", "succeeded", 1, 3, {}),
+        attempt("emb-1", "report", "succeeded", 5, 3, {}),
+    ]
+    for r in rows:
+        write_deltalake(str(tmp_path / "runs"), pa.Table.from_pylist([r]), mode="append", partition_by=["run_id"])
+    runs = read_runs(Lake(None, LakeConfig(root=str(tmp_path))))
+    assert (runs[0].rows_in, runs[0].rows_out) == (6000, 0)
+    text = "\n".join(show_lines(runs, "emb-1"))
+    assert "6000 source rows (nothing new to embed)" in text and "{" not in text
+    assert "report: succeeded in 3.0 s" in text and "(attempt 2; before it 1 succeeded)" in text
+
+
+def test_the_run_log_refuses_a_stage_metric_named_like_the_fingerprints(tmp_path):
+    from lakecurate.runlog import RECORDED_INPUTS, RunLog
+
+    log = RunLog(Lake(None, LakeConfig(root=str(tmp_path))), "r-1", {}, {}, inputs={"input": {"kind": "npy"}})
+    with pytest.raises(ValueError, match=f"metric '{RECORDED_INPUTS}' is reserved"):
+        log.record("embed", "succeeded", 0.0, {RECORDED_INPUTS: 5})

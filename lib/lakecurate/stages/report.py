@@ -87,6 +87,8 @@ SUBSETS = ("pool", "random", "deduplicated", "curated")
 
 def summarize(rep: dict) -> list[str]:
     """The balance table: rows, concepts covered, entropy, effective concepts, head share, KL."""
+    if "label_column" not in rep or "pool" not in rep:  # a record without the balance (written by an older lakecurate)
+        return []
     lines = ["", f"  balance over '{rep['label_column']}' ({rep['pool']['concepts_covered']} concepts in the pool):",
              f"    {'subset':<13}{'rows':>9}{'covered':>9}{'entropy':>9}{'eff. concepts':>15}{'largest share':>15}{'KL to uniform':>15}"]
     for name in SUBSETS:
