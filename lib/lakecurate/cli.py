@@ -109,14 +109,17 @@ def _plan(args) -> int:
     cfg = load_plan(args.config, args.overrides).config
     rows, dim = args.rows, args.dim
     if rows is None or dim is None:
-        from lakecurate.inputs import input_facts
-        from lakecurate.lake import Lake
+        from lakecurate.inputs import plan_shape
 
-        if cfg.input.format not in ("synthetic", "npy"):
-            raise ConfigError("lakecurate plan needs --rows and --dim for this input (only a generated pool or a .npy says them up front)")
-        facts = input_facts(Lake(None, cfg.lake), cfg.input)
-        rows = facts.rows if rows is None else rows
-        dim = facts.dim if dim is None else dim
+        facts_rows, facts_dim, where = plan_shape(cfg)
+        rows = facts_rows if rows is None else rows
+        dim = facts_dim if dim is None else dim
+        missing = [flag for flag, v in (("--rows", rows), ("--dim", dim)) if v is None]
+        if missing:
+            raise ConfigError(f"lakecurate plan: {where} does not say its {' and '.join(m[2:] for m in missing)} from metadata "
+                              f"(a path that does not exist, no row counts in the Delta log, more Parquet files than are footer-counted, an empty input, "
+                              f"a catalog table or a run that embeds); give {' and '.join(missing)}")
+        print(f"input {where}: {rows:,} rows x {dim} dims (from its metadata)")
     rows, dim = check_int(rows, "--rows", minimum=1), check_int(dim, "--dim", minimum=1)
     hw = Hardware(
         executors=check_int(args.executors, "--executors", minimum=1), cores=check_int(args.cores, "--cores", minimum=1),

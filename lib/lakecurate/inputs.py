@@ -167,6 +167,31 @@ def embedded_input_facts(lake: Lake, cfg, snapshot: Optional[dict] = None) -> In
     return InputFacts(where, columns, rows)
 
 
+def plan_shape(cfg) -> tuple[Optional[int], Optional[int], str]:
+    """(rows, dim, where) of what a run of ``cfg`` clusters, from metadata alone and with no Spark
+    session (``lakecurate plan``): the generated pool's settings, the ``.npy`` header, the Delta
+    log's row counts or the Parquet footers, and the embedding column's width from the schema or
+    the first row read. A run that embeds: the source's rows plus the embeddings table's, no dim
+    (the model's width is known once it is loaded). None where the metadata does not say."""
+    lake = Lake(None, cfg.lake)
+    if "embed" in cfg.stages and cfg.embed is not None:
+        src = cfg.embed.source
+        rows = lake.row_count(src.format, src.path, max_files=COUNT_FOOTERS_MAX_FILES) if src.path and src.format != "files" else None
+        if rows is not None and lake.exists(cfg.embed.table):
+            held = lake.row_count("delta", lake.path(cfg.embed.table))
+            rows = None if held is None else rows + held
+        return rows, None, f"(the embeddings of embed.source {src.path or src.table!r})"
+    icfg = cfg.input
+    if icfg.format in ("synthetic", "npy"):
+        facts = input_facts(lake, icfg)
+        return facts.rows, facts.dim, facts.where
+    where = repr(icfg.path or icfg.table)
+    if icfg.path is None:
+        return None, None, where
+    rows = lake.row_count(icfg.format, icfg.path, max_files=COUNT_FOOTERS_MAX_FILES)
+    return rows, lake.embedding_width(icfg.format, icfg.path, icfg.embedding_column), where
+
+
 # ---------------------------------------------------------------- fingerprints of what a run reads
 
 _HASHED: dict[tuple, str] = {}  # (path, device, inode, size, mtime_ns) -> sha256, within one process

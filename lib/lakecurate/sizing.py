@@ -202,6 +202,7 @@ class LevelSize:
     passes: int  # Spark passes over the level's inputs (0 on the driver)
     seconds: float
     why: str = ""  # how n_coarse was chosen
+    placed: str = ""  # why the level runs where it does
 
 
 @dataclass
@@ -233,6 +234,25 @@ class JobSize:
         if self.problems:
             raise ConfigError("this clustering cannot run on the given hardware:\n  " + "\n  ".join(map(str, self.problems)))
 
+    def dominant_line(self) -> str:
+        """Where the estimate's time goes, and what shortens it, in one line."""
+        parts = [("reading and caching the input", self.cache_seconds), ("the assignments pass and the writes", self.write_seconds)]
+        parts += [(f"level {lv.level}", lv.seconds) for lv in self.levels]
+        name, secs = max(parts, key=lambda p: p[1])
+        share = secs / self.seconds if self.seconds > 0 else 0.0
+        head = f"time: {share:.0%} of the estimate ({fmt_seconds(secs)}) is {name}"
+        lv = next((lv for lv in self.levels if f"level {lv.level}" == name), None)
+        if lv is None:
+            return head + f": {self.rows:,} rows of {self.dim} float32 over {self.hardware.total_cores} cores; more cores shorten it"
+        if lv.where == "driver":
+            return (head + f": {lv.inputs:,} inputs against k={lv.k:,} on the driver's {self.hardware.driver_cores} cores, "
+                    f"{lv.flops_per_iteration / 1e9:,.0f} GFLOP per iteration; a lower clustering.driver_max_rows moves it to the "
+                    "executors, fewer iterations or resampling steps shorten it")
+        gpu = "" if self.hardware.gpus else ", GPUs (--gpus)"
+        return (head + f": {lv.passes} passes over {lv.inputs:,} rows, {lv.flops_per_iteration / 1e9:,.0f} GFLOP each, on "
+                f"{self.hardware.total_cores} cores at {self.hardware.core_flops / 1e9:.0f} GFLOP/s per core; more cores{gpu}, "
+                "fewer iterations (clustering.n_iter) or a smaller k shorten it")
+
     def lines(self) -> list[str]:
         hw = self.hardware
         gpu = f", {hw.gpus} GPU(s) each at {hw.gpu_flops / 1e12:.0f} TFLOP/s (documented constant)" if hw.gpus else ""
@@ -257,7 +277,9 @@ class JobSize:
         out.append(f"| assignments | | {self.rows:,} | executors | | | | | | 1 | {fmt_seconds(self.write_seconds)} |")
         out += ["", f"driver peak (estimate): {fmt_bytes(self.driver_bytes)}; cluster stage (estimate): {fmt_seconds(self.seconds)}, "
                     f"plus ~{STARTUP_SECONDS:.0f} s for the Spark session and its workers to start"]
-        out += [f"level {lv.level}: {lv.why}" for lv in self.levels if lv.why]
+        for lv in self.levels:
+            out.append(f"level {lv.level}: {lv.placed}" + (f"; {lv.why}" if lv.why else ""))
+        out.append(self.dominant_line())
         if self.problems:
             out += ["", "CANNOT RUN:"] + [f"  {p}" for p in self.problems]
         return out
@@ -322,6 +344,9 @@ def size_job(
     for t, k in enumerate(n_clusters, start=1):
         n = rows if t == 1 else n_clusters[t - 2]
         on_exec = t == 1 or n > driver_max_rows
+        placed = ("on the executors: level 1 reads the whole input" if t == 1 else
+                  f"on the executors: its {n:,} inputs are more than clustering.driver_max_rows={driver_max_rows:,}" if on_exec else
+                  f"on the driver: its {n:,} inputs are at most clustering.driver_max_rows={driver_max_rows:,}")
         c, why = resolve_n_coarse(coarse_spec[t - 1], k, n, d, on_executors=on_exec, task_memory=hw.task_memory)
         m = n_resampling_steps if rs[t - 1] > 1 else 0
         lloyd_passes = n_iter + 1 + 2  # iterations, the final assignment, the two passes drawing the seeding sample
@@ -375,7 +400,7 @@ def size_job(
             problems.append(Problem(t, f"the driver holds {fmt_bytes(driver)} (every level's centroids so far, this level's "
                                        f"{'partial sums' if on_exec else 'inputs and sums'}) > {USABLE_SHARE:.0%} of the driver memory "
                                        f"{fmt_bytes(hw.driver_memory)}", fix))
-        levels.append(LevelSize(t, k, n, "executors" if on_exec else "driver", c, task, driver, flops, passes, seconds, why))
+        levels.append(LevelSize(t, k, n, "executors" if on_exec else "driver", c, task, driver, flops, passes, seconds, why, placed))
     cache = rows * d * 4 / (CACHE_BYTES_PER_CORE_SECOND * hw.total_cores) + PASS_SECONDS
     first = levels[0]
     label_k = (first.n_coarse + first.k / first.n_coarse) if first.n_coarse else first.k

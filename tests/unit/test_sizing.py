@@ -64,3 +64,37 @@ def test_lakecurate_plan_prints_the_table_and_refuses_what_cannot_run(capsys):
     assert "CANNOT RUN" in out and "level 1: one k-means with k=200,000" in out
     assert main(["plan", "demo", "--rows", "0"]) == 2
     assert "--rows=0 must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_plan_reads_rows_and_dim_from_every_input_run_reads_and_says_why(tmp_path, capsys):
+    """Issue 31: ``plan`` refused a Delta input without --rows/--dim though ``run`` reads the count
+    from the log; now Delta (log + first row), Parquet (footers + first row) and .npy all say it."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from deltalake import write_deltalake
+
+    x = np.random.default_rng(0).normal(size=(3000, 24)).astype(np.float32)
+    t = pa.table({"id": np.arange(3000), "vec": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 24).cast(pa.list_(pa.float32()))})
+    write_deltalake(str(tmp_path / "d"), t.slice(0, 1000))
+    write_deltalake(str(tmp_path / "d"), t.slice(1000), mode="append")
+    (tmp_path / "p").mkdir()
+    pq.write_table(t.slice(0, 1200), tmp_path / "p" / "a.parquet")
+    pq.write_table(t.slice(1200), tmp_path / "p" / "b.parquet")
+    np.save(tmp_path / "x.npy", x)
+    common = ["clustering.n_clusters=[40,5]", "clustering.resample_size=[1,1]", f"lake.root={tmp_path / 'lake'}",
+              "input.embedding_column=vec"]
+    for fmt, path in (("delta", "d"), ("parquet", "p"), ("npy", "x.npy")):
+        assert main(["plan", "demo", f"input.format={fmt}", f"input.path={tmp_path / path}", *common]) == 0
+        out = capsys.readouterr().out
+        assert "3,000 rows x 24 dims (from its metadata)" in out, (fmt, out)
+        assert "| 1 | 40 | 3,000 | executors | one |" in out
+        assert "level 1: on the executors: level 1 reads the whole input" in out
+        assert "level 2: on the driver: its 40 inputs are at most clustering.driver_max_rows=" in out
+        assert "time: " in out and "% of the estimate" in out
+    # a --dim given wins; a path with nothing there is refused with what to give
+    assert main(["plan", "demo", "input.format=delta", f"input.path={tmp_path / 'd'}", *common, "--dim", "48"]) == 0
+    assert "x 48 float32" in capsys.readouterr().out
+    assert main(["plan", "demo", "input.format=parquet", f"input.path={tmp_path / 'none'}", *common]) == 2
+    err = capsys.readouterr().err
+    assert "does not say its rows and dim from metadata" in err and "give --rows and --dim" in err

@@ -35,6 +35,7 @@ from typing import Iterator, Optional, Sequence
 from urllib.parse import unquote
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -255,6 +256,40 @@ class Lake(Sources, ScratchSpace, Maintenance):
                 return int(sum(pq.read_metadata(base if single else f"{base}/{rel}", filesystem=fs).num_rows for rel in listing))
         except Exception as exc:  # metadata we cannot read is the stages' to report, with their messages
             log.debug("no row count for %s from metadata: %s", path, exc)
+        return None
+
+    def embedding_width(self, format: str, path: str, column: str) -> Optional[int]:
+        """The width of a Delta or Parquet input's embedding column, read from its schema (a fixed
+        size list) or its first non-empty row (a file's first batch: no Spark, a few KB read); None
+        when the input has no rows or the column is missing (the run's own checks report those)."""
+        try:
+            if format == "delta":
+                if self.native is not None:
+                    return None
+                pieces = Snapshot(path, storage_options=self.options).scan(columns=[column], batch_rows=64)
+            elif format == "parquet":
+                fs, base = self._fs(path)
+                single = fs.get_file_info(base).type == pafs.FileType.File
+                files = [base] if single else [f"{base}/{rel}" for rel, _, _ in self.list_files(path)]
+
+                def pieces_of():
+                    for f in files:
+                        with fs.open_input_file(f) as handle:
+                            for batch in pq.ParquetFile(handle).iter_batches(batch_size=64, columns=[column]):
+                                yield pa.Table.from_batches([batch])
+
+                pieces = pieces_of()
+            else:
+                return None
+            for t in pieces:
+                col = t.column(column)
+                if pa.types.is_fixed_size_list(col.type):
+                    return int(col.type.list_size)
+                lengths = pc.list_value_length(col).drop_null()
+                if len(lengths):
+                    return int(lengths[0].as_py())
+        except Exception as exc:  # the run reads the data and reports what is wrong with it
+            log.debug("no embedding width for %s from its first rows: %s", path, exc)
         return None
 
     def list_files(self, path: str, *, glob: Optional[str] = None, recursive: bool = True) -> list[tuple[str, int, int]]:
