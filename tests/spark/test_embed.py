@@ -93,8 +93,8 @@ def test_bad_rows_go_to_rejects_and_the_counts_add_up(text_run):
     assert reasons == {200: "null text", 201: "empty text", None: "null id"}
     assert set(rej["source"]) <= {"s0", "s1", "s2"}  # the pass-through columns locate a row without id
     m = res.stages["embed"]
-    assert (m["inputs"], m["embedded"], m["rejected"], m["already_embedded"], m["previously_rejected"]) == (203, 200, 3, 0, 0)
-    assert m["inputs"] == m["embedded"] + m["rejected"] + m["already_embedded"] + m["previously_rejected"]
+    assert (m["source_rows"], m["embedded"], m["rejected"], m["already_embedded"], m["previously_rejected"]) == (203, 200, 3, 0, 0)
+    assert m["source_rows"] == m["embedded"] + m["rejected"] + m["already_embedded"] + m["previously_rejected"]
 
 
 def test_rerun_on_a_grown_source_embeds_only_the_new_ids(spark, text_run, direct_minilm):
@@ -106,7 +106,7 @@ def test_rerun_on_a_grown_source_embeds_only_the_new_ids(spark, text_run, direct
     res = run(embed_config(lake_root, source, run_id="second"), spark=spark)
     m = res.stages["embed"]
     # the null-id row cannot be matched to an earlier reject, so it is rejected again
-    assert (m["inputs"], m["embedded"], m["rejected"], m["already_embedded"], m["previously_rejected"]) == (253, 50, 1, 200, 2)
+    assert (m["source_rows"], m["embedded"], m["rejected"], m["already_embedded"], m["previously_rejected"]) == (253, 50, 1, 200, 2)
     emb = table(lake_root, "embeddings")
     assert len(emb) == 250 and emb["id"].is_unique
     new = emb[emb.run_id == "second"].sort_values("id")
@@ -189,7 +189,7 @@ def test_image_folder_embeds_good_files_and_rejects_corrupt_and_oversized(spark,
     source = {"format": "files", "path": str(root), "glob": "*.png", "passthrough_columns": ["length"]}
     lake_root = str(tmp_path / "lake")
     m = run(embed_config(lake_root, source, encoder), spark=spark).stages["embed"]
-    assert (m["inputs"], m["embedded"], m["rejected"], m["dim"], m["model"]) == (6, 3, 3, 8, "tiny.ts.pt")
+    assert (m["source_rows"], m["embedded"], m["rejected"], m["dim"], m["model"]) == (6, 3, 3, 8, "tiny.ts.pt")
 
     emb = table(lake_root, "embeddings").sort_values("id")
     assert [p.split(str(root))[-1].lstrip("/") for p in emb["id"]] == ["a.png", "b.png", "sub/c.png"]
@@ -312,3 +312,28 @@ def test_cli_embed_then_run_embed_cluster_sample_end_to_end(spark, tmp_path, cap
     assert main(["run", str(path)]) == 0
     out = capsys.readouterr().out
     assert "skipped" not in out and "embedded 40 new rows" in out and "curated 100 of 340 rows" in out
+
+
+def test_encoding_progress_counts_the_rows_tasks_have_done_and_nothing_new_costs_no_encoding(spark, tmp_path, monkeypatch, caplog):
+    """Issue 31: the progress line said ``0/2 Spark tasks`` for minutes; it now sums the rows each
+    running task reports (rows, rows/s, ETA). A rerun with nothing new reads the ids and stops:
+    no encoding pass (no encode_seconds), and the counters' scratch folder is gone after a run."""
+    import logging
+
+    import lakecurate.spark.progress as progress_module
+
+    monkeypatch.setattr(progress_module, "EVERY", 0.05)
+    src = write_texts(tmp_path / "src", list(range(600)), make_texts(600, seed=5))
+    lake_root = str(tmp_path / "lake")
+    source = {"format": "parquet", "path": src}
+    with caplog.at_level(logging.INFO, logger="lakecurate.progress"):
+        first = run(embed_config(lake_root, source, run_id="p1", batch_rows=16), spark=spark).stages["embed"]
+    assert first["embedded"] == 600
+    lines = [r.getMessage() for r in caplog.records if r.name == "lakecurate.progress" and "encoding 600 new rows" in r.getMessage()]
+    counted = [line for line in lines if re.search(r"[1-9][\d,]*/600 rows, [\d,]+ rows/s", line)]
+    assert counted, lines
+    assert any("ETA" in line for line in counted) or any("600/600 rows" in line for line in counted)
+    assert not os.path.exists(os.path.join(lake_root, "_staging", "scratch")) or not any(
+        "embed-progress" in d for d in os.listdir(os.path.join(lake_root, "_staging", "scratch")))
+    again = run(embed_config(lake_root, source, run_id="p2"), spark=spark).stages["embed"]
+    assert again["nothing_new"] and again["already_embedded"] == 600 and "encode_seconds" not in again

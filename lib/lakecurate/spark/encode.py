@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from lakecurate.embed.batches import EMBEDDING, REASON, encode_record_batch
 from lakecurate.errors import LakecurateError
+from lakecurate.spark.progress import TaskCounters
 from lakecurate.spark.tasks import task_cpus, task_gpu
 
 MODEL = "model"
@@ -36,9 +37,10 @@ def encoded_schema(source, id_column: str, passthrough: list[str]):
 
 def encode_rows(
     source, spec, expected_dim: int, *, id_column: str, payload_column: str, passthrough: list[str],
-    oversized_column: Optional[str], threads_per_task: int,
+    oversized_column: Optional[str], threads_per_task: int, counters: Optional[TaskCounters] = None,
 ):
-    """Every row of ``source`` encoded on the executors (lazy): the rows of :func:`encoded_schema`."""
+    """Every row of ``source`` encoded on the executors (lazy): the rows of :func:`encoded_schema`.
+    ``counters``: each task reports the rows it has encoded there (the stage's progress line)."""
 
     def encode_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from lakecurate.embed import get_cached_encoder
@@ -49,10 +51,15 @@ def encode_rows(
                 f"encoder {encoder.name!r} has dimension {encoder.dim} on this executor but {expected_dim} on the driver: "
                 "the model files differ between machines"
             )
+        counter = counters.counter() if counters is not None else None
         for batch in batches:
             yield from encode_record_batch(
                 encoder, batch, id_column=id_column, payload_column=payload_column, passthrough=passthrough, oversized_column=oversized_column
             )
+            if counter is not None:
+                counter.add(batch.num_rows)
+        if counter is not None:
+            counter.flush()
 
     return source.mapInArrow(encode_partition, encoded_schema(source, id_column, passthrough))
 

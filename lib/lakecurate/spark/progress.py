@@ -7,6 +7,12 @@ progress reports: the status tracker of a classic session (read-only monitoring,
 path) or the progress handler of a Spark Connect session. Where neither tells anything, the line
 still says the step is alive and for how long. On a terminal (stderr is a TTY) the line is a
 bar redrawn in place instead.
+
+Finished tasks are a coarse measure when a step has few long tasks (an embed pass over a few
+partitions said ``0/2 Spark tasks`` for minutes). Such a step passes :class:`TaskCounters`: each
+task writes how many rows it has done to a small file of its own (at most every
+:data:`COUNTER_EVERY` seconds, in a folder of the run's scratch space that the driver and every
+executor reach), and the line reports the rows done, rows/s and the ETA from their sum.
 """
 
 from __future__ import annotations
@@ -22,6 +28,73 @@ log = logging.getLogger("lakecurate.progress")
 
 #: seconds between two progress lines of one step
 EVERY = 5.0
+#: seconds between two writes of one task's counter file
+COUNTER_EVERY = 2.0
+
+
+class TaskCounters:
+    """Rows done per task, in files under ``path`` (a local folder or a URI): written by the tasks
+    (:meth:`counter`), summed by the driver (:meth:`total`). Pickled into the tasks' closures."""
+
+    def __init__(self, path: str, options: Optional[dict] = None):
+        self.path = path.rstrip("/")
+        self.options = options or {}
+
+    def counter(self) -> "TaskCounter":
+        """In a task: the counter of this task (its partition, else a fresh name)."""
+        import uuid
+
+        try:
+            from pyspark import TaskContext
+
+            ctx = TaskContext.get()
+            key = f"p{ctx.partitionId()}" if ctx is not None else uuid.uuid4().hex
+        except Exception:  # engines without a TaskContext (Sail): one file per task attempt
+            key = uuid.uuid4().hex
+        return TaskCounter(f"{self.path}/{key}.count", self.options)
+
+    def total(self) -> int:
+        """On the driver: the rows the tasks reported so far (0 when nothing is there yet)."""
+        import pyarrow.fs as pafs
+
+        from lakecurate.lake.paths import filesystem
+
+        try:
+            fs, base = filesystem(self.path, self.options)
+            total = 0
+            for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
+                if info.base_name.endswith(".count"):
+                    with fs.open_input_stream(info.path) as f:
+                        text = f.read().decode().strip()
+                    total += int(text or 0)
+            return total
+        except Exception as exc:  # progress is best effort
+            log.debug("task counters under %s: %s", self.path, exc)
+            return 0
+
+
+class TaskCounter:
+    """One task's running count, written to its file now and then and at the end."""
+
+    def __init__(self, uri: str, options: dict):
+        self.uri, self.options = uri, options
+        self.rows = 0
+        self._written = 0.0
+
+    def add(self, rows: int) -> None:
+        self.rows += rows
+        now = time.monotonic()
+        if now - self._written >= COUNTER_EVERY:
+            self.flush()
+            self._written = now
+
+    def flush(self) -> None:
+        from lakecurate.lake.paths import put_bytes
+
+        try:
+            put_bytes(self.uri, str(self.rows).encode(), self.options)
+        except Exception as exc:  # never fail a task over its progress
+            log.debug("task counter %s: %s", self.uri, exc)
 
 
 class _Tasks:
@@ -77,10 +150,20 @@ def _fmt(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else (f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s")
 
 
-def describe(what: str, elapsed: float, done: int, total: int, rows: Optional[int]) -> str:
-    """One progress line (also the bar's text)."""
+def describe(what: str, elapsed: float, done: int, total: int, rows: Optional[int], rows_done: Optional[int] = None) -> str:
+    """One progress line (also the bar's text); ``rows_done`` from the tasks' own counters."""
     parts = [f"{what}: {_fmt(elapsed)}"]
-    if total:
+    if rows_done is not None and rows:
+        rows_done = min(rows_done, rows)
+        parts.append(f"{rows_done:,}/{rows:,} rows")
+        if rows_done:
+            rate = rows_done / max(elapsed, 1e-9)
+            parts.append(f"{rate:,.0f} rows/s")
+            if rows_done < rows:
+                parts.append(f"ETA {_fmt((rows - rows_done) / rate)}")
+        if total:
+            parts.append(f"{done}/{total} Spark tasks")
+    elif total:
         parts.append(f"{done}/{total} Spark tasks")
         if 0 < done < total:
             parts.append(f"ETA {_fmt(elapsed * (total - done) / done)}")
@@ -92,8 +175,9 @@ def describe(what: str, elapsed: float, done: int, total: int, rows: Optional[in
 
 
 @contextmanager
-def progress(spark, what: str, *, rows: Optional[int] = None, every: float = EVERY):
-    """Report on ``what`` every ``every`` seconds until the block ends (see the module docstring)."""
+def progress(spark, what: str, *, rows: Optional[int] = None, every: Optional[float] = None, counters: Optional[TaskCounters] = None):
+    """Report on ``what`` every ``every`` seconds (default :data:`EVERY`) until the block ends (see the module docstring)."""
+    every = EVERY if every is None else every
     if spark is None:
         yield
         return
@@ -105,7 +189,7 @@ def progress(spark, what: str, *, rows: Optional[int] = None, every: float = EVE
     def report() -> None:
         while not stop.wait(every):
             done, total = tasks.poll()
-            line = describe(what, time.perf_counter() - t0, done, total, rows)
+            line = describe(what, time.perf_counter() - t0, done, total, rows, counters.total() if counters is not None else None)
             if tty:
                 filled = int(20 * done / total) if total else 0
                 sys.stderr.write(f"\r[{'#' * filled}{'.' * (20 - filled)}] {line}\033[K")

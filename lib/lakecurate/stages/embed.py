@@ -28,7 +28,7 @@ from lakecurate.embed.encoders import Encoder, get_cached_encoder, model_label
 from lakecurate.errors import ConfigError, LakecurateError
 from lakecurate.inputs import OVERSIZED, read_embed_source
 from lakecurate.spark.cache import keep
-from lakecurate.spark.progress import progress
+from lakecurate.spark.progress import TaskCounters, progress
 from lakecurate.spark.encode import DIM, MODEL, embeddings_rows, encode_rows, encoded_schema, reject_rows
 from lakecurate.spark.session import default_parallelism
 from lakecurate.stages.context import Stage, StageContext
@@ -108,24 +108,31 @@ def run_embed(ctx: StageContext, metrics: dict) -> None:
     emb_exists = _check_existing(ctx, ecfg.table, embeddings_rows(planned, id_col, name, dim, passthrough), name, dim)
     rej_exists = _check_existing(ctx, ecfg.rejects_table, reject_rows(planned, id_col, name, passthrough), name, None)
 
-    todo = source
-    already = 0
-    log.info("embed: counting the source rows and those already embedded")
-    n_inputs = source.count()
+    log.info("embed: counting the source rows and those already embedded or rejected (ids only)")
+    n_inputs, already, before = _id_counts(ctx, source, id_col, name, emb_exists, rej_exists and not ecfg.retry_rejects)
+    metrics.update(source_rows=n_inputs, already_embedded=already)
+    if n_inputs == already + before:  # nothing new: no encoding job at all, the cost of reading the ids
+        metrics.update(embedded=0, rejected=0, previously_rejected=before, nothing_new=True, rows_per_second=None)
+        log.info("nothing new to embed: all %d input rows already have rows in %s (%d) or %s (%d) for model %s",
+                 n_inputs, ecfg.table, already, ecfg.rejects_table, before, name)
+        metrics["seconds"] = round(time.perf_counter() - t0, 3)
+        return
     n_partitions = ecfg.partitions or max(default_parallelism(ctx.spark), -(-n_inputs // ROWS_PER_PARTITION))
+    todo = source
     if emb_exists:
-        done_ids = ctx.lake.read(ecfg.table).where(F.col(MODEL) == name).select(id_col)
-        already = source.select(id_col).join(done_ids, id_col, "left_semi").count()
-        todo = todo.join(done_ids, id_col, "left_anti")
+        todo = todo.join(ctx.lake.read(ecfg.table).where(F.col(MODEL) == name).select(id_col), id_col, "left_anti")
     if rej_exists and not ecfg.retry_rejects:
         rejected_ids = ctx.lake.read(ecfg.rejects_table).where((F.col(MODEL) == name) & F.col(id_col).isNotNull()).select(id_col)
         todo = todo.join(rejected_ids.distinct(), id_col, "left_anti")
     # a join's output partitioning is the shuffle's (and AQE may coalesce it to one task); an explicit
     # count keeps every core busy on the expensive part
     todo = todo.repartition(n_partitions)
+    scratch = ctx.lake.scratch("embed-progress")
+    counters = TaskCounters(scratch.path, scratch.options)
     encoded = encode_rows(
         todo, spec, dim, id_column=id_col, payload_column=ecfg.payload_column(spec), passthrough=passthrough,
         oversized_column=OVERSIZED if OVERSIZED in source.columns else None, threads_per_task=ecfg.threads_per_task,
+        counters=counters,
     )
 
     old_batch = ctx.spark.conf.get(_BATCH_CONF, None)
@@ -133,7 +140,8 @@ def run_embed(ctx: StageContext, metrics: dict) -> None:
     kept = None
     try:
         t_encode = time.perf_counter()
-        with progress(ctx.spark, f"embed: encoding up to {n_inputs - already} new rows with {name}", rows=n_inputs - already):
+        n_new = n_inputs - already - before
+        with progress(ctx.spark, f"embed: encoding {n_new:,} new rows with {name}", rows=n_new, counters=counters):
             kept = keep(encoded, spark=ctx.spark, lake=ctx.lake, mode=ctx.config.spark.block_cache, what="encoded rows")
             encoded = kept.frame
             counts = {bool(r["ok"]): int(r["count"]) for r in encoded.groupBy(F.col(REASON).isNull().alias("ok")).count().collect()}
@@ -141,7 +149,7 @@ def run_embed(ctx: StageContext, metrics: dict) -> None:
         n_embedded, n_rejected = counts.get(True, 0), counts.get(False, 0)
         previously_rejected = n_inputs - already - n_embedded - n_rejected
         metrics.update(
-            inputs=n_inputs, embedded=n_embedded, rejected=n_rejected, already_embedded=already,
+            source_rows=n_inputs, embedded=n_embedded, rejected=n_rejected, already_embedded=already,
             previously_rejected=previously_rejected, partitions=n_partitions, batch_rows=ecfg.batch_rows,
             encode_seconds=round(encode_seconds, 3),
             rows_per_second=round((n_embedded + n_rejected) / encode_seconds, 1) if encode_seconds > 0 else None,
@@ -171,6 +179,7 @@ def run_embed(ctx: StageContext, metrics: dict) -> None:
             n_embedded, name, dim, encode_seconds, metrics["rows_per_second"] or 0, n_rejected, already, previously_rejected,
         )
     finally:
+        scratch.remove()
         if kept is not None:
             kept.release()
         if old_batch is None:
@@ -178,6 +187,29 @@ def run_embed(ctx: StageContext, metrics: dict) -> None:
         else:
             ctx.spark.conf.set(_BATCH_CONF, old_batch)
         metrics["seconds"] = round(time.perf_counter() - t0, 3)
+
+
+def _id_counts(ctx: StageContext, source, id_col: str, model: str, emb_exists: bool, skip_rejected: bool) -> tuple[int, int, int]:
+    """(source rows, of them already embedded with ``model``, of the rest already rejected by it
+    and not retried) in one pass over the ids: the source's ids left-joined with each table's
+    distinct ids for the model (a distinct right side never multiplies a row)."""
+    from pyspark.sql import functions as F
+
+    ecfg = ctx.config.embed
+    ids = source.select(id_col)
+    done = F.lit(False)
+    rejected = F.lit(False)
+    if emb_exists:
+        held = ctx.lake.read(ecfg.table).where(F.col(MODEL) == model).select(id_col).distinct().withColumn("_lc_done", F.lit(True))
+        ids = ids.join(held, id_col, "left")
+        done = F.coalesce(F.col("_lc_done"), F.lit(False))
+    if skip_rejected:
+        rej = (ctx.lake.read(ecfg.rejects_table).where((F.col(MODEL) == model) & F.col(id_col).isNotNull())
+               .select(id_col).distinct().withColumn("_lc_rej", F.lit(True)))
+        ids = ids.join(rej, id_col, "left")
+        rejected = F.coalesce(F.col("_lc_rej"), F.lit(False)) & ~done
+    row = ids.agg(F.count(F.lit(1)).alias("n"), F.sum(done.cast("long")).alias("done"), F.sum(rejected.cast("long")).alias("rej")).first()
+    return int(row["n"]), int(row["done"] or 0), int(row["rej"] or 0)
 
 
 def embedded_rows(ctx: StageContext, upstream):
@@ -197,7 +229,7 @@ def summarize(m: dict) -> list[str]:
     return [f"  embedded {m.get('embedded')} new rows with {m.get('model')} ({m.get('dim')}-d) "
             f"at {m.get('rows_per_second')} rows/s; rejected {m.get('rejected')}; already embedded "
             f"{m.get('already_embedded')}, previously rejected {m.get('previously_rejected')}; "
-            f"{m.get('inputs')} input rows" + (" (nothing new to embed)" if m.get("nothing_new") else "")]
+            f"{m.get('source_rows')} source rows" + (" (nothing new to embed)" if m.get("nothing_new") else "")]
 
 
 STAGE = Stage(
