@@ -119,22 +119,26 @@ def main(argv=None) -> int:
     results = {}
     for mode in ("mixed", "same_cluster"):
         results[mode] = train(table, mode, epochs=args.epochs, batch_size=args.batch_size, run_id=args.run_id, workers=args.workers)
-    print(f"\n{'batches':<14}{'loss':>8}{'neg. cosine (input)':>22}{'neg. cosine (model)':>22}")
+    out = [f"\n{'batches':<14}{'loss':>8}{'neg. cosine (input)':>22}{'neg. cosine (model)':>22}"]
     for mode, r in results.items():
-        print(f"{mode:<14}{r['loss']:>8.3f}{r['raw_negative_cosine']:>22.3f}{r['model_negative_cosine']:>22.3f}")
+        out.append(f"{mode:<14}{r['loss']:>8.3f}{r['raw_negative_cosine']:>22.3f}{r['model_negative_cosine']:>22.3f}")
     base = results["same_cluster"]["model"]
     if args.experts:
         shards = ClusterBatches(table, run_id=args.run_id).table
         sizes = {}
         for unit in shards.units:
             sizes[unit.shard] = sizes.get(unit.shard, 0) + unit.rows
-        print(f"\nexperts (one per shard, from the base model; loss on their own shard, mixed batches of {args.batch_size // 2}):")
-        print(f"{'shard':<8}{'rows':>8}{'base':>8}{'expert':>8}")
-        for shard in sorted(sizes, key=lambda s: -sizes[s])[: args.experts]:
+        out.append(f"\nexperts (one per shard, from the base model; loss on their own shard, mixed batches of {args.batch_size // 2}):")
+        out.append(f"{'shard':<8}{'rows':>8}{'base':>8}{'expert':>8}")
+        for shard in sorted(sizes, key=lambda s: (-sizes[s], s))[: args.experts]:  # the largest; equal sizes by shard
+            log.info("training the expert of shard %s (%d rows)", shard, sizes[shard])
             expert = train(table, "mixed", epochs=args.epochs, batch_size=args.batch_size // 2, run_id=args.run_id,
                            one_shard=shard, model=copy.deepcopy(base))["model"]
             kw = dict(batch_size=args.batch_size // 2, run_id=args.run_id, one_shard=shard)
-            print(f"{shard:<8}{sizes[shard]:>8}{evaluate(base, table, **kw):>8.3f}{evaluate(expert, table, **kw):>8.3f}")
+            out.append(f"{shard:<8}{sizes[shard]:>8}{evaluate(base, table, **kw):>8.3f}{evaluate(expert, table, **kw):>8.3f}")
+    # the results after every log line (the log goes to stderr, and would otherwise land between them)
+    sys.stderr.flush()
+    print("\n".join(out), flush=True)
     return 0
 
 

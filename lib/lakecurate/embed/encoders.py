@@ -128,6 +128,20 @@ class Encoder:
         return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, device={str(self.device)!r})"
 
 
+def quiet_model_loading() -> None:
+    """No library progress bars in the log: transformers draws a ``Loading weights`` bar for every
+    model load (once per Spark task), which lands inside lakecurate's log lines. Set before the
+    libraries read it; a user's own HF_HUB_DISABLE_PROGRESS_BARS wins."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] not in ("0", "false", "False"):
+        try:
+            import transformers
+
+            transformers.utils.logging.disable_progress_bar()
+        except Exception:  # no transformers (an image encoder), or another version's API: the env var still holds
+            pass
+
+
 # ---------------------------------------------------------------------------------- text
 class SentenceTransformerEncoder(Encoder):
     """A sentence-transformers model; ``encode_texts`` is exactly ``SentenceTransformer.encode``.
@@ -142,6 +156,7 @@ class SentenceTransformerEncoder(Encoder):
             # must be set before huggingface_hub is first imported in this process to take effect;
             # local_files_only below covers the case where it already was
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        quiet_model_loading()
         st = require("sentence_transformers", "a text encoder")
         try:
             self.model = st.SentenceTransformer(load_from, device=str(device), local_files_only=not spec.allow_download)
