@@ -89,6 +89,37 @@ def test_nearest_centroid_is_the_rowwise_nearest_when_three_centroids_tie_within
     assert np.array_equal(lab, np.concatenate([p[0] for p in parts]))
 
 
+def test_a_gpu_search_settles_ties_by_the_same_rule_as_the_cpu(monkeypatch):
+    """Issue 31: on a GPU the assignment re-scored only faiss's two best candidates, so on the
+    split-copies layout it missed the row-wise nearest centroid where the CPU found it. A stand-in
+    for the GPU index (the same squared distances as ||x||^2 + ||c||^2 - 2 x.c, its float32
+    products summed in another order, as a GPU's GEMM does; faiss_device() says "gpu") must give
+    the CPU's labels and distances bit for bit."""
+    from lakecurate.core import assign as assign_module
+    from lakecurate.core.assign import rowwise_sq_dist
+
+    x, c = split_twice_pool()
+    cpu_lab, cpu_dist = nearest_centroid(x, c)
+    asked = []
+
+    def gpu_knn(xq, cents, kk, with_distances=False):
+        asked.append(kk)
+        perm = np.random.default_rng(kk).permutation(xq.shape[1])  # another summation order
+        xp, cp = xq[:, perm], cents[:, perm]
+        d = (np.einsum("ij,ij->i", xp, xp)[:, None] + np.einsum("ij,ij->i", cp, cp)[None, :] - 2.0 * (xp @ cp.T)).astype(np.float32)
+        cand = np.argsort(d, axis=1, kind="stable")[:, :kk]
+        dist = np.take_along_axis(d, cand, 1)
+        return (dist, cand) if with_distances else cand
+
+    monkeypatch.setattr(assign_module, "faiss_device", lambda: "gpu")
+    monkeypatch.setattr(assign_module, "knn_candidates", gpu_knn)
+    gpu_lab, gpu_dist = nearest_centroid(x, c)
+    assert asked and min(asked) > 2  # more than the two best: the window's candidates
+    every = np.stack([rowwise_sq_dist(x, c, np.full(x.shape[0], j)) for j in range(c.shape[0])], 1)
+    assert np.array_equal(gpu_lab, every.argmin(1))
+    assert np.array_equal(gpu_lab, cpu_lab) and np.array_equal(gpu_dist, cpu_dist)
+
+
 def test_empty_clusters_are_reseeded_not_dropped():
     # adversarial: half the points identical; two identical initial centroids -> one starts empty
     rng = np.random.default_rng(0)

@@ -245,6 +245,12 @@ def nearest_centroid(x: np.ndarray, centroids) -> tuple[np.ndarray, np.ndarray]:
     the first is that centroid and only its distance is re-computed. The other rows re-score every
     centroid within the rounding window (:func:`in_window`): a re-seeded cluster's split copies
     put three or more there, and the two best alone missed the nearest (one row in 20 000).
+
+    The same rule on a GPU (faiss's ``knn_gpu``): its float32 GEMM obeys the same bound
+    (:func:`search_error` holds for any order of the d products' sums), so the labels and
+    distances are the CPU's bits. (A GPU search once re-scored only its two best candidates, which
+    misses the nearest where three or more lie in the window.) ``bench/gpu_check.py`` compares
+    the two devices' labels on a GPU machine.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = x.shape[0]
@@ -253,21 +259,20 @@ def nearest_centroid(x: np.ndarray, centroids) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(centroids, RoutedCentroids):
         return centroids.search(x)
     c = np.ascontiguousarray(centroids, dtype=np.float32)
-    cpu = faiss_device() == "cpu"
     k = c.shape[0]
-    kk = min(WINDOW_CANDIDATES if cpu else 2, k)
+    kk = min(WINDOW_CANDIDATES, k)
     dist, cand = knn_candidates(x, c, kk, with_distances=True)
 
     best_lab = cand[:, 0].astype(np.int64)
     best = rowwise_sq_dist(x, c, best_lab)
-    if kk >= 2 and cpu:  # settle by re-score the rows where faiss's rounding could have ranked wrongly
+    if kk >= 2:  # settle by re-score the rows where the product's rounding could have ranked wrongly
         x_sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
         err = search_error(x_sq, float(np.einsum("ij,ij->i", c, c, dtype=np.float64).max()), x.shape[1])
         d = dist.astype(np.float64)
         rows = np.flatnonzero(close_pair(d[:, 0], d[:, 1], err))
         if rows.size:
             inside = in_window(d[rows], err[rows])
-            wide = inside[:, -1] & (kk < k)  # the window may hold centroids beyond the kk faiss returned
+            wide = inside[:, -1] & (kk < k)  # the window may hold centroids beyond the kk the search returned
             if wide.any():
                 best_lab[rows[wide]], best[rows[wide]] = nearest_by_rescore(x[rows[wide]], c, x_sq[rows[wide]], err[rows[wide]])
             r, j = np.nonzero(inside[~wide])
@@ -275,16 +280,10 @@ def nearest_centroid(x: np.ndarray, centroids) -> tuple[np.ndarray, np.ndarray]:
                 sub = rows[~wide]
                 at, lab, dd = rescore_candidates(x, c, sub[r], cand[sub[r], j].astype(np.int64))
                 best_lab[at], best[at] = lab, dd
-    elif kk == 2:  # a GPU's product has no proven bound here: the second candidate is re-scored for every row
-        alt_lab = cand[:, 1].astype(np.int64)
-        alt = rowwise_sq_dist(x, c, alt_lab)
-        swap = (alt < best) | ((alt == best) & (alt_lab < best_lab))
-        best_lab = np.where(swap, alt_lab, best_lab)
-        best = np.where(swap, alt, best)
     return best_lab, best.astype(np.float32)
 
 
-#: Candidates faiss returns per row on a CPU: rows whose best few all lie within the rounding window
+#: Candidates the search returns per row, on a CPU or a GPU alike: rows whose best few all lie within the rounding window
 #: (measured on the benchmark pool: 4 in the window for 0.1-0.7% of rows, 2 for 9-18%) are
 #: re-scored against every centroid; the others among these alone.
 WINDOW_CANDIDATES = 4
