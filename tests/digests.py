@@ -3,7 +3,11 @@
 Each figure is a sha256 of the table's content in a canonical order (rows sorted by id, clusters by
 level and id), so two runs agree on a digest only when every id, label, size and centroid bit
 agrees. ``tests/e2e/pinned_demo.json`` holds the digests the demo configuration produced before the
-refactor of issue 10; the e2e test compares a fresh run against them.
+refactor of issue 10; the e2e test compares a fresh run against them (:func:`assert_pinned`).
+
+The bits are those of the CPU kind they were pinned on (``_machine`` in the file): numpy's and
+faiss's SIMD kernels (AVX-512 against AVX2) round sums differently, so on another kind of CPU the
+same code gives other digests; the failure message says which case it is.
 """
 
 from __future__ import annotations
@@ -13,6 +17,39 @@ import os
 
 import numpy as np
 from deltalake import DeltaTable
+
+
+PINNED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e", "pinned_demo.json")
+
+
+def cpu_kind() -> str:
+    """The CPU kind as the pinned digests name it: the architecture and its widest vector unit."""
+    import platform
+
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        pass
+    unit = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
+    return f"{platform.machine()} {unit}"
+
+
+def assert_pinned(got: dict, name: str) -> None:
+    """``got`` equals the digests pinned as ``name``, or an AssertionError that says whether this
+    machine is the CPU kind they were pinned on (a real change) or another (re-pin here first)."""
+    import json
+
+    with open(PINNED) as f:
+        pinned = json.load(f)
+    if got == pinned[name]:
+        return
+    here, there = cpu_kind(), pinned["_machine"]
+    why = ("this machine is that kind of CPU, so the results changed" if here == there else
+           f"this machine is {here}: digests are bit-exact only on the CPU kind they were pinned on; pin them here from "
+           "the code before your change (drop the entry, scripts/pin_demo.py --pin) and compare again")
+    raise AssertionError(f"{name}: the tables' digests {got} differ from those pinned on {there} {pinned[name]}; {why}")
 
 
 def _sha(*arrays) -> str:

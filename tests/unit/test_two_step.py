@@ -71,11 +71,24 @@ def test_two_steps_cost_little_objective_on_clustered_data():
     assert two.objective < 1.5 * flat.objective  # within-cluster noise dominates both
 
 
+@pytest.mark.filterwarnings("ignore:level 1:UserWarning")
 def test_routed_centroids_skip_groups_without_fine_centroids():
-    coarse = np.array([[0.0, 0.0], [10.0, 10.0]], np.float32)
-    r = RoutedCentroids(coarse, np.array([0, 2, 3]), np.array([[0, 0], [1, 1], [10, 10]], np.float32))
-    lab, dist = nearest_centroid(np.array([[0.9, 0.9], [9, 9], [-1, 0]], np.float32), r)
-    assert lab.tolist() == [1, 2, 0] and r.shape == (3, 2)
+    """A coarse cluster that stays empty (the pool has fewer distinct points than coarse clusters)
+    gets no fine centroids; the fit leaves it out of the routing, so every row still reaches a fine
+    centroid of its own coarse cluster. Before, this test built a routing with no empty group."""
+    rng = np.random.default_rng(0)
+    points = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], np.float32)
+    x = points[rng.integers(0, 3, 900)]  # three distinct points: at most three coarse clusters hold rows
+    level = fit_hierarchy(NumpyAssigner(x), [LevelParams(6, n_iter=5, n_coarse=5)], 3)[0]
+    routed = level.routing
+    assert isinstance(routed, RoutedCentroids)
+    assert routed.n_groups < 5, "expected a coarse cluster without rows (and so without fine centroids)"
+    assert routed.offsets[-1] == routed.fine.shape[0] and (np.diff(routed.offsets) >= 1).all()
+    lab, dist = nearest_centroid(x, routed)
+    assert np.array_equal(lab, level.labels) and (lab >= 0).all() and (lab < routed.fine.shape[0]).all()
+    # each row's fine centroid lies in the group of its nearest kept coarse centroid
+    groups, _ = nearest_centroid(x, routed.coarse)
+    assert ((lab >= routed.offsets[groups]) & (lab < routed.offsets[groups + 1])).all()
 
 
 def test_the_public_api_checks_n_coarse_and_names_the_level():
