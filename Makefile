@@ -15,15 +15,13 @@ demo: $(STAMP)
 # The suite's JVMs (its sessions, the CLI jobs it starts and kills, the Connect server, spark-submit)
 # live seconds to minutes while two pytest workers keep both cores busy: the C1 compiler alone and the
 # serial collector spend a third less CPU on them (two kill/resume cases: 80% -> 59% of 2 cores), and
-# spark-submit passes SPARK_SUBMIT_OPTS to every driver JVM. Not for the timing tests: they measure
-# what a real job's JVM does.
+# spark-submit passes SPARK_SUBMIT_OPTS to every driver JVM.
 TEST_JVM_OPTS := -XX:TieredStopAtLevel=1 -XX:+UseSerialGC
 
-# two pytest workers, one test file each at a time (a file's module fixtures are built once); then
-# the tests that time something, alone: another worker's load would bend what they measure
+# two pytest workers, one test file each at a time (a file's module fixtures are built once); nothing
+# in the suite times anything (speed and memory figures live in bench/, measured side by side)
 test: $(STAMP)
-	SPARK_SUBMIT_OPTS="$$SPARK_SUBMIT_OPTS $(TEST_JVM_OPTS)" $(VENV)/bin/python -m pytest -q -n 2 --dist loadfile -m "not timing"
-	$(VENV)/bin/python -m pytest -q -m timing
+	SPARK_SUBMIT_OPTS="$$SPARK_SUBMIT_OPTS $(TEST_JVM_OPTS)" $(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not spark and not slow and not e2e"

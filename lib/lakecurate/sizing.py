@@ -67,7 +67,7 @@ CACHE_BYTES_PER_CORE_SECOND = 1_000_000 * 384 * 4 / 29.9 / 2
 WRITE_ROWS_PER_CORE_SECOND = 1_000_000 / 14.0 / 2
 #: seconds per Delta commit of a stage's table (a small Spark write + the log entry, embedded
 #: Delta; the cluster stage commits clusters, coarse_clusters and assignments, and writes a
-#: checkpoint per level): ~5 s over the per-pass model in tests/spark/test_sizing_measured.py
+#: checkpoint per level): ~5 s over the per-pass model in bench/sizing.py
 COMMIT_SECONDS = 1.5
 #: the one-off start of a Spark session and its Python workers (importing numpy, faiss, pyarrow):
 #: 6-13 s here (DESIGN.md section 5); counted apart from the stages

@@ -4,7 +4,6 @@ job, in seconds, and leaves no ``runs`` row (the run never started)."""
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -30,10 +29,8 @@ def plan(root: str, input_: dict, **sections):
 
 
 def refused(spark, root: str, p, error, match: str) -> None:
-    t0 = time.perf_counter()
     with pytest.raises(error, match=match):
         run(p, spark=spark)
-    assert time.perf_counter() - t0 < 60  # generous: the point is no clustering, not a timing
     assert not DeltaTable.is_deltatable(os.path.join(root, "runs")), "a run that never started wrote a runs row"
 
 
