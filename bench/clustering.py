@@ -72,7 +72,7 @@ def w_faiss(p):
     import lakecurate  # noqa: F401  (first: its BLAS tuning must precede faiss's import)
     import numpy as np
     import faiss
-    from lakecurate.core.assign import NumpyAssigner
+    from lakecurate.core.in_process import NumpyAssigner
     from lakecurate.core.kmeans import init_centroids, lloyd
 
     x = np.load(p["npy"], mmap_mode="r")[: p["n"]]
@@ -283,7 +283,7 @@ def w_mllib(p):
 def w_init(p):
     """Sampled k-means++ (as core/kmeans.init_centroids) vs exact k-means++ on all rows, then Lloyd."""
     import numpy as np
-    from lakecurate.core.assign import NumpyAssigner
+    from lakecurate.core.in_process import NumpyAssigner
     from lakecurate.core.kmeans import init_centroids, kmeans_plusplus, lloyd
 
     x = np.ascontiguousarray(np.load(p["npy"], mmap_mode="r")[: p["n"]])

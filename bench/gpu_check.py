@@ -49,7 +49,8 @@ def main() -> int:
     args = ap.parse_args()
     import faiss
 
-    from lakecurate.core.assign import NumpyAssigner, faiss_device, nearest_centroid
+    from lakecurate.core.assign import faiss_device, nearest_centroid
+    from lakecurate.core.in_process import NumpyAssigner
 
     res: dict = {"faiss": faiss.__version__, "gpus": faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0}
     if not res["gpus"]:

@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from lakecurate.core.assign import NumpyAssigner
+from lakecurate.core.in_process import NumpyAssigner
 from lakecurate.core.hierarchy import Level, LevelParams, fit_hierarchy, level_params, parent_ids
 from lakecurate.core.kmeans import DEFAULT_INIT_POINTS_PER_CENTROID, normalize_rows
 from lakecurate.core.coreset import CoresetResult, default_budget, greedy, in_memory_fetch, target_centroids

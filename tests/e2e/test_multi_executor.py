@@ -22,7 +22,7 @@ MASTER = "local-cluster[2,1,1024]"  # 2 executor JVMs, 1 core and 1 GiB each
 SCRIPT = r"""
 import json, os, sys
 import numpy as np, pyarrow as pa
-from lakecurate.core.assign import NumpyAssigner
+from lakecurate.core.in_process import NumpyAssigner
 from lakecurate.core.hierarchy import LevelParams, fit_hierarchy
 from lakecurate.core.synthetic import long_tailed_pool
 from lakecurate.spark.arrow import matrix_to_list_array

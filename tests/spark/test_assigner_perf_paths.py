@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lakecurate.config import LakeConfig
-from lakecurate.core.assign import NumpyAssigner
+from lakecurate.core.in_process import NumpyAssigner
 from lakecurate.core.hierarchy import LevelParams, fit_hierarchy
 from lakecurate.core.synthetic import long_tailed_pool
 from lakecurate.errors import ConfigError

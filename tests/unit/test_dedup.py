@@ -270,7 +270,7 @@ def test_find_duplicate_pairs_returns_a_spanning_forest_of_real_pairs(monkeypatc
 
 def test_copies_straddling_a_cluster_boundary_need_the_neighbour_option():
     X, p, q = boundary_pool()
-    without = find_duplicates(X, eps=0.01, n_clusters=2, seed=0)
+    without = find_duplicates(X, eps=0.01, n_clusters=2, n_neighbor_clusters=0, seed=0)
     assert without.cluster[p] != without.cluster[q], "precondition: the copies land in different coarse clusters"
     assert set(np.bincount(without.cluster)) == {21}, "precondition: the coarse clusters are the two blobs"
     assert p in without.keep and q in without.keep and without.keep.size == X.shape[0]
@@ -297,7 +297,7 @@ def test_neighbours_only_add_duplicates():
     # same coarse clustering, more compared pairs: groups only grow, and a row removed without
     # neighbours still has a better member in its (larger) group
     X = noisy_pool(7, n_items=80, d=8, noise=0.05)  # 92 removed without neighbours, 96 with
-    base = find_duplicates(X, eps=0.02, n_clusters=8, seed=1)
+    base = find_duplicates(X, eps=0.02, n_clusters=8, n_neighbor_clusters=0, seed=1)
     more = find_duplicates(X, eps=0.02, n_clusters=8, n_neighbor_clusters=2, seed=1)
     np.testing.assert_array_equal(base.cluster, more.cluster)
     assert set(base.removed) < set(more.removed)

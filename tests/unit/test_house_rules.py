@@ -55,3 +55,57 @@ def test_every_stage_that_runs_alone_is_a_cli_command():
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == {"run", "vacuum", "where", "runs", "show", "report", "plan"} | {s.name for s in STAGES if s.command}
+
+
+def _import_graph() -> dict:
+    """lakecurate module -> the lakecurate modules it imports anywhere in its file (at the top,
+    under TYPE_CHECKING, or inside a function: a lazy import hides a circle, it does not remove it)."""
+    lib = os.path.join(ROOT, "lib")
+    mods = {}
+    for path in _python_files(os.path.join("lib", "lakecurate")):
+        name = os.path.relpath(path, lib)[:-3].replace(os.sep, ".")
+        mods[name[: -len(".__init__")] if name.endswith(".__init__") else name] = path
+    graph = {}
+    for name, path in mods.items():
+        out = set()
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lakecurate"):
+                subs = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in mods]
+                out.update(subs if len(subs) == len(node.names) else [node.module, *subs])
+            elif isinstance(node, ast.Import):
+                out.update(a.name for a in node.names if a.name.startswith("lakecurate"))
+        graph[name] = {m for m in out if m in mods and m != name}
+    return graph
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    """Issue 31: core/assign <-> core/pruning and plan -> stages -> stages/context -> plan were
+    circles a newcomer had to untangle; none may come back (any length, lazy imports counted)."""
+    graph = _import_graph()
+    index, low, stack, on, circles = {}, {}, [], set(), []
+
+    def visit(v):  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                circles.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert not circles, f"import circles: {circles}"

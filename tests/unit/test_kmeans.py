@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from lakecurate.core.assign import NumpyAssigner, nearest_centroid, top_r_per_cluster
+from lakecurate.core.assign import nearest_centroid, top_r_per_cluster
+from lakecurate.core.in_process import NumpyAssigner
 from lakecurate.core.kmeans import fit_kmeans, kmeans_plusplus, lloyd, split_empty_clusters
 
 from builders import split_twice_pool

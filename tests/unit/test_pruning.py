@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from lakecurate.core import pruning
-from lakecurate.core.assign import NumpyAssigner, assign_batch, nearest_centroid
+from lakecurate.core.assign import assign_batch, nearest_centroid
+from lakecurate.core.in_process import NumpyAssigner
 from lakecurate.core.kmeans import init_centroids, lloyd, normalize_rows
 from lakecurate.core.synthetic import long_tailed_pool
 

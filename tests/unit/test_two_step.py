@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lakecurate.core.assign import NumpyAssigner, RoutedCentroids, nearest_centroid
+from lakecurate.core.assign import RoutedCentroids, nearest_centroid
+from lakecurate.core.in_process import NumpyAssigner
 from lakecurate.core.hierarchy import LevelParams, fit_hierarchy
 from lakecurate.core.two_step import allocate_subclusters
 

@@ -75,7 +75,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
-from lakecurate.core.assign import Assigner, NumpyAssigner, knn_candidates
+from lakecurate.core.assign import Assigner, knn_candidates
+from lakecurate.core.in_process import NumpyAssigner
 from lakecurate.core.kmeans import KMeansFit, fit_kmeans_assigner
 from lakecurate.errors import ConfigError, InputDataError
 from lakecurate.validation import check_embeddings, check_eps, check_int

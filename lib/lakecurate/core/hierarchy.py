@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 
-from lakecurate.core.assign import Assigner, NumpyAssigner, RoutedCentroids
+from lakecurate.core.assign import Assigner, RoutedCentroids
+from lakecurate.core.in_process import NumpyAssigner
 from lakecurate.errors import ClusteringWarning, warn_degraded
 from lakecurate.core.kmeans import (
     DEFAULT_INIT_POINTS_PER_CENTROID,

@@ -14,7 +14,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from lakecurate.core.assign import Assigner, NumpyAssigner
+from lakecurate.core.assign import Assigner
+from lakecurate.core.in_process import NumpyAssigner
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ are shipped) and brings each group together with its own fine centroids:
   two-step level 1 (:mod:`lakecurate.spark.assignments`).
 
 Each group's rows are sorted by row key before any kernel sees them, and every kernel is the
-in-process one, so the result is the same bits as :class:`~lakecurate.core.assign.NumpyAssigner`
+in-process one, so the result is the same bits as :class:`~lakecurate.core.in_process.NumpyAssigner`
 on one machine whatever the partitioning.
 """
 

@@ -17,7 +17,7 @@ from dataclasses import replace
 import numpy as np
 import pyarrow as pa
 
-from lakecurate.core.assign import NumpyAssigner
+from lakecurate.core.in_process import NumpyAssigner
 from lakecurate.core.hierarchy import Level, fit_hierarchy, parent_ids
 from lakecurate.core.kmeans import normalize_rows
 from lakecurate.faults import fault_point

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
 
 if TYPE_CHECKING:
     from lakecurate.config import RunConfig
     from lakecurate.inputs import InputFacts
     from lakecurate.lake import Lake
-    from lakecurate.plan import RunPlan
     from lakecurate.runlog import RunLog
 
 #: ``hands_on(ctx, upstream)``: the input the stages after this one read, given ``upstream()``,
@@ -81,13 +80,28 @@ class Stage:
         return self.reusable(config) if callable(self.reusable) else self.reusable
 
 
+class PlanView(Protocol):
+    """What a stage reads of the run's plan (:class:`lakecurate.plan.RunPlan` is one). Declared
+    here so that this module does not import ``plan``, which imports the stages."""
+
+    config: "RunConfig"
+    run_id: str
+    fingerprint: str
+    stages: tuple
+    levels: tuple
+    encoder: Any
+    inputs: dict
+
+    def has(self, stage: str) -> bool: ...
+
+
 @dataclass
 class StageContext:
     """The session, the lake, the run's plan and its run log: all a stage receives."""
 
     spark: Any
     lake: "Lake"
-    plan: "RunPlan"
+    plan: PlanView
     runlog: "RunLog"
     #: stage -> the run whose rows of the stage's tables this run uses (another run's for a reused stage)
     output_runs: dict = field(default_factory=dict)
