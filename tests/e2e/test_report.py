@@ -94,6 +94,11 @@ def test_the_run_writes_a_self_contained_page_with_its_figures(run):
     assert pngs == sorted(["cluster_sizes.png", "lorenz.png", "concepts.png", "centroids.png", "guidance.png", "duplicates.png",
                            "convergence.png", "timings.png"])
     assert html.count('class="thumb"') >= 20  # the example rows show their images
+    # a newcomer is told what good looks like, and what the numbers are (issue 31)
+    assert html.count('class="good"') >= 5
+    assert "evens the top of the tree, not level 1" in html
+    assert "expected counts, not a drawn subset" in html and "curated: concept with ≥ 10 rows" in html
+    assert re.search(r"The two axes explain \d+% of the centroids' variance", html)
 
 
 def test_what_the_report_shows_agrees_with_the_tables(run):
@@ -157,13 +162,26 @@ def test_the_page_renders_in_chromium_with_figures_and_thumbnails(run, tmp_path)
         page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
         page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url[:80]}"))
         page.goto("file://" + run["page"], wait_until="load")
+        # as it opens: long parts folded, so the page stays short (issue 31: a 6,000-row run's page was 11,000 px)
+        folded_height = page.evaluate("document.documentElement.scrollHeight")
+        page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
         images = page.evaluate("Array.from(document.images).map(i => ({cls: i.className, w: i.naturalWidth, h: i.naturalHeight,"
                                " shown: i.getBoundingClientRect().width}))")
+        # no text runs out of its box: example rows, cards, table cells
+        overflow = page.evaluate("Array.from(document.querySelectorAll('.row, .card, td, th, p, li, figcaption'))"
+                                 ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.className + ':' + e.textContent.slice(0, 60))")
+        # example rows use the width of their card (they were ~170 px inside ~370 px cards)
+        widths = page.evaluate("Array.from(document.querySelectorAll('#examples .row')).map(r => ({card: r.closest('.card').clientWidth,"
+                               " tile: r.classList.contains('tile'), w: r.getBoundingClientRect().width}))")
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         title = page.title()
         browser.close()
     assert errors == []
     assert title == f"lakecurate report: {run['run_id']}"
+    assert folded_height < 7000, f"the page is {folded_height} px tall as it opens"
+    assert overflow == [], overflow
+    # a row of text takes its card's width; a row with a picture is a thumbnail tile
+    assert widths and all(w["w"] <= 150 if w["tile"] else w["w"] > 0.85 * w["card"] for w in widths), widths
     figures = [i for i in images if i["cls"] != "thumb"]
     thumbs = [i for i in images if i["cls"] == "thumb"]
     assert len(figures) == 8 and all(i["w"] > 300 and i["shown"] > 200 for i in figures)

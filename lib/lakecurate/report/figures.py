@@ -93,7 +93,7 @@ def concept_counts(data: ReportData) -> Optional[bytes]:
             ax.plot(rank, np.maximum(totals[name][order], 0.8), lw=1.3, label=name, **SUBSET_STYLE[name])
     for t in THRESHOLDS:
         ax.axhline(t, color="black", lw=0.5, alpha=0.35)
-    ax.set(yscale="log", xlabel=f"{data.labels.column} (by pool size, largest first)", ylabel="rows (0 drawn at 0.8)",
+    ax.set(yscale="log", xlabel=f"{data.labels.column} (by pool size, largest first)", ylabel="rows (log scale; none = bottom line)",
            title=f"Rows per {data.labels.column}")
     ax.legend(frameon=False)
     return _png(fig)

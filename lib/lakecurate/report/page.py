@@ -35,8 +35,10 @@ th{background:#eef1f4}td.l,th.l{text-align:left}figure{margin:8px 0}figure img{m
 figcaption{font-size:12px;color:#555}.cards{display:flex;flex-wrap:wrap;gap:10px}
 .card{background:#fff;border:1px solid #d5d9de;border-radius:4px;padding:8px;width:360px;font-size:12px}
 .card h4{margin:0 0 6px;font-size:13px}.rows{display:flex;flex-wrap:wrap;gap:6px}
-.row{border:1px solid #eee;padding:3px;max-width:170px;overflow-wrap:anywhere}.row.kept{border-color:#2ca02c;border-width:2px}
+.row{border:1px solid #eee;padding:3px;flex:1 1 100%;min-width:0;overflow-wrap:anywhere}.row.tile{flex:0 0 auto;max-width:150px}.row.kept{border-color:#2ca02c;border-width:2px}
 .row img.thumb{display:block;width:auto;height:auto;max-width:112px;max-height:112px}.id{color:#777;font-size:11px}
+details{margin:6px 0}details>summary{cursor:pointer;font-size:13px;color:#1f3b57;margin:4px 0}
+p.good{font-size:12.5px;color:#2d5a2d;max-width:900px;margin:4px 0}
 pre{background:#fff;border:1px solid #ddd;padding:8px;font-size:11.5px;overflow:auto;max-height:420px}
 """
 
@@ -119,7 +121,23 @@ def _row_html(row: dict, id_col: str, thumbs: Thumbnails, kept: bool = False) ->
         parts.insert(0, img)
     sim = f" · cos {row['similarity']:.4f}" if row.get("similarity") is not None else ""
     label = "kept " if kept else ""
-    return f'<div class="row{" kept" if kept else ""}">{"".join(parts)}<div class="id">{label}{_e(id_col)}={_e(rid)}{sim}</div></div>'
+    # a row with a picture is a tile (a gallery of thumbnails); a row of text takes the card's width
+    tile = " tile" if any(p.startswith('<img class="thumb"') for p in parts) else ""
+    return f'<div class="row{tile}{" kept" if kept else ""}">{"".join(parts)}<div class="id">{label}{_e(id_col)}={_e(rid)}{sim}</div></div>'
+
+
+def _folded(summary: str, body: str, *, open_: bool = False) -> str:
+    """A part of the page that starts collapsed (long lists of examples, tables for the curious)."""
+    return f'<details{" open" if open_ else ""}><summary>{_e(summary)}</summary>{body}</details>'
+
+
+def _good(text: str) -> str:
+    """What a good result looks like on a figure or table, for this method."""
+    return f'<p class="good">What good looks like: {_e(text)}</p>'
+
+
+#: a centroid map whose two axes explain less of the variance than this is folded away with a warning
+MAP_MIN_EXPLAINED = 0.25
 
 
 def _figure(figures: dict, name: str, caption: str) -> str:
@@ -165,6 +183,8 @@ def render(data: ReportData, figures: dict[str, bytes], *, lake_root: str, thumb
                  s["imbalance"], s["gini"]] for lv in data.levels for s in [lv.summary]]
         body = _table(["level", "clusters", "data points", "largest", "median", "smallest", "empty", "imbalance (max/mean)", "Gini"], rows)
         body += _figure(figures, "cluster_sizes.png", "Rank/size of the clusters of each level (log-log): flatter is more even")
+        body += _good("the levels above level 1 are fairly even (low imbalance and Gini): resampling spreads their centroids over "
+                      "the concepts. Level 1 follows the data's density and may stay uneven; the sampler evens the tree from the top.")
         sections.append(("tree", f"Cluster tree (run {data.tree_run})", body))
 
     # ---- balance
@@ -181,6 +201,11 @@ def render(data: ReportData, figures: dict[str, bytes], *, lake_root: str, thumb
                        *[f"top clusters ≥ {t}" for t in THRESHOLDS]], rows)
         body += ('<p class="note">The random subset is a uniform draw of the curated size from the pool\'s clusters '
                  "(multivariate hypergeometric on the tree's cluster sizes). Gini 0 = every cluster holds the same rows.</p>")
+        body += _good("the curated subset's Gini over the top clusters is far below the pool's and the random subset's. The sampler "
+                      "splits the target evenly over the top-level clusters, then evenly down each branch, so it evens the top of "
+                      "the tree, not level 1: a top-level cluster with few level-1 children gives each a large quota and one with "
+                      "many a small one, and small clusters give all their rows. The level-1 Gini of the curated subset can "
+                      "therefore be higher than the pool's; that is expected.")
         body += _figure(figures, "lorenz.png", "Lorenz curves: the diagonal is a perfectly even subset")
         if data.labels is not None:
             lab = data.labels
@@ -191,33 +216,45 @@ def render(data: ReportData, figures: dict[str, bytes], *, lake_root: str, thumb
                      *[covered(lab.totals[n], THRESHOLDS)[t] for t in THRESHOLDS]] for n in names if n in lab.totals]
             body += _table(["subset", "rows", "covered", "entropy (bits)", "effective concepts", "largest share", "KL to uniform (bits)",
                             *[f"≥ {t} rows" for t in THRESHOLDS]], brow)
+            body += _good(f"more effective {lab.column} values and a smaller largest share than the random subset, and the curated "
+                          "line flatter than the pool's on the figure (the head cut down, the tail kept)")
             body += _figure(figures, "concepts.png", f"Rows per {lab.column}, most frequent in the pool first")
         sections.append(("balance", "Balance of the curated subset", body))
 
     if data.centroid_map is not None:
+        explained = float(sum(data.centroid_map.explained))
         body = ('<p class="note">Each dot is a level-1 centroid, projected on the first two principal components of the '
-                "centroids (exact PCA); its area follows its cluster's size.</p>")
-        body += _figure(figures, "centroids.png", "Level-1 centroids")
+                f"centroids (exact PCA); its area follows its cluster's size. The two axes explain {explained:.0%} of the "
+                "centroids' variance.</p>")
+        fig = _figure(figures, "centroids.png", f"Level-1 centroids (the axes explain {explained:.0%} of the variance)")
+        if explained < MAP_MIN_EXPLAINED:
+            body += _folded(f"Show the map anyway (only {explained:.0%} of the variance: distances on it mean little)", fig)
+        else:
+            body += fig
         sections.append(("map", "Map of the clusters", body))
 
     # ---- small-subset guidance
     if data.guidance:
         key = "concepts" if data.labels is not None else "top"
         what = f"{data.labels.column} values" if data.labels is not None else f"top-level clusters (of {data.levels[-1].sizes.size:,})"
-        head = ["subset size", *[f"{what.split(' ')[0]} ≥ {t}" for t in THRESHOLDS]]
+        short = data.labels.column if data.labels is not None else "top clusters"
+        head = ["subset size", *[f"curated: {short} with ≥ {t} rows" for t in THRESHOLDS]]
         if key == "concepts":
-            head += [f"random ≥ {t}" for t in THRESHOLDS]
-        head += [f"level-1 clusters ≥ {t}" for t in THRESHOLDS]
+            head += [f"random: {short} with ≥ {t} rows" for t in THRESHOLDS]
+        head += [f"curated: level-1 clusters with ≥ {t} rows" for t in THRESHOLDS]
         rows = [[g["target_size"], *[g[key][t] for t in THRESHOLDS],
                  *([g["concepts_random"][t] for t in THRESHOLDS] if key == "concepts" else []),
                  *[g["level1"][t] for t in THRESHOLDS]] for g in data.guidance]
-        body = ('<p class="note">How many groups a curated subset of each size still covers with at least N rows, from this '
-                f"run's target down to a few thousand: {_e(what)}. The quotas are the sampler's own for that "
-                "<code>sampling.target_size</code> on this tree; per label they are expected counts (each cluster's quota spread "
-                "over its labels as in the pool). In-domain pretraining on tens of thousands of well-spread images can beat "
-                "generic large-scale pretraining, and the gains fade below roughly 50k images: pick the smallest size that still "
-                "covers the concepts you need with enough rows each.</p>")
-        body += _table(head, rows) + _figure(figures, "guidance.png", "Coverage against subset size")
+        body = ('<p class="note">How many groups a curated subset of each size would still cover with at least N rows, from '
+                f"this run's target down to a few thousand: {_e(what)}. These are <b>expected counts, not a drawn subset</b>: the "
+                "quotas are the sampler's own for that <code>sampling.target_size</code> on this tree, and per label each "
+                "cluster's quota is spread over its labels as in the pool (random: a uniform draw of the same size). They "
+                "differ from the balance table above, which counts the rows actually drawn. In-domain pretraining on tens "
+                "of thousands of well-spread images can beat generic large-scale pretraining, and the gains fade below "
+                "roughly 50k images: pick the smallest size that still covers the concepts you need with enough rows each.</p>")
+        body += _good("the curated columns stay high as the size shrinks while the random ones fall: the curated subset keeps "
+                      "the rare groups")
+        body += _table(head, rows) + _figure(figures, "guidance.png", "Coverage against subset size (expected counts)")
         sections.append(("guidance", "How small can the subset be?", body))
 
     # ---- dedup
@@ -234,24 +271,32 @@ def render(data: ReportData, figures: dict[str, bytes], *, lake_root: str, thumb
                              int((d.group_sizes == 1).sum())]])
         body += _figure(figures, "duplicates.png", "Rows removed per kept row")
         if d.groups:
-            body += "<h3>The largest groups: the kept row (green) and removed rows, most similar first</h3><div class=\"cards\">"
+            cards = '<div class="cards">'
             for g in d.groups:
                 rows_html = _row_html(g.kept, data.id_column, thumbs, kept=True) + "".join(_row_html(r, data.id_column, thumbs) for r in g.removed)
-                body += f'<div class="card"><h4>{g.size:,} removed for {_e(data.id_column)}={_e(g.kept.get(data.id_column))}</h4><div class="rows">{rows_html}</div></div>'
-            body += "</div>"
+                cards += f'<div class="card"><h4>{g.size:,} removed for {_e(data.id_column)}={_e(g.kept.get(data.id_column))}</h4><div class="rows">{rows_html}</div></div>'
+            cards += "</div>"
+            body += _folded(f"The {len(d.groups)} largest groups: the kept row (green) and removed rows, most similar first", cards)
         sections.append(("dedup", "Near-duplicates", body))
 
     # ---- examples
     if data.examples:
         src = f" Payload from {_e(data.payload_source)}." if data.payload_source else " No payload column is known for this input: ids only."
         body = (f'<p class="note">Rows of the {"curated subset" if data.curated is not None else "tree"} in a few of the largest, '
-                f"smallest and random level-1 clusters, so a person can tell what a cluster is about.{src}</p><div class=\"cards\">")
+                f"smallest and random level-1 clusters, so a person can tell what a cluster is about.{src}</p>")
+        body += _good("the rows of one cluster look alike, and different clusters hold different things")
+        by_kind: dict = {}
         for ex in data.examples:
-            cur = "" if ex.curated is None else f", {ex.curated:,} curated"
-            top = "" if ex.top is None else f", top-level {ex.top}"
-            rows_html = "".join(_row_html(r, data.id_column, thumbs) for r in ex.rows) or "<i>no rows</i>"
-            body += f'<div class="card"><h4>{_e(ex.kind)}: cluster {ex.cluster_id} ({ex.size:,} rows{cur}{top})</h4><div class="rows">{rows_html}</div></div>'
-        body += "</div>"
+            by_kind.setdefault(ex.kind, []).append(ex)
+        for i, (kind, group) in enumerate(by_kind.items()):
+            cards = '<div class="cards">'
+            for ex in group:
+                cur = "" if ex.curated is None else f", {ex.curated:,} curated"
+                top = "" if ex.top is None else f", top-level {ex.top}"
+                rows_html = "".join(_row_html(r, data.id_column, thumbs) for r in ex.rows) or "<i>no rows</i>"
+                cards += f'<div class="card"><h4>{_e(ex.kind)}: cluster {ex.cluster_id} ({ex.size:,} rows{cur}{top})</h4><div class="rows">{rows_html}</div></div>'
+            cards += "</div>"
+            body += _folded(f"{kind} clusters ({len(group)})", cards, open_=i == 0)  # the first kind shown, the rest folded
         sections.append(("examples", "What is in the clusters", body))
 
     # ---- convergence and timings
@@ -263,8 +308,10 @@ def render(data: ReportData, figures: dict[str, bytes], *, lake_root: str, thumb
                 its = st.get("iterations", [])
                 rows.append([f"level {lv['level']}", st["step"], st.get("n_points"), len(its), its[0]["objective"] if its else None,
                              st.get("objective"), st.get("n_reseeded"), lv.get("seconds")])
-        body = _table(["level", "resampling step", "points", "iterations", "first objective", "final objective", "re-seeded", "level seconds"], rows)
-        body += _figure(figures, "convergence.png", "Objective per Lloyd iteration")
+        body = _figure(figures, "convergence.png", "Objective per Lloyd iteration")
+        body += _good("each curve falls and levels off before its last iteration; few re-seeded clusters")
+        body += _folded(f"Every k-means run ({len(rows)})", _table(["level", "resampling step", "points", "iterations", "first objective",
+                                                                   "final objective", "re-seeded", "level seconds"], rows))
         sections.append(("convergence", "Convergence", body))
     rows = [[s.stage, s.status, s.attempts, s.seconds, s.started_at.strftime("%Y-%m-%d %H:%M:%S")] for s in run.stages]
     body = _table(["stage", "status", "attempts", "seconds", "started (UTC)"], rows) + _figure(figures, "timings.png", "Seconds per stage")
@@ -272,7 +319,8 @@ def render(data: ReportData, figures: dict[str, bytes], *, lake_root: str, thumb
     if warnings:
         body += "<h3>Warnings</h3><ul>" + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul>"
     sections.append(("timings", "Stages", body))
-    sections.append(("config", "Config", f"<pre>{_e(json.dumps(run.config, indent=2, sort_keys=True, default=str))}</pre>"))
+    sections.append(("config", "Config", _folded("The run's config (as recorded in the runs table)",
+                                                 f"<pre>{_e(json.dumps(run.config, indent=2, sort_keys=True, default=str))}</pre>")))
 
     sections.insert(0, ("summary", "In short", _headline(data)))
     nav = "".join(f'<a href="#{a}">{_e(t.split(" (")[0])}</a>' for a, t, _ in sections)
