@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lakecurate", description="Curate large, diverse, balanced training sets on Spark + Delta.")
     sub = p.add_subparsers(dest="command", required=True)
     commands = [("run", "run the configured stages of one curation run, in order, resuming committed ones")]
-    commands += [(s.name, f"run only the {s.name} stage of a config: {s.help}") for s in STAGES if s.command]
+    commands += [(s.name, f"run only the {s.name} stage of a config: {s.help}") for s in STAGES if s.command is not None]
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks (anywhere on the line)")
     p.add_argument("--version", action="version", version=f"lakecurate {__version__}")
     for name, help_text in commands:

@@ -60,7 +60,7 @@ def run(plan: Union[RunPlan, RunConfig], spark=None) -> RunResult:
     lake = Lake(spark, config.lake)
     for name in plan.tables():
         lake.refuse_outdated(name)  # before any work: a table this run could not write to
-    reads_input = not any(s.provides_input for s in plan.stages)
+    reads_input = not any(s.replaces_input for s in plan.stages)
     with one_line_errors("reading the run's inputs"):
         plan = plan.with_inputs(read_fingerprints(lake, plan, reads_input))
     for section, fp in plan.recorded_inputs().items():
@@ -80,15 +80,15 @@ def run(plan: Union[RunPlan, RunConfig], spark=None) -> RunResult:
     result = RunResult(run_id=plan.run_id, lake_root=lake.root, backend=lake.backend)
     log.info("run %s: stages %s, lake %s", plan.run_id, plan.stage_names, lake.root)
     for stage in plan.stages:
-        done = runlog.completed(stage.name) if stage.resumable else None
+        done = runlog.completed(stage.name) if stage.reruns.resumable else None
         if done is not None:
             log.info("stage %s already succeeded for run %s: skipped", stage.name, plan.run_id)
             result.skipped.append(stage.name)
             result.stages[stage.name] = done
             if "reused_from" in done:
                 ctx.output_runs[stage.name] = result.reused[stage.name] = done["reused_from"]
-            if stage.extends is not None and done.get("tree_run_id"):
-                ctx.output_runs[stage.extends] = done["tree_run_id"]
+            if stage.reruns.extends is not None and done.get("tree_run_id"):
+                ctx.output_runs[stage.reruns.extends] = done["tree_run_id"]
             continue
         elsewhere = runlog.committed_elsewhere(stage.name) if stage.reused_for(config) else None
         if elsewhere is not None:
@@ -105,8 +105,8 @@ def run(plan: Union[RunPlan, RunConfig], spark=None) -> RunResult:
             stage.run(ctx, metrics)
         result.stages[stage.name] = metrics
         result.stage_seconds[stage.name] = time.perf_counter() - started
-        if stage.extends is not None and metrics.get("tree_run_id"):
-            ctx.output_runs[stage.extends] = metrics["tree_run_id"]
+        if stage.reruns.extends is not None and metrics.get("tree_run_id"):
+            ctx.output_runs[stage.reruns.extends] = metrics["tree_run_id"]
     for name in [*plan.tables(), RUNS]:
         if lake.exists(name):
             lake.register(name)
@@ -150,7 +150,7 @@ def one_line_errors(doing: str):
 
 def preflight(plan: RunPlan, facts: InputFacts, *, after: Optional[str] = None) -> None:
     """Every check that needs no Spark job: the input's id and embedding columns, then each
-    stage's own (:attr:`lakecurate.stages.Stage.preflight`); with ``after``, only the stages after
+    stage's own (:attr:`lakecurate.stages.context.Checks.input`); with ``after``, only the stages after
     that one (which makes their input: ``facts`` describe what it will hand on)."""
     cfg = plan.config.input
     if facts.rows == 0:
@@ -159,8 +159,8 @@ def preflight(plan: RunPlan, facts: InputFacts, *, after: Optional[str] = None) 
                           {cfg.id_column: "input.id_column", cfg.embedding_column: "input.embedding_column"})
     names = [s.name for s in plan.stages]
     for stage in plan.stages[names.index(after) + 1 if after in names else 0:]:
-        if stage.preflight is not None:
-            stage.preflight(plan.config, facts)
+        if stage.checks.input is not None:
+            stage.checks.input(plan.config, facts)
     log.info("input %s: %s rows, columns %s: the run's checks passed", facts.where,
              facts.rows if facts.rows is not None else "an unknown number of", sorted(facts.columns))
 

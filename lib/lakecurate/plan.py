@@ -117,7 +117,7 @@ def stage_fingerprints(config: RunConfig, records: Sequence[Stage], inputs: Opti
     chain: list = [{"input": d["input"], "inputs": inputs or {}}]
     out = {}
     for record in records:
-        chain.append({record.name: {section: d.get(section) for section in record.config_sections}})
+        chain.append({record.name: {section: d.get(section) for section in record.reruns.depends_on}})
         out[record.name] = hashlib.sha256(json.dumps(chain, sort_keys=True, default=str).encode()).hexdigest()
     return out
 
@@ -131,8 +131,8 @@ def plan_run(config: RunConfig, *, alone: Optional[str] = None) -> RunPlan:
     names = [s.name for s in STAGES]
     listed = list(config.stages)
     if alone is not None:
-        check_choice(alone, [s.name for s in STAGES if s.command], "command")
-        adds = next(s for s in STAGES if s.name == alone).command_adds
+        check_choice(alone, [s.name for s in STAGES if s.command is not None], "command")
+        adds = next(s for s in STAGES if s.name == alone).command.adds
         listed = [n for n in names if n in listed or n == alone] if adds else [alone]
         if adds:
             alone = None  # the config's run with the stage added: its run id, its resumes
@@ -146,14 +146,14 @@ def plan_run(config: RunConfig, *, alone: Optional[str] = None) -> RunPlan:
     for record in records:
         if record.section is not None and getattr(config, record.section) is None:
             raise ConfigError(f"stages include {record.name!r} but the config has no {record.section} section")
-        if record.check is not None:
-            record.check(config)
-    if not any(r.provides_input for r in records):
+        if record.checks.config is not None:
+            record.checks.config(config)
+    if not any(r.replaces_input for r in records):
         config.input.require_location("input")
 
     fingerprint = config_fingerprint(config)
     run_id = config.run_id
-    fresh = alone is not None and any(r.fresh_run_alone for r in records)
+    fresh = alone is not None and any(r.command is not None and r.command.fresh_run for r in records)
     if run_id is None:
         if fresh:
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")

@@ -47,14 +47,14 @@ def test_stage_records_are_complete_and_in_run_order():
         for table in record.writes(cfg):
             assert table in DESCRIPTIONS, f"stage {record.name} writes {table!r}, which lakecurate/tables.py does not declare"
         assert record.section is None or hasattr(cfg, record.section)
-    assert [s.name for s in STAGES if s.provides_input] == ["embed"]
+    assert [s.name for s in STAGES if s.replaces_input] == ["embed"]
 
 
 def test_every_stage_that_runs_alone_is_a_cli_command():
     from lakecurate.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"run", "vacuum", "where", "runs", "show", "report", "plan"} | {s.name for s in STAGES if s.command}
+    assert set(sub.choices) == {"run", "vacuum", "where", "runs", "show", "report", "plan"} | {s.name for s in STAGES if s.command is not None}
 
 
 def _import_graph() -> dict:

@@ -2,7 +2,7 @@
 
 One record per stage (:class:`~lakecurate.stages.context.Stage`), declared at the bottom of the
 stage's module and listed here: the pipeline runs them in this order, the config's ``stages``
-must keep it, the command line offers ``lakecurate <name>`` for those with ``command=True``.
+must keep it, the command line offers ``lakecurate <name>`` for those with a ``command``.
 """
 
 from lakecurate.stages import assign, cluster, coreset, dedup, embed, report, sample, shards

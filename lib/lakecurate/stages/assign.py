@@ -51,7 +51,7 @@ from lakecurate.errors import ConfigError, RunChangedError, StaleTreeWarning, Ta
 from lakecurate.faults import fault_point
 from lakecurate.spark.arrow import matrix_to_list_array
 from lakecurate.spark.assignments import assignment_rows, cluster_counts
-from lakecurate.stages.context import Stage, StageContext
+from lakecurate.stages.context import Checks, Command, Reruns, Stage, StageContext
 from lakecurate.tables import ASSIGNMENTS, CLUSTERS, COARSE_CLUSTERS, DUPLICATES, RUNS
 
 log = logging.getLogger(__name__)
@@ -325,12 +325,11 @@ def summarize(m: dict) -> list[str]:
 
 STAGE = Stage(
     name="assign",
-    config_sections=("assign", "clustering"),
     run=run_assign,
     help="rows of the input not yet in a tree's assignments join it (nearest centroid, same kernel); staleness in runs.metrics",
     writes=lambda cfg: (ASSIGNMENTS, CLUSTERS),
     summary=summarize,
-    check=check,
-    command=True,
-    extends="cluster",
+    command=Command(),
+    checks=Checks(config=check),
+    reruns=Reruns(depends_on=("assign", "clustering"), extends="cluster"),
 )

@@ -26,7 +26,7 @@ from lakecurate.spark.assigner import SparkAssigner
 from lakecurate.spark.assignments import assignment_rows
 from lakecurate.spark.blocks import EmbeddingBlocks
 from lakecurate.stages.checkpoints import LevelCheckpoints
-from lakecurate.stages.context import Stage, StageContext
+from lakecurate.stages.context import Checks, Reruns, Stage, StageContext
 from lakecurate.errors import ConfigError
 from lakecurate.sizing import (GROUP_BYTES_PER_FLOAT, USABLE_SHARE, Hardware, fmt_bytes, machine_memory, parse_bytes, resolve_n_coarse,
                                size_config)
@@ -222,11 +222,10 @@ def summarize(m: dict) -> list[str]:
 
 STAGE = Stage(
     name="cluster",
-    config_sections=("clustering",),
-    reusable=True,
     run=run_cluster,
     help="hierarchical k-means with resampling: embeddings -> the clusters and assignments tables",
     writes=lambda cfg: (ASSIGNMENTS, CLUSTERS, COARSE_CLUSTERS),
     summary=summarize,
-    preflight=preflight,
+    checks=Checks(input=preflight),
+    reruns=Reruns(depends_on=("clustering",), reusable=True),
 )

@@ -18,9 +18,9 @@ if TYPE_CHECKING:
     from lakecurate.lake import Lake
     from lakecurate.runlog import RunLog
 
-#: ``hands_on(ctx, upstream)``: the input the stages after this one read, given ``upstream()``,
-#: the input as this stage itself saw it (called only if needed)
-HandsOn = Callable[["StageContext", Callable[[], Any]], Any]
+#: ``frame(ctx, upstream)``: the input the stages after this one read, given ``upstream()``, the
+#: input as this stage itself saw it (called only if needed)
+HandsOnFrame = Callable[["StageContext", Callable[[], Any]], Any]
 
 
 def _no_lines(metrics: dict) -> list[str]:
@@ -28,8 +28,60 @@ def _no_lines(metrics: dict) -> list[str]:
 
 
 @dataclass(frozen=True)
+class HandsOn:
+    """What a stage hands to the stages after it as their input."""
+
+    frame: HandsOnFrame
+    #: the frame replaces the run's input altogether (``input.*`` is then not read): embed
+    replaces_input: bool = False
+
+
+@dataclass(frozen=True)
+class Command:
+    """The stage has a command of its own: ``lakecurate <name> CONFIG``."""
+
+    #: the command runs the config's stages with this one added (committed ones are skipped), not
+    #: this one alone: for a stage that lays out what the others wrote
+    adds: bool = False
+    #: run alone without a ``run_id``, every call is a new run (an incremental stage: a rerun on a
+    #: grown source must not be skipped as already done)
+    fresh_run: bool = False
+
+
+@dataclass(frozen=True)
+class Checks:
+    """What is checked before any Spark job: a run that cannot succeed fails in seconds, writing
+    no ``runs`` row."""
+
+    #: ``config(config)``: what spans config sections, checked when the run is planned
+    config: Optional[Callable[["RunConfig"], None]] = None
+    #: ``input(config, facts)``: what the config and the input's metadata alone can tell
+    #: (:class:`~lakecurate.inputs.InputFacts`: columns, row count if known), for every stage of
+    #: the plan before the first one starts
+    input: Optional[Callable[["RunConfig", "InputFacts"], None]] = None
+
+
+@dataclass(frozen=True)
+class Reruns:
+    """What the stage's earlier commits mean for this run."""
+
+    #: the config sections its result depends on (with the stages before it: its fingerprint)
+    depends_on: tuple[str, ...] = ()
+    #: skipped on a rerun when its success for this run and config is already in ``runs``
+    resumable: bool = True
+    #: when another run committed this stage with the same fingerprint, that run's tables are used
+    #: instead of computing them again (a stage whose tables are a pure function of it);
+    #: ``reusable(config)`` where that depends on the config
+    reusable: Union[bool, Callable[["RunConfig"], bool]] = False
+    #: the stage whose tables this one adds rows to, in the run its metrics name as ``tree_run_id``:
+    #: the stages after it read that stage's tables there (``ctx.output_run``), e.g. assign -> cluster
+    extends: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class Stage:
-    """One stage of a run: everything the rest of lakecurate needs to know about it."""
+    """One stage of a run: what it does and writes, then the optional parts that make it differ
+    from a plain stage (what it hands on, its command, its checks, its rerun rules)."""
 
     name: str
     #: ``run(ctx, metrics)``: reads tables, writes tables, fills ``metrics`` (kept in ``runs``)
@@ -38,46 +90,27 @@ class Stage:
     help: str
     #: the tables it writes, for a given config (most are fixed names; embed's are configurable)
     writes: Callable[["RunConfig"], tuple[str, ...]]
-    #: what it hands to the stages after it as their input (None: the input passes through)
-    hands_on: Optional[HandsOn] = None
-    #: True when ``hands_on`` replaces the run's input altogether (``input.*`` is then not read)
-    provides_input: bool = False
-    #: the config section it needs (a section that is None by default, e.g. ``embed``)
-    section: Optional[str] = None
     #: the lines the command line prints about it, from its metrics
     summary: Callable[[dict], list[str]] = _no_lines
-    #: ``lakecurate <name> CONFIG`` runs this stage alone
-    command: bool = False
-    #: ``lakecurate <name> CONFIG`` runs the config's stages with this one added, not this one
-    #: alone (committed stages are skipped): for a stage that lays out what the others wrote
-    command_adds: bool = False
-    #: the stage whose tables this one adds rows to, in the run its metrics name as ``tree_run_id``:
-    #: the stages after it read that stage's tables there (``ctx.output_run``), e.g. assign -> cluster
-    extends: Optional[str] = None
-    #: ``check(config)``: what spans config sections, checked when the run is planned (no Spark)
-    check: Optional[Callable[["RunConfig"], None]] = None
-    #: run alone without a ``run_id``, every call is a new run (an incremental stage: a rerun
-    #: on a grown source must not be skipped as already done)
-    fresh_run_alone: bool = False
+    #: the config section it needs (a section that is None by default, e.g. ``embed``)
+    section: Optional[str] = None
     #: runs without being listed in ``stages`` when this says so (e.g. the report)
     automatic: Optional[Callable[["RunConfig"], bool]] = None
-    #: skipped on a rerun when its success for this run and config is already in ``runs``
-    resumable: bool = True
-    #: ``preflight(config, facts)``: what can be checked from the config and the input's metadata
-    #: alone (:class:`~lakecurate.inputs.InputFacts`: columns, row count if known). Run for every
-    #: stage of the plan before the first one starts: a run that cannot succeed fails in seconds,
-    #: before any Spark job, and writes no ``runs`` row
-    preflight: Optional[Callable[["RunConfig", "InputFacts"], None]] = None
-    #: the config sections its result depends on (with the stages before it: its fingerprint)
-    config_sections: tuple[str, ...] = ()
-    #: when another run committed this stage with the same fingerprint, that run's tables are
-    #: used instead of computing them again (for stages whose tables are a pure function of it);
-    #: ``reusable(config)`` where that depends on the config
-    reusable: Union[bool, Callable[["RunConfig"], bool]] = False
+    #: what it hands to the stages after it (None: the input passes through)
+    hands_on: Optional[HandsOn] = None
+    #: its own command (None: it runs only as part of ``lakecurate run``)
+    command: Optional[Command] = None
+    checks: Checks = Checks()
+    reruns: Reruns = Reruns()
+
+    @property
+    def replaces_input(self) -> bool:
+        return self.hands_on is not None and self.hands_on.replaces_input
 
     def reused_for(self, config: "RunConfig") -> bool:
-        """Whether another run's commit of this stage can stand for this config's (:attr:`reusable`)."""
-        return self.reusable(config) if callable(self.reusable) else self.reusable
+        """Whether another run's commit of this stage can stand for this config's (:attr:`Reruns.reusable`)."""
+        r = self.reruns.reusable
+        return r(config) if callable(r) else r
 
 
 class PlanView(Protocol):
@@ -129,7 +162,7 @@ class StageContext:
             if record.name == stage:
                 break
             if record.hands_on is not None:
-                frame = functools.partial(record.hands_on, self, frame)
+                frame = functools.partial(record.hands_on.frame, self, frame)
         return frame()
 
     def input_blocks(self, stage: str, *, transform=None, metric=None):

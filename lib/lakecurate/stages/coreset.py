@@ -29,7 +29,7 @@ from lakecurate.errors import InputDataError, TableError
 from lakecurate.faults import fault_point
 from lakecurate.inputs import read_embed_source, read_run_input
 from lakecurate.spark.coreset import chosen_frame, spark_fetch
-from lakecurate.stages.context import Stage, StageContext
+from lakecurate.stages.context import Command, HandsOn, Reruns, Stage, StageContext
 from lakecurate.tables import CORESET, DESCRIPTIONS
 
 log = logging.getLogger(__name__)
@@ -188,13 +188,12 @@ def summarize(m: dict) -> list[str]:
 
 STAGE = Stage(
     name="coreset",
-    section="coreset",
-    config_sections=("coreset", "embed"),
-    reusable=True,
     run=run_coreset,
     help="the input rows most like a target set (SimCore) -> the coreset table",
     writes=lambda cfg: (CORESET,),
-    hands_on=coreset_rows,
     summary=summarize,
-    command=True,
+    section="coreset",
+    hands_on=HandsOn(coreset_rows),
+    command=Command(),
+    reruns=Reruns(depends_on=("coreset", "embed"), reusable=True),
 )

@@ -31,7 +31,7 @@ from lakecurate.spark.assigner import SparkAssigner
 from lakecurate.spark.cache import keep
 from lakecurate.spark.progress import progress
 from lakecurate.spark.dedup import pairwise_results, removed_within_clusters, resolve_removed
-from lakecurate.stages.context import Stage, StageContext
+from lakecurate.stages.context import Checks, Command, HandsOn, Reruns, Stage, StageContext
 from lakecurate.tables import ASSIGNMENTS, DUPLICATES
 
 log = logging.getLogger(__name__)
@@ -235,14 +235,12 @@ def summarize(m: dict) -> list[str]:
 
 STAGE = Stage(
     name="dedup",
-    config_sections=("dedup",),
-    reusable=lambda cfg: cfg.dedup.mode == "full",  # an increment depends on the tree too
     run=run_dedup,
     help="remove near-duplicates first: input embeddings -> the duplicates table",
     writes=lambda cfg: (DUPLICATES,),
-    hands_on=kept_rows,
     summary=summarize,
-    command=True,
-    preflight=preflight,
-    check=check,
+    hands_on=HandsOn(kept_rows),
+    command=Command(),
+    checks=Checks(config=check, input=preflight),
+    reruns=Reruns(depends_on=("dedup",), reusable=lambda cfg: cfg.dedup.mode == "full"),  # an increment depends on the tree too
 )

@@ -31,7 +31,7 @@ from lakecurate.spark.cache import keep
 from lakecurate.spark.progress import TaskCounters, progress
 from lakecurate.spark.encode import DIM, MODEL, embeddings_rows, encode_rows, encoded_schema, reject_rows
 from lakecurate.spark.session import default_parallelism
-from lakecurate.stages.context import Stage, StageContext
+from lakecurate.stages.context import Command, HandsOn, Reruns, Stage, StageContext
 from lakecurate.tables import DESCRIPTIONS, EMBEDDINGS, REJECTS
 
 log = logging.getLogger(__name__)
@@ -234,14 +234,12 @@ def summarize(m: dict) -> list[str]:
 
 STAGE = Stage(
     name="embed",
-    config_sections=("embed",),
     run=run_embed,
     help="embed new source rows (text or images) on the executors -> the embeddings table",
     writes=lambda cfg: (cfg.embed.table, cfg.embed.rejects_table) if cfg.embed is not None else (),
-    hands_on=embedded_rows,
-    provides_input=True,
-    section="embed",
     summary=summarize,
-    command=True,
-    fresh_run_alone=True,
+    section="embed",
+    hands_on=HandsOn(embedded_rows, replaces_input=True),
+    command=Command(fresh_run=True),
+    reruns=Reruns(depends_on=("embed",)),
 )

@@ -19,7 +19,7 @@ from lakecurate.core.metrics import balance_from_counts
 from lakecurate.errors import InputDataError, TableError
 from lakecurate.faults import fault_point
 from lakecurate.spark.arrow import row_keys
-from lakecurate.stages.context import Stage, StageContext
+from lakecurate.stages.context import Checks, Reruns, Stage, StageContext
 from lakecurate.tables import ASSIGNMENTS, CURATED, LABEL_COUNTS
 
 log = logging.getLogger(__name__)
@@ -102,11 +102,11 @@ def summarize(rep: dict) -> list[str]:
 
 STAGE = Stage(
     name="report",
-    config_sections=("report",),
     run=run_report,
     help="balance of the curated subset against a random one, over a column of known labels",
     writes=lambda cfg: (LABEL_COUNTS,),
     summary=summarize,
     automatic=lambda cfg: cfg.report.label_column is not None and "sample" in cfg.stages,
-    preflight=preflight,
+    checks=Checks(input=preflight),
+    reruns=Reruns(depends_on=("report",)),
 )

@@ -17,7 +17,7 @@ import pyarrow as pa
 from lakecurate.core.sampling import ClusterTree, hierarchical_quotas, selection_keys
 from lakecurate.errors import InputDataError, RunChangedError, TableError
 from lakecurate.faults import fault_point
-from lakecurate.stages.context import Stage, StageContext
+from lakecurate.stages.context import Checks, Reruns, Stage, StageContext
 from lakecurate.tables import ASSIGNMENTS, CLUSTERS, CURATED
 
 log = logging.getLogger(__name__)
@@ -264,10 +264,10 @@ def summarize(m: dict) -> list[str]:
 
 STAGE = Stage(
     name="sample",
-    config_sections=("sampling",),
     run=run_sample,
     help="balanced sampling down the cluster tree: clusters + assignments -> the curated table",
     writes=lambda cfg: (CURATED,),
     summary=summarize,
-    preflight=preflight,
+    checks=Checks(input=preflight),
+    reruns=Reruns(depends_on=("sampling",)),
 )

@@ -24,7 +24,7 @@ import time
 from lakecurate.config import RunConfig
 from lakecurate.errors import ConfigError, InputDataError, TableError
 from lakecurate.faults import fault_point
-from lakecurate.stages.context import Stage, StageContext
+from lakecurate.stages.context import Checks, Command, Reruns, Stage, StageContext
 from lakecurate.tables import ASSIGNMENTS, CLUSTERS, CURATED, SHARDS
 
 log = logging.getLogger(__name__)
@@ -193,13 +193,11 @@ def summarize(m: dict) -> list[str]:
 
 STAGE = Stage(
     name="shards",
-    config_sections=("shards",),
     run=run_shards,
     help="the run's curated (or all assigned) rows with their payload, one Delta partition per cluster -> the shards table",
     writes=lambda cfg: (SHARDS,),
     summary=summarize,
-    preflight=preflight,
-    check=check,
-    command=True,
-    command_adds=True,
+    command=Command(adds=True),
+    checks=Checks(config=check, input=preflight),
+    reruns=Reruns(depends_on=("shards",)),
 )
