@@ -107,7 +107,7 @@ def test_an_embed_with_nothing_new_reads_its_source_rows_in_and_no_reprs(tmp_pat
     runs = read_runs(Lake(None, LakeConfig(root=str(tmp_path))))
     assert (runs[0].rows_in, runs[0].rows_out) == (6000, 0)
     text = "\n".join(show_lines(runs, "emb-1"))
-    assert "6000 source rows (nothing new to embed)" in text and "{" not in text
+    assert "6000 source rows (nothing new to embed)" in text and "{" not in text and "None" not in text
     assert "report: succeeded in 3.0 s" in text and "(attempt 2; before it 1 succeeded)" in text
 
 

@@ -226,8 +226,9 @@ def embedded_rows(ctx: StageContext, upstream):
 
 
 def summarize(m: dict) -> list[str]:
-    return [f"  embedded {m.get('embedded')} new rows with {m.get('model')} ({m.get('dim')}-d) "
-            f"at {m.get('rows_per_second')} rows/s; rejected {m.get('rejected')}; already embedded "
+    rate = f" at {m['rows_per_second']} rows/s" if m.get("rows_per_second") is not None else ""
+    return [f"  embedded {m.get('embedded')} new rows with {m.get('model')} ({m.get('dim')}-d)"
+            f"{rate}; rejected {m.get('rejected')}; already embedded "
             f"{m.get('already_embedded')}, previously rejected {m.get('previously_rejected')}; "
             f"{m.get('source_rows')} source rows" + (" (nothing new to embed)" if m.get("nothing_new") else "")]
 
