@@ -106,6 +106,47 @@ def test_text_normalize_gives_unit_rows_equal_to_library_normalisation(direct_mi
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_progress_comes_every_few_model_batches_and_changes_no_bit():
+    """With a progress callback the texts go to the model a few batches at a time, cut from the
+    model's own length order: every model batch holds the same texts, so the output is the same
+    bits as one call; the callback hears of every text once."""
+    from lakecurate.embed.encoders import PROGRESS_BATCHES
+
+    rng = np.random.default_rng(0)
+    words = "cat sofa revenue quarter fox dog red brown lazy jumps over the photo grew percent".split()
+    texts = [" ".join(rng.choice(words, int(rng.integers(1, 40)))) for _ in range(150)]
+    enc = get_cached_encoder(EncoderSpec(kind="text", batch_size=4))
+    whole = enc.encode_texts(texts)
+    heard: list[int] = []
+    chunked = enc.encode_texts(texts, progress=heard.append)
+    np.testing.assert_array_equal(chunked, whole)
+    assert heard == [4 * PROGRESS_BATCHES] * (150 // (4 * PROGRESS_BATCHES)) + [150 % (4 * PROGRESS_BATCHES)]
+    # the chunking order matters: cut in the given order instead, batches pad differently
+    shuffled_batches = np.concatenate([enc.encode_texts(texts[i : i + 4]) for i in range(0, 150, 4)])
+    assert not np.array_equal(shuffled_batches, whole)
+
+
+def test_record_batch_progress_counts_every_row_once_rejects_included(tiny_model_files):
+    import pyarrow as pa
+
+    from lakecurate.embed.batches import encode_record_batch
+
+    enc = get_cached_encoder(EncoderSpec(kind="text", batch_size=2))
+    texts = ["a cat", None, "", "quarterly revenue", *[f"text number {i}" for i in range(40)]]
+    batch = pa.RecordBatch.from_arrays([pa.array([None] + list(range(1, len(texts)))), pa.array(texts)], names=["id", "text"])
+    heard: list[int] = []
+    out = list(encode_record_batch(enc, batch, id_column="id", payload_column="text", passthrough=[], progress=heard.append))
+    assert sum(heard) == batch.num_rows == sum(b.num_rows for b in out)
+    assert len(heard) > 2  # during the model's work, not once at the end
+
+    spec = EncoderSpec(kind="image", model=str(tiny_model_files["torchscript"]), image_size=RESIZE, crop_size=CROP, batch_size=2)
+    images = [IMAGES[0], CORRUPT, None, IMAGES[1], IMAGES[2], b""]
+    batch = pa.RecordBatch.from_arrays([pa.array(range(len(images))), pa.array(images, pa.binary())], names=["id", "image"])
+    heard = []
+    out = list(encode_record_batch(load_encoder(spec), batch, id_column="id", payload_column="image", passthrough=[], progress=heard.append))
+    assert sum(heard) == batch.num_rows == sum(b.num_rows for b in out)
+
+
 def test_cache_loads_a_model_once_per_spec():
     a = get_cached_encoder(EncoderSpec(kind="text"))
     b = get_cached_encoder(EncoderSpec(kind="text", model=None, batch_size=32))  # equal spec, new object

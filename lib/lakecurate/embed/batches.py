@@ -7,7 +7,7 @@ process's cached :class:`~lakecurate.embed.encoders.Encoder`; everything about t
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -28,12 +28,14 @@ def encode_record_batch(
     payload_column: str,
     passthrough: Sequence[str],
     oversized_column: Optional[str] = None,
+    progress: Optional[Callable[[int], None]] = None,
 ) -> Iterator[pa.RecordBatch]:
     """One Arrow batch -> a batch of embedded rows and a batch of rejected rows (either may be absent).
 
     Output columns: id, embedding (null for a reject), reason (null when embedded), passthrough.
     Every input row comes out exactly once. ``oversized_column`` (files) holds the size of a file
-    that was too large to read (its payload is null), else null.
+    that was too large to read (its payload is null), else null. ``progress`` hears of rows as the
+    model gets through them (a few model batches at a time), each input row once in all.
     """
     n = batch.num_rows
     if n == 0:
@@ -54,9 +56,13 @@ def encode_record_batch(
         for j, reason in find_text_rejects(items):
             reasons[usable[j]] = reason
         kept = [i for i in usable if i not in reasons]
-        emb = encoder.encode_texts([payload[i] for i in kept])
+        if progress is not None:
+            progress(len(reasons))
+        emb = encoder.encode_texts([payload[i] for i in kept], progress=progress)
     else:
-        result = encoder.encode_images(items)
+        if progress is not None:
+            progress(n - len(usable))
+        result = encoder.encode_images(items, progress=progress)
         for j, reason in result.rejects:
             reasons[usable[j]] = reason
         kept = [usable[j] for j in result.kept]

