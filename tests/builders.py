@@ -70,3 +70,16 @@ def split_twice_pool(seed: int = 0, d: int = 384, n: int = 20000) -> tuple[np.nd
     c = np.concatenate([others, np.stack([base + bump, base - bump + bump2, base - bump - bump2])]).astype(np.float32)
     x = (base + 0.8 * rng.standard_normal((n, d))).astype(np.float32)
     return x, c
+
+
+def block_rows(blocks) -> tuple[np.ndarray, np.ndarray]:
+    """Every cached row of ``blocks`` on the driver: (row keys, vectors), in key order."""
+    def rows(batches, _):
+        for b in batches:
+            yield pa.record_batch({"k": pa.array([b.keys.tobytes()]), "x": pa.array([np.ascontiguousarray(b.vectors).tobytes()])})
+
+    got = blocks.collect(rows, "k BINARY, x BINARY")
+    keys = np.concatenate([np.frombuffer(r["k"], np.int64) for r in got])
+    x = np.concatenate([np.frombuffer(r["x"], np.float32) for r in got]).reshape(len(keys), blocks.d)
+    order = np.argsort(keys)
+    return keys[order], x[order]

@@ -12,6 +12,7 @@ decides what to read and checks its columns):
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -29,7 +30,8 @@ from lakecurate.config import EmbedConfig, InputConfig, SyntheticConfig
 from lakecurate.core.synthetic import long_tailed_pool, redundant_pool
 from lakecurate.embed.spec import EncoderSpec
 from lakecurate.errors import InputDataError, TableError
-from lakecurate.lake import Lake, open_npy
+from lakecurate.lake import Lake, Snapshot, open_npy
+from lakecurate.lake.pieces import InputFiles, RowFilter, delta_input
 from lakecurate.spark.arrow import matrix_to_list_array
 from lakecurate.tables import POOL
 
@@ -94,6 +96,61 @@ def read_run_input(lake: Lake, cfg: InputConfig, snapshot: Optional[dict] = None
         return lake.read_npy(cfg.path, id_column=cfg.id_column, embedding_column=cfg.embedding_column, content_sha256=digest,
                              key=f"{key}.path")
     return lake.read_source(cfg.format, path=cfg.path, table=cfg.table, key=key, snapshot=snapshot)
+
+
+def run_input_files(lake: Lake, cfg: InputConfig, snapshot: Optional[dict] = None, *, key: str = "input",
+                    columns: Optional[list] = None) -> tuple[Optional[InputFiles], str]:
+    """The embeddings input as files the tasks read themselves (:mod:`lakecurate.lake.pieces`):
+    the same rows :func:`read_run_input` reads, pinned the same way; ``(None, why)`` for an input
+    read through Spark. ``columns``: default (id, embedding)."""
+    columns = list(columns or (cfg.id_column, cfg.embedding_column))
+    if cfg.format == "synthetic":
+        return lake_table_files(lake, POOL, {c: c for c in columns}, f"{key} {cfg.location}",
+                                partition={"run_id": synthetic_pool_id(cfg.pool)})
+    if cfg.format == "npy":
+        digest = snapshot["sha256"] if snapshot else file_sha256(cfg.path, key=f"{key}.path")
+        folder = lake.stage_npy(cfg.path, content_sha256=digest, key=f"{key}.path")
+        named = {cfg.id_column: "id", cfg.embedding_column: "embedding"}
+        if any(c not in named for c in columns):
+            return None, f"a .npy input has only the columns {list(named)}"
+        staged = lake.input_files("parquet", [named[c] for c in columns], path=folder, key=key)[0]
+        return dataclasses.replace(staged, where=f"{key} {cfg.location}", columns=tuple((c, named[c]) for c in columns),
+                                   schema=pa.schema([staged.schema.field(named[c]).with_name(c) for c in columns])), ""
+    return lake.input_files(cfg.format, columns, path=cfg.path, table=cfg.table, key=key, snapshot=snapshot)
+
+
+#: a stage hands its rows on as files with the ids it keeps or removes, read on the driver, up to
+#: this many (8 bytes each for integer ids); past it, the stages after it read through Spark
+HANDED_IDS_MAX = 20_000_000
+
+
+def lake_table_files(lake: Lake, name: str, columns: dict, where: str, partition: Optional[dict] = None,
+                     equal: Optional[dict] = None) -> tuple[Optional[InputFiles], str]:
+    """A table of this lake (``partition``'s files) as files the tasks read themselves, its columns
+    read under new names (``{name read as: table column}``), only the rows whose data columns
+    equal ``equal`` (``{table column: value}``); ``(None, why)`` on native lakes."""
+    if lake.native is not None:
+        return None, f"on a native-Delta lake, the {name} table is read through the engine"
+    snap = Snapshot(lake.path(name), storage_options=lake.options)
+    files = delta_input(snap, list(dict.fromkeys(columns.values())), where, partition=partition)
+    files = dataclasses.replace(files, columns=tuple((new, snap.physical[old]) for new, old in columns.items()),
+                                schema=pa.schema([snap.schema.field(old).with_name(new) for new, old in columns.items()]))
+    for column, value in (equal or {}).items():
+        files = files.filtered(RowFilter(snap.physical[column], pa.array([value], snap.schema.field(column).type), keep=True))
+    return files, ""
+
+
+def with_ids(lake: Lake, upstream, table: str, run_id: str, id_column: str, *, keep: bool, stage: str
+             ) -> tuple[Optional[InputFiles], str]:
+    """The files of ``upstream()`` with only the rows whose id is (``keep``) or is not in ``table``'s
+    rows of ``run_id``: what the dedup stage (duplicates away) and the coreset (its rows) hand on."""
+    files, why = upstream()
+    if files is None:
+        return None, why
+    ids = lake.column_values(table, run_id, id_column, limit=HANDED_IDS_MAX)
+    if ids is None:
+        return None, f"the {stage} stage hands on more than {HANDED_IDS_MAX:,} ids"
+    return files.filtered(RowFilter(files.physical_of(id_column), ids, keep=keep)), ""
 
 
 # ---------------------------------------------------------------- what can be known before any job

@@ -27,6 +27,8 @@ from lakecurate.lake.delta import Snapshot
 from lakecurate.pipeline import run
 from lakecurate.plan import load_plan
 
+from builders import block_rows
+
 pytestmark = pytest.mark.spark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -162,3 +164,29 @@ def test_vacuum_keeps_deletion_vector_files_and_finds_real_leftovers(sail_tables
     found = lake.vacuum(apply=True, older_than_seconds=0)
     assert [f["files"] for f in found] == [1]
     assert read_delta_files(str(root / "everything")).num_rows == expected(out, "everything").num_rows
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_tasks_reading_the_files_themselves_cache_the_rows_a_delta_engine_reads(spark, sail_tables, name):
+    """The executors' own pyarrow reads (deletion vectors, column mapping, checkpoints, partitions)
+    cache exactly the live rows Sail reads, and the same blocks' rows as the read through Spark."""
+    from lakecurate.spark.blocks import EmbeddingBlocks
+
+    out, _ = sail_tables
+    path, want = os.path.join(out, name), expected(out, name).sort_by("id")
+    lake = Lake(spark, LakeConfig(root=str(out / "lake"), backend="embedded"))
+    files, why = lake.input_files("delta", ["id", "embedding"], path=path)
+    assert files is not None, why
+    by_files = EmbeddingBlocks.from_files(spark, files, id_column="id", embedding_column="embedding", partitions=3, lake=lake)
+    by_spark = EmbeddingBlocks.from_dataframe(spark, lake.read_delta_path(path), id_column="id", embedding_column="embedding",
+                                              partitions=3, lake=lake)
+    try:
+        keys, x = block_rows(by_files)
+        assert keys.tolist() == want.column("id").to_pylist()
+        assert np.array_equal(x, np.stack(want.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32))
+        assert by_files.n == want.num_rows and by_files.id_type == by_spark.id_type
+        spark_keys, spark_x = block_rows(by_spark)
+        assert np.array_equal(keys, spark_keys) and np.array_equal(x, spark_x)
+    finally:
+        by_files.release()
+        by_spark.release()

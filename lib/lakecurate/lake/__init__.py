@@ -229,6 +229,19 @@ class Lake(Sources, ScratchSpace, Maintenance):
         return scan_delta(self.path(name), storage_options=self.options, columns=columns,
                           partition=None if run_id is None else {"run_id": run_id}, batch_rows=batch_rows)
 
+    def column_values(self, name: str, run_id: str, column: str, *, limit: Optional[int] = None) -> Optional[pa.Array]:
+        """One column of one run's rows of a table of this lake, on this process (e.g. the ids a stage
+        hands on); None when it has more than ``limit`` values."""
+        pieces, n = [], 0
+        for t in self.scan(name, run_id, [column]):
+            n += t.num_rows
+            if limit is not None and n > limit:
+                return None
+            pieces.append(t.column(column))
+        if not pieces:
+            return pa.array([], self.delta_schema(self.path(name)).field(column).type)
+        return pa.chunked_array(pieces).combine_chunks()
+
     def delta_snapshot(self, path: str) -> dict:
         """The identity of a Delta table's latest version: ``{"table_id", "version"}``."""
         if self.native is not None:

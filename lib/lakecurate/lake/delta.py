@@ -19,10 +19,10 @@ from urllib.parse import unquote
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from lakecurate.errors import TableError
-from lakecurate.lake.paths import absolute, first_line, hadoop_uri, filesystem, rs_uri
+from lakecurate.lake.paths import absolute, first_line, hadoop_uri, rs_uri
+from lakecurate.lake.pieces import FilePiece, InputFiles, read_piece
 
 
 #: reader features (protocol version 3) this reader honours; a table that needs any other is refused
@@ -167,28 +167,19 @@ class Snapshot:
         missing = [c for c in want if c not in schema.names]
         if missing:
             raise TableError(f"Delta table {self.path!r} has no column(s) {missing} (columns: {schema.names})")
-        stored = [c for c in want if c not in parts]
+        # a read of partition columns alone still reads one stored column, for the row count
+        stored = [c for c in want if c not in parts] or self.data_columns[:1]
         target = pa.schema([schema.field(c) for c in want])
+        files = InputFiles(f"Delta table {self.path!r}", (), tuple((c, self.physical[c]) for c in stored),
+                           pa.schema([schema.field(c) for c in stored]), self.options)
         for f in self.files(partition):
-            fs, p = filesystem(f.uri, self.options or {})
-            at = 0
-            with fs.open_input_file(p) as handle:
-                for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=[self.physical[c] for c in stored]):
-                    t = pa.Table.from_batches([batch]).rename_columns(stored)
-                    if f.live is not None:
-                        t = t.filter(pa.array(_window(f.live, at, t.num_rows)))
-                    at += batch.num_rows
-                    for c in parts:
-                        if c in want:
-                            t = t.append_column(pa.field(c, schema.field(c).type),
-                                                pa.array([f.partition.get(c)] * t.num_rows).cast(schema.field(c).type))
-                    yield t.select(want).cast(target)
-
-
-def _window(live: np.ndarray, at: int, n: int) -> np.ndarray:
-    """Rows ``[at, at + n)`` of a live-row mask (rows past its end are live)."""
-    part = live[at : at + n]
-    return part if len(part) == n else np.concatenate([part, np.ones(n - len(part), bool)])
+            for batch in read_piece(files, FilePiece(f.uri, f.bytes, rows=f.rows, live=f.live), batch_rows):
+                t = pa.Table.from_batches([batch])
+                for c in parts:
+                    if c in want:
+                        t = t.append_column(pa.field(c, schema.field(c).type),
+                                            pa.array([f.partition.get(c)] * t.num_rows).cast(schema.field(c).type))
+                yield t.select(want).cast(target)
 
 
 def _nested_names_mapped(t) -> bool:

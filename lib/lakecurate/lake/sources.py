@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -14,7 +14,9 @@ import pyarrow.parquet as pq
 
 from lakecurate.errors import InputDataError, TableError
 from lakecurate.lake import layout
+from lakecurate.lake.delta import Snapshot
 from lakecurate.lake.layout import new_token
+from lakecurate.lake.pieces import InputFiles, delta_input, parquet_input
 from lakecurate.spark.errors import describe as describe_spark_error
 from lakecurate.lake.paths import disk_error, first_line, hadoop_uri, is_uri, quietly
 
@@ -82,6 +84,51 @@ class Sources:
             raise TableError(f"{key}.path={path!r} cannot be read: {describe_spark_error(str(exc))}") from exc
         raise InputDataError(f"{key}.format={format!r} cannot be read as a table")
 
+    def input_files(self, format: str, columns: Sequence[str], *, path: Optional[str] = None, table: Optional[str] = None,
+                    key: str = "input", snapshot: Optional[dict] = None) -> tuple[Optional[InputFiles], str]:
+        """``(files, "")`` for an input the tasks can read themselves (:mod:`lakecurate.lake.pieces`):
+        a Delta table by path on an embedded lake, a Parquet folder or file; the same rows
+        :meth:`read_source` reads, pinned to ``snapshot`` the same way. ``(None, why)`` for one
+        that is read through Spark."""
+        where = f"{key} {table or path}"
+        if table:
+            return None, f"{key}.table={table!r} is a catalog table"
+        if format == "delta":
+            if self.native is not None:
+                return None, "on a native-Delta lake, Delta tables are read through the engine"
+            try:
+                snap = Snapshot(path, storage_options=self.options, version=snapshot.get("version") if snapshot else None)
+            except Exception as exc:  # read_source says what is wrong, with its usual message
+                return None, f"its Delta log could not be read here ({first_line(exc)})"
+            parts = [c for c in columns if c in snap.partition_columns]
+            if parts:
+                return None, f"column(s) {parts} are partition columns"
+            missing = [c for c in columns if c not in snap.schema.names]
+            if missing:
+                return None, f"column(s) {missing} are not in its schema"
+            return delta_input(snap, columns, where), ""
+        if format == "parquet":
+            try:
+                fs, base = self._fs(path)
+                if fs.get_file_info(base).type == pafs.FileType.File:
+                    uris = [(path, fs.get_file_info(base).size)]
+                else:
+                    listing = self.list_files(path)
+                    pinned = snapshot.get("listing") if snapshot else None
+                    if pinned is not None:
+                        sizes = {rel: size for rel, size, _ in listing}
+                        gone = [rel for rel in pinned if rel not in sizes]
+                        if gone:
+                            return None, f"file(s) of its pinned listing are gone ({gone[:3]})"
+                        listing = [(rel, sizes[rel], 0) for rel in pinned]
+                    uris = [(self._join(path, rel), size) for rel, size, _ in listing]
+            except OSError as exc:
+                return None, f"it could not be listed here ({first_line(exc)})"
+            if not uris:
+                return None, "it holds no Parquet files"
+            return parquet_input(uris, columns, where, self.options), ""
+        return None, f"{key}.format={format!r} is not files"
+
     def read_files(self, path: str, *, glob: Optional[str] = None, recursive: bool = True, key: str = "path"):
         """Files under ``path`` through Spark's ``binaryFile`` source (path, modificationTime, length, content)."""
         reader = self.spark.read.format("binaryFile").option("recursiveFileLookup", str(recursive).lower())
@@ -101,6 +148,13 @@ class Sources:
     def read_npy(self, path: str, *, id_column: str, embedding_column: str, content_sha256: str, key: str = "input.path"):
         """A local .npy matrix as (id = row number, embedding), staged once as Parquet under
         :attr:`staging`, keyed by its content hash (two files never share a staged copy)."""
+        out_dir = self.stage_npy(path, content_sha256=content_sha256, key=key)
+        df = self.spark.read.parquet(hadoop_uri(out_dir))
+        return df.withColumnRenamed("id", id_column).withColumnRenamed("embedding", embedding_column)
+
+    def stage_npy(self, path: str, *, content_sha256: str, key: str = "input.path") -> str:
+        """The folder under :attr:`staging` holding the .npy matrix at ``path`` as Parquet (id,
+        embedding), staged now unless an earlier run staged it."""
         arr = open_npy(path, key)
         out_dir = self._join(self.staging, "inputs", f"{os.path.basename(path)}-{content_sha256[:32]}")
         fs, base = self._fs(out_dir)
@@ -125,8 +179,7 @@ class Sources:
                 raise disk_error(exc, f"staging {path!r} as Parquet under {self.staging!r}") from exc
             finally:
                 quietly(fs.delete_dir, tmp)
-        df = self.spark.read.parquet(hadoop_uri(out_dir))
-        return df.withColumnRenamed("id", id_column).withColumnRenamed("embedding", embedding_column)
+        return out_dir
 
     def _half_staged(self, older_than_seconds: float) -> list:
         """Half-staged input copies (``*.tmp``) that killed jobs left, at least that old."""

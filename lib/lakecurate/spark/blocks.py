@@ -35,6 +35,9 @@ import pyarrow as pa
 
 from lakecurate.errors import ConfigError, InputDataError, LakecurateError
 from lakecurate.spark.arrow import list_column_to_matrix, row_keys
+from lakecurate.lake.pieces import InputFiles, first_width, read_piece
+from lakecurate.lake.pieces import assign as assign_pieces
+from lakecurate.lake.pieces import split as split_pieces
 from lakecurate.spark.block_files import delete_block_files, open_block_files, write_block_files
 from lakecurate.config import BLOCK_CACHES
 from lakecurate.spark.cache import Kept, keep, resolve
@@ -196,24 +199,86 @@ def _make_blocks_fn(id_col: str, emb_col: str, dim: int, transform: Optional[Cal
             c = check_batch(batch, id_col, emb_col, dim, transform, metric)
             if cache_id is not None and c.keys.size:
                 write_block_files(cache_id, part, seq, c.keys, c.vectors)
-            yield pa.record_batch(
-                {
-                    "part": pa.array([part], pa.int32()),
-                    "seq": pa.array([seq], pa.int32()),
-                    "n": pa.array([c.keys.size], pa.int32()),
-                    "ids_arrow": pa.array([array_to_ipc(c.ids)], pa.binary()),
-                    "keys": pa.array([c.keys.tobytes()], pa.binary()),
-                    "vectors": pa.array([np.ascontiguousarray(c.vectors).tobytes()], pa.binary()),
-                    "n_null_id": pa.array([c.n_null_id], pa.int64()),
-                    "n_null_embedding": pa.array([c.n_null_embedding], pa.int64()),
-                    "n_bad_dim": pa.array([c.n_bad_dim], pa.int64()),
-                    "n_nonfinite": pa.array([c.n_nonfinite], pa.int64()),
-                    "n_unusable": pa.array([c.n_unusable], pa.int64()),
-                    "examples": pa.array([json.dumps(c.examples, default=str)], pa.string()),
-                }
-            )
+            yield _block_row(part, seq, c)
 
     return to_blocks
+
+
+def _block_row(part: int, seq: int, c: "CheckedBatch") -> pa.RecordBatch:
+    """One block as a row of :data:`BLOCK_DDL`."""
+    return pa.record_batch(
+        {
+            "part": pa.array([part], pa.int32()),
+            "seq": pa.array([seq], pa.int32()),
+            "n": pa.array([c.keys.size], pa.int32()),
+            "ids_arrow": pa.array([array_to_ipc(c.ids)], pa.binary()),
+            "keys": pa.array([c.keys.tobytes()], pa.binary()),
+            "vectors": pa.array([np.ascontiguousarray(c.vectors).tobytes()], pa.binary()),
+            "n_null_id": pa.array([c.n_null_id], pa.int64()),
+            "n_null_embedding": pa.array([c.n_null_embedding], pa.int64()),
+            "n_bad_dim": pa.array([c.n_bad_dim], pa.int64()),
+            "n_nonfinite": pa.array([c.n_nonfinite], pa.int64()),
+            "n_unusable": pa.array([c.n_unusable], pa.int64()),
+            "examples": pa.array([json.dumps(c.examples, default=str)], pa.string()),
+        }
+    )
+
+
+def _make_file_blocks_fn(get, id_col: str, emb_col: str, dim: int, transform: Optional[Callable], cache_id: Optional[str],
+                         metric: Optional[str], block_rows: int):
+    """The task of :meth:`EmbeddingBlocks.from_files`: its row of ``spark.range`` names the task's
+    share of the pieces (``get()`` -> (files, pieces per task)); their blocks out."""
+
+    def read_blocks(batches):
+        files, shares = get()
+        for batch in batches:
+            for part in batch.column("id").to_pylist():
+                seq = 0
+                for i in shares[part]:
+                    for rb in read_piece(files, files.pieces[i], block_rows):
+                        c = check_batch(rb, id_col, emb_col, dim, transform, metric)
+                        if cache_id is not None and c.keys.size:
+                            write_block_files(cache_id, part, seq, c.keys, c.vectors)
+                        yield _block_row(part, seq, c)
+                        seq += 1
+
+    return read_blocks
+
+
+def _block_ids(name: str):
+    """A task giving the ids of cached blocks (rows of their ``ids_arrow`` column) as column ``name``."""
+
+    def ids_of(batches) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for data in batch.column("ids_arrow").to_pylist():
+                ids = ipc_to_array(data)
+                if len(ids):
+                    yield pa.record_batch([ids], names=[name])
+
+    return ids_of
+
+
+#: Arrow id types a block takes, and the Spark type each is read back as
+_ARROW_ID_TYPES = {"int16": "ShortType", "int32": "IntegerType", "int64": "LongType", "string": "StringType", "large_string": "StringType"}
+
+
+def check_arrow_columns(schema: pa.Schema, id_column: str, embedding_column: str, where: str):
+    """:func:`check_columns` for an input read as files: the id column's Spark type, or
+    InputDataError naming what is wrong (same messages)."""
+    from pyspark.sql import types as T
+
+    missing = [c for c in (id_column, embedding_column) if c not in schema.names]
+    if missing:
+        raise InputDataError(f"{where}: column(s) {missing} not found; the input has columns {schema.names}")
+    emb = schema.field(embedding_column).type
+    listy = pa.types.is_list(emb) or pa.types.is_large_list(emb) or pa.types.is_fixed_size_list(emb)
+    if not listy or not (pa.types.is_float32(emb.value_type) or pa.types.is_float64(emb.value_type)):
+        raise InputDataError(f"{where}: column {embedding_column!r} must be array<float> or array<double>; got {emb}")
+    id_type = schema.field(id_column).type
+    name = _ARROW_ID_TYPES.get(str(id_type))
+    if name is None:
+        raise InputDataError(f"{where}: id column {id_column!r} must be an integer or string; got {id_type}")
+    return getattr(T, name)()
 
 
 def check_columns(df, id_column: str, embedding_column: str, where: str):
@@ -384,10 +449,80 @@ class EmbeddingBlocks:
         parts = partitions or 2 * default_parallelism(spark)
         src = with_task_partition(df.select(id_column, embedding_column).repartition(parts))
         built = src.mapInArrow(_make_blocks_fn(id_column, embedding_column, dim, transform, cache_id, metric), BLOCK_DDL)
-        log.info("%s: reading, checking and caching the embeddings (%s) over %d partitions", where, mode, parts)
+        log.info("%s: reading (through Spark), checking and caching the embeddings (%s) over %d partitions", where, mode, parts)
+
+        def duplicates():
+            return df.groupBy(id_column).count().where(F.col("count") > 1).limit(_MAX_EXAMPLES).collect()
+
+        return cls._finish(spark, built, dim, id_type, parts=parts, mode=mode, cache_id=cache_id, lake=lake, where=where,
+                           metric=metric, id_column=id_column, duplicates=duplicates)
+
+    @classmethod
+    def from_files(
+        cls,
+        spark,
+        files: InputFiles,
+        *,
+        id_column: str,
+        embedding_column: str,
+        partitions: int = 0,
+        transform: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+        cache: str = "auto",
+        lake=None,
+        metric: Optional[str] = None,
+        block_rows: int = 20_000,
+    ) -> "EmbeddingBlocks":
+        """:meth:`from_dataframe` for an input that is files (:mod:`lakecurate.lake.pieces`): each
+        task reads its pieces itself with pyarrow, ``block_rows`` rows a block, one file's batches
+        at a time, so no ``list<float>`` passes through the JVM; the checks, the row keys and the
+        cache modes are the same, and so is every result computed from the blocks."""
+        if cache not in CACHES:
+            raise ConfigError(f"cache={cache!r} is not one of {list(CACHES)}")
+        where = files.where
+        id_type = check_arrow_columns(files.schema, id_column, embedding_column, where)
+        dim = first_width(files, embedding_column)
+        if dim is None:
+            raise InputDataError(f"{where} is empty: no rows with an embedding")
+        if dim <= 0:
+            raise InputDataError(f"{where}: the first embedding has {dim} values")
+        mode = resolve(spark, cache)
+        cache_id = uuid.uuid4().hex if mode == "local_files" else None
+        parts = partitions or 2 * default_parallelism(spark)
+        files = split_pieces(files, parts)
+        parts = max(1, min(parts, len(files.pieces)))
+        scratch: list = []
+
+        def payload_files() -> PayloadFiles:  # pieces too many for a closure (deletion vectors of many files)
+            scratch.append(lake.scratch("input-pieces"))
+            return PayloadFiles(scratch[0].path, scratch[0].options)
+
+        get, ship_free = ship_to_tasks((files, assign_pieces(files.pieces, parts)), payload_files if lake is not None else None)
+
+        def free() -> None:  # with the blocks: a cached partition Spark evicts is rebuilt from the pieces
+            ship_free()
+            for folder in scratch:
+                folder.remove()
+
+        reader = _make_file_blocks_fn(get, id_column, embedding_column, dim, transform, cache_id, metric, block_rows)
+        built = spark.range(0, parts, 1, parts).mapInArrow(reader, BLOCK_DDL)
+        log.info("%s: %d file piece(s), %.1f MB, read by the tasks with pyarrow, checked and cached (%s) over %d partitions",
+                 where, len(files.pieces), files.bytes / 1e6, mode, parts)
+
+        return cls._finish(spark, built, dim, id_type, parts=parts, mode=mode, cache_id=cache_id, lake=lake, where=where,
+                           metric=metric, id_column=id_column, duplicates=None, on_release=free)
+
+    @classmethod
+    def _finish(cls, spark, built, dim: int, id_type, *, parts: int, mode: str, cache_id, lake, where: str, metric,
+                id_column: str, duplicates, on_release: Optional[Callable[[], None]] = None) -> "EmbeddingBlocks":
+        """Cache the ``built`` blocks, sum their checks into an :class:`InputReport` and refuse bad
+        input (bad rows, no rows, duplicate ids: from ``duplicates()`` or from the blocks' ids)."""
+        from pyspark.sql import functions as F
+
         with progress(spark, f"{where}: caching the embeddings"):
             kept = keep(built, spark=spark, lake=lake, mode="lake" if mode == "lake" else "spark", what="embedding blocks")
             made = cls(spark, kept, 0, dim, id_type, partitions=parts, cache_id=cache_id, lake=lake)
+            if on_release is not None:
+                made._shipped.append(on_release)
             frame = kept.frame
             meta = frame.select("n", "n_null_id", "n_null_embedding", "n_bad_dim", "n_nonfinite", "n_unusable", "examples").collect()
         report = InputReport(
@@ -405,7 +540,11 @@ class EmbeddingBlocks:
             report.raise_if_bad(where)
             if report.n_rows == 0:
                 raise InputDataError(f"{where} is empty: 0 rows")
-            dups = df.groupBy(id_column).count().where(F.col("count") > 1).limit(_MAX_EXAMPLES).collect()
+            if duplicates is not None:
+                dups = duplicates()
+            else:  # the ids of the cached blocks (their ids column alone): no second read of the input
+                ids = made.frame.select("ids_arrow").mapInArrow(_block_ids(id_column), f"`{id_column}` {id_type.simpleString()}")
+                dups = ids.groupBy(id_column).count().where(F.col("count") > 1).limit(_MAX_EXAMPLES).collect()
             if dups:
                 shown = ", ".join(f"{r[id_column]!r} x{r['count']}" for r in dups)
                 raise InputDataError(f"{where}: id column {id_column!r} has duplicate ids, e.g. {shown}")

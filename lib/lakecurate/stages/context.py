@@ -8,7 +8,9 @@ means: its module (ending in its record), its config section, one line in ``STAG
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
 
@@ -18,9 +20,15 @@ if TYPE_CHECKING:
     from lakecurate.lake import Lake
     from lakecurate.runlog import RunLog
 
+log = logging.getLogger(__name__)
+
 #: ``frame(ctx, upstream)``: the input the stages after this one read, given ``upstream()``, the
 #: input as this stage itself saw it (called only if needed)
 HandsOnFrame = Callable[["StageContext", Callable[[], Any]], Any]
+
+
+#: ``files(ctx, upstream)``: :attr:`HandsOn.files`
+HandsOnFiles = Callable[["StageContext", Callable[[], tuple]], tuple]
 
 
 def _no_lines(metrics: dict) -> list[str]:
@@ -34,6 +42,10 @@ class HandsOn:
     frame: HandsOnFrame
     #: the frame replaces the run's input altogether (``input.*`` is then not read): embed
     replaces_input: bool = False
+    #: the same rows as files the tasks read themselves (:mod:`lakecurate.lake.pieces`):
+    #: ``files(ctx, upstream) -> (InputFiles, "")`` or ``(None, why)``, ``upstream()`` the input as
+    #: files as this stage saw it; None: the stages after it read ``frame`` through Spark
+    files: Optional[HandsOnFiles] = None
 
 
 @dataclass(frozen=True)
@@ -176,8 +188,35 @@ class StageContext:
         from lakecurate.spark.blocks import EmbeddingBlocks
 
         cfg = self.config
+        where = f"{stage} input {cfg.input.location}"
+        files, why = self.input_files(stage)
+        if files is not None:
+            return EmbeddingBlocks.from_files(
+                self.spark, dataclasses.replace(files, where=where), id_column=cfg.input.id_column,
+                embedding_column=cfg.input.embedding_column, partitions=cfg.spark.partitions, transform=transform,
+                cache=cfg.spark.block_cache, lake=self.lake, metric=metric, block_rows=cfg.spark.arrow_batch_rows,
+            )
+        log.info("%s: read through Spark: %s", where, why)
         return EmbeddingBlocks.from_dataframe(
             self.spark, self.input_frame(stage), id_column=cfg.input.id_column, embedding_column=cfg.input.embedding_column,
-            partitions=cfg.spark.partitions, transform=transform, where=f"{stage} input {cfg.input.location}",
+            partitions=cfg.spark.partitions, transform=transform, where=where,
             cache=cfg.spark.block_cache, lake=self.lake, metric=metric,
         )
+
+    def input_files(self, stage: str):
+        """``(files, "")`` when the input as ``stage`` sees it is the configured input's files, which
+        the tasks read themselves (:func:`lakecurate.inputs.run_input_files`); ``(None, why)``
+        when it must be read through Spark (a stage before it hands its rows on as a query, a
+        catalog table, a native lake's Delta table)."""
+        from lakecurate.inputs import run_input_files
+
+        files = functools.partial(run_input_files, self.lake, self.config.input, self.plan.inputs.get("input"))
+        for record in self.plan.stages:
+            if record.name == stage:
+                break
+            if record.hands_on is None:
+                continue
+            if record.hands_on.files is None:
+                return None, f"the {record.name} stage before it hands its rows on as a query"
+            files = functools.partial(record.hands_on.files, self, files)
+        return files()

@@ -27,7 +27,7 @@ from lakecurate.core.coreset import default_budget, greedy, target_centroids
 from lakecurate.core.kmeans import normalize_rows
 from lakecurate.errors import InputDataError, TableError
 from lakecurate.faults import fault_point
-from lakecurate.inputs import read_embed_source, read_run_input
+from lakecurate.inputs import read_embed_source, read_run_input, with_ids
 from lakecurate.spark.coreset import chosen_frame, spark_fetch
 from lakecurate.stages.context import Command, HandsOn, Reruns, Stage, StageContext
 from lakecurate.tables import CORESET, DESCRIPTIONS
@@ -180,6 +180,11 @@ def coreset_rows(ctx: StageContext, upstream):
     return upstream().join(chosen, on=id_col, how="left_semi")
 
 
+def coreset_files(ctx: StageContext, upstream):
+    """:func:`coreset_rows` as files: the input's files, read for the coreset's rows only."""
+    return with_ids(ctx.lake, upstream, CORESET, ctx.output_run("coreset"), ctx.config.input.id_column, keep=True, stage="coreset")
+
+
 def summarize(m: dict) -> list[str]:
     return [f"  coreset: {m.get('selected')} of {m.get('n_pool')} rows like {m.get('target')} ({m.get('n_target')} rows, "
             f"{m.get('n_centroids')} centroids) in {m.get('rounds')} rounds; stopped by {m.get('stop_reason')} "
@@ -193,7 +198,7 @@ STAGE = Stage(
     writes=lambda cfg: (CORESET,),
     summary=summarize,
     section="coreset",
-    hands_on=HandsOn(coreset_rows),
+    hands_on=HandsOn(coreset_rows, files=coreset_files),
     command=Command(),
     reruns=Reruns(depends_on=("coreset", "embed"), reusable=True),
 )

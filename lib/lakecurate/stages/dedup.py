@@ -27,6 +27,7 @@ from lakecurate.core.dedup import coarse_clustering, default_n_clusters, increme
 from lakecurate.core.dedup_routing import chunks_per_cluster, n_tasks
 from lakecurate.errors import ConfigError, InputDataError
 from lakecurate.faults import fault_point
+from lakecurate.inputs import with_ids
 from lakecurate.spark.assigner import SparkAssigner
 from lakecurate.spark.cache import keep
 from lakecurate.spark.progress import progress
@@ -223,6 +224,13 @@ def kept_rows(ctx: StageContext, upstream):
     return df.join(removed, on=id_col, how="left_anti")
 
 
+def kept_files(ctx: StageContext, upstream):
+    """:func:`kept_rows` as files: the input's files, read without the run's duplicates."""
+    if not ctx.lake.exists(DUPLICATES):
+        return upstream()
+    return with_ids(ctx.lake, upstream, DUPLICATES, ctx.output_run("dedup"), ctx.config.input.id_column, keep=False, stage="dedup")
+
+
 def summarize(m: dict) -> list[str]:
     lines = [f"  de-duplication removed {m.get('removed')} of {m.get('n_rows')} rows "
              f"(eps {m.get('eps')}, {m.get('n_clusters')} coarse clusters, largest "
@@ -239,7 +247,7 @@ STAGE = Stage(
     help="remove near-duplicates first: input embeddings -> the duplicates table",
     writes=lambda cfg: (DUPLICATES,),
     summary=summarize,
-    hands_on=HandsOn(kept_rows),
+    hands_on=HandsOn(kept_rows, files=kept_files),
     command=Command(),
     checks=Checks(config=check, input=preflight),
     reruns=Reruns(depends_on=("dedup",), reusable=lambda cfg: cfg.dedup.mode == "full"),  # an increment depends on the tree too

@@ -225,6 +225,15 @@ def embedded_rows(ctx: StageContext, upstream):
     return df
 
 
+def embedded_files(ctx: StageContext, upstream):
+    """:func:`embedded_rows` as files: the embeddings table's files, read for the configured model's rows."""
+    from lakecurate.inputs import lake_table_files
+
+    ecfg, icfg = ctx.config.embed, ctx.config.input
+    return lake_table_files(ctx.lake, ecfg.table, {icfg.id_column: ecfg.source.id_column, icfg.embedding_column: "embedding"},
+                            f"the {ecfg.table} table", equal={MODEL: model_label(ctx.plan.encoder)})
+
+
 def summarize(m: dict) -> list[str]:
     rate = f" at {m['rows_per_second']} rows/s" if m.get("rows_per_second") is not None else ""
     return [f"  embedded {m.get('embedded')} new rows with {m.get('model')} ({m.get('dim')}-d)"
@@ -240,7 +249,7 @@ STAGE = Stage(
     writes=lambda cfg: (cfg.embed.table, cfg.embed.rejects_table) if cfg.embed is not None else (),
     summary=summarize,
     section="embed",
-    hands_on=HandsOn(embedded_rows, replaces_input=True),
+    hands_on=HandsOn(embedded_rows, replaces_input=True, files=embedded_files),
     command=Command(fresh_run=True),
     reruns=Reruns(depends_on=("embed",)),
 )
