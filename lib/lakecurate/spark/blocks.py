@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -158,7 +159,10 @@ def check_batch(batch: pa.RecordBatch, id_col: str, emb_col: str, dim: int, tran
     bad_dim = ~null_emb & (lengths != dim)
     ok = ~null_id & ~null_emb & ~bad_dim
     ok_idx = np.flatnonzero(ok)
-    x = list_column_to_matrix(emb.take(pa.array(ok_idx)), dim) if ok_idx.size else np.zeros((0, dim), np.float32)
+    if ok_idx.size == len(emb):  # every row has an id and an embedding of the right length: no copy to take them
+        x = list_column_to_matrix(emb, dim)
+    else:
+        x = list_column_to_matrix(emb.take(pa.array(ok_idx)), dim) if ok_idx.size else np.zeros((0, dim), np.float32)
     finite = np.isfinite(x).all(axis=1)
     unusable = np.zeros(finite.shape, bool)
     reasons = {}
@@ -183,8 +187,11 @@ def check_batch(batch: pa.RecordBatch, id_col: str, emb_col: str, dim: int, tran
                 examples.append({"id": id_list[j], "problem": f"{reason}, metric {metric}"})
     usable = finite & ~unusable
     keep = ok_idx[usable]
-    kept_ids = ids.take(pa.array(keep))
-    x = x[usable]
+    if keep.size == len(ids):
+        kept_ids = ids
+    else:
+        kept_ids = ids.take(pa.array(keep))
+        x = x[usable]
     if transform is not None:
         x = transform(x)
     return CheckedBatch(kept_ids, row_keys(kept_ids), x, int(null_id.sum()), int((null_emb & ~null_id).sum()),
@@ -518,6 +525,7 @@ class EmbeddingBlocks:
         input (bad rows, no rows, duplicate ids: from ``duplicates()`` or from the blocks' ids)."""
         from pyspark.sql import functions as F
 
+        t0 = time.perf_counter()
         with progress(spark, f"{where}: caching the embeddings"):
             kept = keep(built, spark=spark, lake=lake, mode="lake" if mode == "lake" else "spark", what="embedding blocks")
             made = cls(spark, kept, 0, dim, id_type, partitions=parts, cache_id=cache_id, lake=lake)
@@ -536,6 +544,7 @@ class EmbeddingBlocks:
             n_unusable=sum(r["n_unusable"] for r in meta),
             metric=metric,
         )
+        t_read = time.perf_counter() - t0
         try:
             report.raise_if_bad(where)
             if report.n_rows == 0:
@@ -554,8 +563,10 @@ class EmbeddingBlocks:
         made.n = report.n_rows
         made.report = report
         log.info(
-            "%s: cached %d rows x %d dims in %d blocks over %d partitions (%s)", where, report.n_rows, dim, len(meta), parts,
+            "%s: cached %d rows x %d dims in %d blocks over %d partitions (%s) in %.1fs, ids checked unique in %.1fs", where,
+            report.n_rows, dim, len(meta), parts,
             {"local_files": "Spark's cache + block files on the executors", "spark": "Spark's cache", "lake": "staged in the lake"}[made.cache],
+            t_read, time.perf_counter() - t0 - t_read,
         )
         return made
 
