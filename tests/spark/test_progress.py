@@ -61,6 +61,11 @@ def test_task_counters_add_up_what_each_task_reports(tmp_path):
     assert counters.total() == 150
     assert describe("embed", 10, 0, 2, 600, 150) == "embed: 10s, 150/600 rows, 15 rows/s, ETA 30s, 0/2 Spark tasks"
     assert describe("embed", 10, 2, 2, 600, 700) == "embed: 10s, 600/600 rows, 60 rows/s, 2/2 Spark tasks"
+    assert counters.read() == (150, 2)  # two tasks have reported
+    # tasks that started but have no rows yet say what they are doing; the rate counts from when rows moved
+    assert (describe("embed", 15, 0, 2, 600, 0, 2, None, "loading the model")
+            == "embed: 15s, 0/600 rows, 2 task(s) started, loading the model, 0/2 Spark tasks")
+    assert describe("embed", 20, 0, 2, 600, 150, 2, 5.0, "loading the model") == "embed: 20s, 150/600 rows, 30 rows/s, ETA 15s, 0/2 Spark tasks"
 
 
 def test_describe_gives_eta_and_rate_once_tasks_are_done():

@@ -45,13 +45,15 @@ def encode_rows(
     def encode_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from lakecurate.embed import get_cached_encoder
 
+        counter = counters.counter() if counters is not None else None
+        if counter is not None:
+            counter.flush()  # 0 rows: this task has started (and is loading its model)
         encoder = get_cached_encoder(spec, num_threads=threads_per_task or task_cpus(), gpu_index=task_gpu())
         if encoder.dim != expected_dim:
             raise LakecurateError(
                 f"encoder {encoder.name!r} has dimension {encoder.dim} on this executor but {expected_dim} on the driver: "
                 "the model files differ between machines"
             )
-        counter = counters.counter() if counters is not None else None
         for batch in batches:
             yield from encode_record_batch(
                 encoder, batch, id_column=id_column, payload_column=payload_column, passthrough=passthrough,

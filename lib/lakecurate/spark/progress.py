@@ -36,9 +36,11 @@ class TaskCounters:
     """Rows done per task, in files under ``path`` (a local folder or a URI): written by the tasks
     (:meth:`counter`), summed by the driver (:meth:`total`). Pickled into the tasks' closures."""
 
-    def __init__(self, path: str, options: Optional[dict] = None):
+    def __init__(self, path: str, options: Optional[dict] = None, before_rows: str = ""):
         self.path = path.rstrip("/")
         self.options = options or {}
+        #: what a started task does before its first rows, for the progress line ("loading the model")
+        self.before_rows = before_rows
 
     def counter(self) -> "TaskCounter":
         """In a task: the counter of this task (its partition, else a fresh name)."""
@@ -55,22 +57,28 @@ class TaskCounters:
 
     def total(self) -> int:
         """On the driver: the rows the tasks reported so far (0 when nothing is there yet)."""
+        return self.read()[0]
+
+    def read(self) -> tuple[int, int]:
+        """On the driver: (rows the tasks reported so far, tasks that have reported: a task reports
+        0 as it starts, so a task still loading its model counts)."""
         import pyarrow.fs as pafs
 
         from lakecurate.lake.paths import filesystem
 
         try:
             fs, base = filesystem(self.path, self.options)
-            total = 0
+            total = tasks = 0
             for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
                 if info.base_name.endswith(".count"):
                     with fs.open_input_stream(info.path) as f:
                         text = f.read().decode().strip()
                     total += int(text or 0)
-            return total
+                    tasks += 1
+            return total, tasks
         except Exception as exc:  # progress is best effort
             log.debug("task counters under %s: %s", self.path, exc)
-            return 0
+            return 0, 0
 
 
 class TaskCounter:
@@ -150,17 +158,23 @@ def _fmt(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else (f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s")
 
 
-def describe(what: str, elapsed: float, done: int, total: int, rows: Optional[int], rows_done: Optional[int] = None) -> str:
-    """One progress line (also the bar's text); ``rows_done`` from the tasks' own counters."""
+def describe(what: str, elapsed: float, done: int, total: int, rows: Optional[int], rows_done: Optional[int] = None,
+             started: int = 0, moving_for: Optional[float] = None, before_rows: str = "") -> str:
+    """One progress line (also the bar's text); ``rows_done`` from the tasks' own counters, of
+    ``started`` tasks; the rate over ``moving_for`` seconds (since rows were last seen at 0: a
+    task's set-up, e.g. loading a model, is not counted as slowness); ``before_rows`` says what
+    started tasks do before their first rows."""
     parts = [f"{what}: {_fmt(elapsed)}"]
     if rows_done is not None and rows:
         rows_done = min(rows_done, rows)
         parts.append(f"{rows_done:,}/{rows:,} rows")
         if rows_done:
-            rate = rows_done / max(elapsed, 1e-9)
+            rate = rows_done / max(moving_for if moving_for is not None else elapsed, 1e-9)
             parts.append(f"{rate:,.0f} rows/s")
             if rows_done < rows:
                 parts.append(f"ETA {_fmt((rows - rows_done) / rate)}")
+        elif started and before_rows:
+            parts.append(f"{started} task(s) started, {before_rows}")
         if total:
             parts.append(f"{done}/{total} Spark tasks")
     elif total:
@@ -186,10 +200,20 @@ def progress(spark, what: str, *, rows: Optional[int] = None, every: Optional[fl
     tty = sys.stderr.isatty()
     t0 = time.perf_counter()
 
+    still = 0.0  # the last time the counters said 0 rows
+
     def report() -> None:
+        nonlocal still
         while not stop.wait(every):
             done, total = tasks.poll()
-            line = describe(what, time.perf_counter() - t0, done, total, rows, counters.total() if counters is not None else None)
+            now = time.perf_counter() - t0
+            if counters is None:
+                line = describe(what, now, done, total, rows)
+            else:
+                rows_done, started = counters.read()
+                if rows_done == 0:
+                    still = now
+                line = describe(what, now, done, total, rows, rows_done, started, now - still if still else None, counters.before_rows)
             if tty:
                 filled = int(20 * done / total) if total else 0
                 sys.stderr.write(f"\r[{'#' * filled}{'.' * (20 - filled)}] {line}\033[K")

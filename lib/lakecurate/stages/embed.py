@@ -128,7 +128,7 @@ def run_embed(ctx: StageContext, metrics: dict) -> None:
     # count keeps every core busy on the expensive part
     todo = todo.repartition(n_partitions)
     scratch = ctx.lake.scratch("embed-progress")
-    counters = TaskCounters(scratch.path, scratch.options)
+    counters = TaskCounters(scratch.path, scratch.options, before_rows="loading the model")
     encoded = encode_rows(
         todo, spec, dim, id_column=id_col, payload_column=ecfg.payload_column(spec), passthrough=passthrough,
         oversized_column=OVERSIZED if OVERSIZED in source.columns else None, threads_per_task=ecfg.threads_per_task,
