@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--task-memory", help="memory per task, e.g. 8g (default: clustering.task_memory)")
     size.add_argument("--driver-memory", help="driver memory, e.g. 64g (default: this machine's)")
     size.add_argument("--driver-cores", type=int, help="driver cores, for the levels fitted in-process (default: --cores)")
+    size.add_argument("--recalibrate", action="store_true",
+                      help="measure this machine's kernel rates again (default: the ones measured here before, cached per machine kind)")
     where = sub.add_parser("where", help="print where the installed package keeps its spark-submit job files or bundled configs")
     where.add_argument("what", choices=["jobs", "conf", "curate", "dedup", "embed", "coreset", "shards", "assign"],
                        help="jobs or conf: the folder; a job's name: its spark-submit file")
@@ -103,7 +105,7 @@ def _report(args) -> None:
 
 def _plan(args) -> int:
     from lakecurate.plan import load_plan
-    from lakecurate.sizing import Hardware, calibrate, machine_memory, size_config
+    from lakecurate.sizing import Hardware, cached_calibration, machine_memory, size_config
     from lakecurate.validation import check_int, parse_bytes
 
     cfg = load_plan(args.config, args.overrides).config
@@ -121,13 +123,15 @@ def _plan(args) -> int:
                               f"a catalog table or a run that embeds); give {' and '.join(missing)}")
         print(f"input {where}: {rows:,} rows x {dim} dims (from its metadata)")
     rows, dim = check_int(rows, "--rows", minimum=1), check_int(dim, "--dim", minimum=1)
+    rates, how = cached_calibration(dim, cfg.clustering.n_clusters[0], refresh=args.recalibrate)
+    print(how)
     hw = Hardware(
         executors=check_int(args.executors, "--executors", minimum=1), cores=check_int(args.cores, "--cores", minimum=1),
         gpus=check_int(args.gpus, "--gpus", minimum=0),
         task_memory=parse_bytes(args.task_memory or cfg.clustering.task_memory, "--task-memory" if args.task_memory else "clustering.task_memory"),
         driver_memory=parse_bytes(args.driver_memory, "--driver-memory") if args.driver_memory else machine_memory(),
         driver_cores=check_int(args.driver_cores if args.driver_cores is not None else args.cores, "--driver-cores", minimum=1),
-        **calibrate(dim, cfg.clustering.n_clusters[0]),
+        **rates,
     )
     if args.task_memory:
         args.overrides = [*args.overrides, f"clustering.task_memory={args.task_memory}"]
@@ -172,10 +176,17 @@ GLOBAL_FLAGS = {"-v": "verbose", "--verbose": "verbose"}
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """Global flags may stand anywhere on the line (``lakecurate run job.yaml k=v -v``)."""
+    """Global flags may stand anywhere on the line (``lakecurate run job.yaml k=v -v``), and so may a
+    command's options and its ``key=value`` overrides (``lakecurate plan job.yaml --rows 1e6 k=v``)."""
     argv = list(argv)
     flags = {GLOBAL_FLAGS[a] for a in argv if a in GLOBAL_FLAGS}
-    args = build_parser().parse_args([a for a in argv if a not in GLOBAL_FLAGS])
+    parser = build_parser()
+    args, extra = parser.parse_known_args([a for a in argv if a not in GLOBAL_FLAGS])
+    late = [a for a in extra if "=" in a and not a.startswith("-")]
+    if len(late) != len(extra) or (late and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(a for a in extra if a not in late or not hasattr(args, 'overrides'))}")
+    if late:
+        args.overrides = [*(args.overrides or []), *late]
     for name in flags:
         setattr(args, name, True)
     return args

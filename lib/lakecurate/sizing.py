@@ -187,6 +187,56 @@ def calibrate(d: int, k: int = 200, *, rows: int = 8192, repeats: int = 5) -> di
     return {"core_flops": 2.0 * d / b, "row_seconds": max(t_lo - b * lo, 0.0), "seeding_seconds": seeding}
 
 
+#: where ``lakecurate plan`` keeps the rates it measured, per machine kind and width
+CALIBRATION_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+                                 "lakecurate", "calibration.json")
+
+
+def machine_kind() -> str:
+    """What the kernel's rates depend on: the CPU model, its cores, and the faiss and numpy builds."""
+    import platform
+
+    import faiss
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model} x{os.cpu_count()}; faiss {faiss.__version__}; numpy {np.__version__}"
+
+
+def cached_calibration(d: int, k: int, *, refresh: bool = False, path: Optional[str] = None) -> tuple[dict, str]:
+    """:func:`calibrate`'s rates for width ``d`` and level-1 ``k`` on this machine kind, from the
+    cache when they were measured here before (unless ``refresh``), else measured now and kept.
+    Returns (rates, one line saying which)."""
+    import json
+
+    path = path or CALIBRATION_CACHE
+    key = f"{machine_kind()} | d={d} | k={int(min(max(k, 50), 500))}"
+    try:
+        with open(path) as f:
+            cache = json.load(f)
+    except (OSError, ValueError):
+        cache = {}
+    hit = cache.get(key)
+    if hit is not None and not refresh:
+        return hit["rates"], f"kernel rates measured on this machine at {hit['when']} (cached in {path}; --recalibrate measures again)"
+    rates = calibrate(d, k)
+    cache[key] = {"rates": rates, "when": time.strftime("%Y-%m-%d %H:%M", time.localtime())}
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(cache, f, indent=1)
+        os.replace(tmp, path)
+        where = f"kept in {path}"
+    except OSError as exc:  # a read-only home: measure every time
+        where = f"not kept: {exc}"
+    return rates, f"kernel rates measured now ({where})"
+
+
 @dataclass
 class LevelSize:
     """The sizing of one level (one row of the plan)."""

@@ -10,6 +10,14 @@ from lakecurate.errors import ConfigError
 from lakecurate.sizing import Hardware, parse_bytes, resolve_n_coarse, size_job
 
 DINOV3 = [200_000_000, 8_000_000, 800_000, 100_000, 25_000]
+
+
+@pytest.fixture(autouse=True)
+def _calibration_cache(tmp_path, monkeypatch):
+    """``plan`` keeps its kernel rates per machine kind: here in the test's folder, not the home."""
+    import lakecurate.sizing as sizing
+
+    monkeypatch.setattr(sizing, "CALIBRATION_CACHE", str(tmp_path / "calibration.json"))
 GIB = 1 << 30
 
 
@@ -98,3 +106,24 @@ def test_plan_reads_rows_and_dim_from_every_input_run_reads_and_says_why(tmp_pat
     assert main(["plan", "demo", "input.format=parquet", f"input.path={tmp_path / 'none'}", *common]) == 2
     err = capsys.readouterr().err
     assert "does not say its rows and dim from metadata" in err and "give --rows and --dim" in err
+
+
+def test_plan_takes_options_and_overrides_in_any_order_and_measures_the_kernel_once_per_machine(tmp_path, capsys):
+    """Issue 33: ``plan CONFIG --rows N key=value`` was refused ("unrecognized arguments"), and
+    every call measured the kernel again."""
+    args = ["plan", "demo", "--rows", "200000", "clustering.n_clusters=[300,20]", "--dim", "64", "clustering.resample_size=[1,2]"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| 1 | 300 | 200,000 | executors | one |" in out  # the overrides after the options were applied
+    assert f"kernel rates measured now (kept in {tmp_path / 'calibration.json'})" in out
+    assert main(args) == 0
+    assert "kernel rates measured on this machine at " in capsys.readouterr().out  # from the cache
+    assert main([*args, "--recalibrate"]) == 0
+    assert "kernel rates measured now" in capsys.readouterr().out
+    assert main([*args[:2], "--dim", "128", *args[2:4]]) == 0  # another width: measured for it
+    assert "kernel rates measured now" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["plan", "demo", "--rows", "10", "stray"])
+    assert "unrecognized arguments: stray" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["runs", "a=b"])
