@@ -113,7 +113,9 @@ def run_input_files(lake: Lake, cfg: InputConfig, snapshot: Optional[dict] = Non
         named = {cfg.id_column: "id", cfg.embedding_column: "embedding"}
         if any(c not in named for c in columns):
             return None, f"a .npy input has only the columns {list(named)}"
-        staged = lake.input_files("parquet", [named[c] for c in columns], path=folder, key=key)[0]
+        staged, why = lake.input_files("parquet", [named[c] for c in columns], path=folder, key=key)
+        if staged is None:
+            return None, why
         return dataclasses.replace(staged, where=f"{key} {cfg.location}", columns=tuple((c, named[c]) for c in columns),
                                    schema=pa.schema([staged.schema.field(named[c]).with_name(c) for c in columns])), ""
     return lake.input_files(cfg.format, columns, path=cfg.path, table=cfg.table, key=key, snapshot=snapshot)

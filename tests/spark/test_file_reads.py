@@ -92,6 +92,21 @@ def test_the_files_read_are_the_fingerprinted_listing(spark, tmp_path):
     assert gone is None and "gone" in why
 
 
+def test_a_column_only_in_partition_folders_is_read_through_spark(spark, tmp_path):
+    """A Parquet folder laid out as ``shard=N/`` whose rows take a column from the folder names:
+    the files alone lack it, so Spark's reader (which discovers it) reads the input."""
+    x = np.random.default_rng(4).normal(size=(40, 4)).astype(np.float32)
+    for shard in (0, 1):
+        (tmp_path / "p" / f"shard={shard}").mkdir(parents=True)
+        pq.write_table(embeddings_table(x[shard * 20 : shard * 20 + 20], ids=np.arange(shard * 20, shard * 20 + 20)),
+                       tmp_path / "p" / f"shard={shard}" / "a.parquet")
+    lake = Lake(spark, LakeConfig(root=str(tmp_path / "lake")))
+    files, why = lake.input_files("parquet", ["id", "embedding", "shard"], path=str(tmp_path / "p"))
+    assert files is None and "lacks a column" in why and "'shard'" in why
+    files, _ = lake.input_files("parquet", ["id", "embedding"], path=str(tmp_path / "p"))
+    assert len(files.pieces) == 2
+
+
 def test_a_run_reading_files_equals_one_reading_through_spark_and_says_which_it_used(spark, tmp_path, caplog, monkeypatch):
     """dedup -> cluster -> sample on a .npy input: every stage reads the files itself (the cluster
     stage without the dedup stage's duplicates, filtered as read), and the tables equal, bit for

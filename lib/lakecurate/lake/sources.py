@@ -126,7 +126,12 @@ class Sources:
                 return None, f"it could not be listed here ({first_line(exc)})"
             if not uris:
                 return None, "it holds no Parquet files"
-            return parquet_input(uris, columns, where, self.options), ""
+            try:
+                return parquet_input(uris, columns, where, self.options), ""
+            except InputDataError as exc:  # e.g. a column only in key=value folder names: Spark's discovery reads it
+                return None, f"its first file lacks a column ({exc})"
+            except OSError as exc:
+                return None, f"its first file's footer could not be read here ({first_line(exc)})"
         return None, f"{key}.format={format!r} is not files"
 
     def read_files(self, path: str, *, glob: Optional[str] = None, recursive: bool = True, key: str = "path"):
