@@ -50,6 +50,30 @@ def test_one_large_file_is_cut_into_row_groups_and_gives_the_rows_spark_reads(sp
             by_files.release()
 
 
+def test_a_large_file_of_one_row_group_is_spread_over_every_task_after_the_read(spark, tmp_path, monkeypatch):
+    """One row group cannot be cut: one task reads it, then its blocks go to every task (and their
+    block files with them), so the passes still use every core; the rows are the file's."""
+    import lakecurate.spark.blocks as blocks_module
+
+    monkeypatch.setattr(blocks_module, "SPREAD_MIN_BYTES", 0)
+    x = np.random.default_rng(5).normal(size=(3000, 8)).astype(np.float32)
+    pq.write_table(embeddings_table(x), tmp_path / "one.parquet")  # one row group
+    lake = Lake(spark, LakeConfig(root=str(tmp_path / "lake")))
+    files, _ = lake.input_files("parquet", ["id", "embedding"], path=str(tmp_path / "one.parquet"))
+    for cache in ("local_files", "spark"):
+        b = EmbeddingBlocks.from_files(spark, files, id_column="id", embedding_column="embedding", partitions=3, cache=cache,
+                                       lake=lake, block_rows=500)
+        try:
+            assert b.num_partitions == 3
+            parts = sorted({r["part"] for r in b.frame.select("part").collect()})
+            assert parts == [0, 1, 2]
+            keys, got = block_rows(b)
+            assert keys.tolist() == list(range(3000)) and np.array_equal(got, x)
+            assert b.fallback_partitions == 0  # each partition's block files were where it ran
+        finally:
+            b.release()
+
+
 def test_bad_rows_and_duplicate_ids_are_refused_with_the_messages_of_the_read_through_spark(spark, tmp_path):
     lake = Lake(spark, LakeConfig(root=str(tmp_path / "lake")))
     folder = tmp_path / "bad"

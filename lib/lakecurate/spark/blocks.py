@@ -252,6 +252,35 @@ def _make_file_blocks_fn(get, id_col: str, emb_col: str, dim: int, transform: Op
     return read_blocks
 
 
+#: an input of fewer pieces than tasks is spread over the tasks after the read from this size on
+SPREAD_MIN_BYTES = 64 << 20
+
+
+def _renumber_blocks_fn(cache_id: Optional[str]):
+    """After :meth:`EmbeddingBlocks.from_files` spreads blocks over more tasks than read them: each
+    block numbered in the partition it landed in (and its block files written there)."""
+
+    def renumber(batches):
+        part, batches = batches_with_partition(batches)
+        seq = 0
+        for batch in batches:
+            batch = batch.drop_columns([tasks.TASK_PARTITION])
+            seqs = range(seq, seq + batch.num_rows)
+            seq += batch.num_rows
+            if cache_id is not None:
+                for at, keys, vectors, rows in zip(seqs, batch.column("keys").to_pylist(), batch.column("vectors").to_pylist(),
+                                                   batch.column("n").to_pylist()):
+                    if rows:
+                        write_block_files(cache_id, part, at, np.frombuffer(keys, np.int64),
+                                          np.frombuffer(vectors, np.float32).reshape(rows, -1))
+            cols = {name: batch.column(name) for name in batch.schema.names}
+            cols["part"] = pa.array([part] * batch.num_rows, pa.int32())
+            cols["seq"] = pa.array(seqs, pa.int32())
+            yield pa.record_batch(cols)
+
+    return renumber
+
+
 def _block_ids(name: str):
     """A task giving the ids of cached blocks (rows of their ``ids_arrow`` column) as column ``name``."""
 
@@ -494,9 +523,13 @@ class EmbeddingBlocks:
             raise InputDataError(f"{where}: the first embedding has {dim} values")
         mode = resolve(spark, cache)
         cache_id = uuid.uuid4().hex if mode == "local_files" else None
-        parts = partitions or 2 * default_parallelism(spark)
-        files = split_pieces(files, parts)
-        parts = max(1, min(parts, len(files.pieces)))
+        wanted = partitions or 2 * default_parallelism(spark)
+        files = split_pieces(files, wanted)
+        readers = max(1, min(wanted, len(files.pieces)))
+        # fewer pieces than tasks (a large file of one row group): the blocks are spread over the
+        # tasks after the read, so the passes use every core
+        spread = readers < wanted and files.bytes >= SPREAD_MIN_BYTES
+        parts = wanted if spread else readers
         scratch: list = []
 
         def payload_files() -> PayloadFiles:  # pieces too many for a closure (deletion vectors of many files)
@@ -510,10 +543,12 @@ class EmbeddingBlocks:
             for folder in scratch:
                 folder.remove()
 
-        reader = _make_file_blocks_fn(get, id_column, embedding_column, dim, transform, cache_id, metric, block_rows)
-        built = spark.range(0, parts, 1, parts).mapInArrow(reader, BLOCK_DDL)
-        log.info("%s: %d file piece(s), %.1f MB, read by the tasks with pyarrow, checked and cached (%s) over %d partitions",
-                 where, len(files.pieces), files.bytes / 1e6, mode, parts)
+        reader = _make_file_blocks_fn(get, id_column, embedding_column, dim, transform, None if spread else cache_id, metric, block_rows)
+        built = spark.range(0, readers, 1, readers).mapInArrow(reader, BLOCK_DDL)
+        if spread:
+            built = with_task_partition(built.repartition(parts)).mapInArrow(_renumber_blocks_fn(cache_id), BLOCK_DDL)
+        log.info("%s: %d file piece(s), %.1f MB, read by the tasks with pyarrow, checked and cached (%s) over %d partitions%s",
+                 where, len(files.pieces), files.bytes / 1e6, mode, parts, " (spread after the read)" if spread else "")
 
         return cls._finish(spark, built, dim, id_type, parts=parts, mode=mode, cache_id=cache_id, lake=lake, where=where,
                            metric=metric, id_column=id_column, duplicates=None, on_release=free)
