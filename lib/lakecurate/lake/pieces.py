@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lakecurate.errors import InputDataError
-from lakecurate.lake.paths import filesystem
+from lakecurate.lake.paths import filesystem, hadoop_uri
 
 log = logging.getLogger(__name__)
 
@@ -106,33 +106,39 @@ def parquet_input(uris: Sequence[tuple[str, int]], columns: Sequence[str], where
 
 def read_piece(files: InputFiles, piece: FilePiece, batch_rows: int) -> Iterator[pa.RecordBatch]:
     """The live rows of ``piece``, ``batch_rows`` at most per batch, under the logical column names
-    and types of ``files.schema``. InputDataError naming the file when a column is missing."""
+    and types of ``files.schema``. InputDataError naming the file when a column is missing or the
+    file cannot be read (not Parquet, truncated, undecodable)."""
     fs, path = filesystem(piece.uri, files.options or {})
     physical = [p for _, p in files.columns]
     read = list(dict.fromkeys(physical + [f.physical for f in files.filters]))
-    with fs.open_input_file(path) as handle:
-        pf = pq.ParquetFile(handle)
-        names = set(pf.schema_arrow.names)
-        missing = [p for p in read if p not in names]
-        if missing:
-            named = {p: logical for logical, p in files.columns}
-            raise InputDataError(f"{files.where}: file {piece.uri!r} has no column(s) {[named.get(p, p) for p in missing]} "
-                                 f"(it has {sorted(names)})")
-        at = 0
-        for raw in pf.iter_batches(batch_size=batch_rows, columns=read,
-                                   row_groups=list(piece.row_groups) if piece.row_groups is not None else None):
-            n = raw.num_rows
-            keep = live_window(piece.live, at, n) if piece.live is not None else None
-            for f in files.filters:
-                passed = f.mask(raw.column(read.index(f.physical))).to_numpy(zero_copy_only=False)
-                keep = passed if keep is None else keep & passed
-            batch = pa.RecordBatch.from_arrays([raw.column(read.index(p)) for p in physical], schema=pa.schema(
-                [pa.field(logical, raw.schema.field(p).type) for logical, p in files.columns]))
-            if keep is not None:
-                batch = batch.filter(pa.array(keep))
-            at += n
-            if batch.num_rows:
-                yield batch.cast(files.schema) if batch.schema != files.schema else batch
+    try:
+        with fs.open_input_file(path) as handle:
+            pf = pq.ParquetFile(handle)
+            names = set(pf.schema_arrow.names)
+            missing = [p for p in read if p not in names]
+            if missing:
+                named = {p: logical for logical, p in files.columns}
+                raise InputDataError(f"{files.where}: file {piece.uri!r} has no column(s) {[named.get(p, p) for p in missing]} "
+                                     f"(it has {sorted(names)})")
+            at = 0
+            for raw in pf.iter_batches(batch_size=batch_rows, columns=read,
+                                       row_groups=list(piece.row_groups) if piece.row_groups is not None else None):
+                n = raw.num_rows
+                keep = live_window(piece.live, at, n) if piece.live is not None else None
+                for f in files.filters:
+                    passed = f.mask(raw.column(read.index(f.physical))).to_numpy(zero_copy_only=False)
+                    keep = passed if keep is None else keep & passed
+                batch = pa.RecordBatch.from_arrays([raw.column(read.index(p)) for p in physical], schema=pa.schema(
+                    [pa.field(logical, raw.schema.field(p).type) for logical, p in files.columns]))
+                if keep is not None:
+                    batch = batch.filter(pa.array(keep))
+                at += n
+                if batch.num_rows:
+                    yield batch.cast(files.schema) if batch.schema != files.schema else batch
+    except (OSError, pa.ArrowException) as exc:  # the file, named as Spark's reader names it
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        why = f"it is not a Parquet file ({text})" if "magic bytes" in text else text
+        raise InputDataError(f"cannot read {hadoop_uri(piece.uri)}: {why}") from exc
 
 
 def first_width(files: InputFiles, column: str) -> Optional[int]:
@@ -144,10 +150,13 @@ def first_width(files: InputFiles, column: str) -> Optional[int]:
     only = InputFiles(files.where, files.pieces, tuple(c for c in files.columns if c[0] == column),
                       pa.schema([files.schema.field(column)]), files.options)
     for piece in files.pieces:
-        for batch in read_piece(only, piece, 256):
-            lengths = pc.list_value_length(batch.column(0)).drop_null()
-            if len(lengths):
-                return int(lengths[0].as_py())
+        try:
+            for batch in read_piece(only, piece, 256):
+                lengths = pc.list_value_length(batch.column(0)).drop_null()
+                if len(lengths):
+                    return int(lengths[0].as_py())
+        except InputDataError as exc:  # an unreadable file is the tasks' to report, as the stage's error
+            log.debug("%s: skipped while looking for the width: %s", piece.uri, exc)
     return None
 
 
@@ -160,7 +169,12 @@ def split(files: InputFiles, parts: int) -> InputFiles:
     out: list[FilePiece] = []
     for piece in files.pieces:
         fs, path = filesystem(piece.uri, files.options or {})
-        meta = pq.read_metadata(path, filesystem=fs)
+        try:
+            meta = pq.read_metadata(path, filesystem=fs)
+        except (OSError, pa.ArrowException) as exc:  # read whole by a task, which reports what is wrong with it
+            log.debug("%s: no footer (%s): not cut", piece.uri, exc)
+            out.append(piece)
+            continue
         groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         if len(groups) < 2:
             out.append(piece)

@@ -130,7 +130,7 @@ class Sources:
                 return parquet_input(uris, columns, where, self.options), ""
             except InputDataError as exc:  # e.g. a column only in key=value folder names: Spark's discovery reads it
                 return None, f"its first file lacks a column ({exc})"
-            except OSError as exc:
+            except (OSError, pa.ArrowException) as exc:  # Spark's reader reports an unreadable file by name
                 return None, f"its first file's footer could not be read here ({first_line(exc)})"
         return None, f"{key}.format={format!r} is not files"
 
