@@ -63,3 +63,19 @@ def test_pieces_go_to_tasks_by_size_the_same_way_every_time():
     loads = [sum(pieces[i].bytes for i in s) for s in shares]
     assert max(loads) == 100 and min(loads) >= 70
     assert all(s == sorted(s) for s in shares)
+
+
+def test_row_filters_keep_or_drop_ids_as_the_anti_and_semi_joins_they_replace(tmp_path):
+    """``keep=False`` is the dedup stage's left anti join (a null id stays, to be reported as a
+    null id); ``keep=True`` the coreset's left semi join (a null id goes); the id types may differ."""
+    from lakecurate.lake.pieces import RowFilter
+
+    path = tmp_path / "a.parquet"
+    pq.write_table(pa.table({"id": pa.array([1, 2, None, 4], pa.int64()),
+                             "embedding": pa.array([[1.0], [2.0], [3.0], [4.0]], pa.list_(pa.float32()))}), path)
+    files = files_of(path)
+    removed = files.filtered(RowFilter("id", pa.array([2, 4], pa.int32()), keep=False))
+    chosen = files.filtered(RowFilter("id", pa.array([2, 4, 9], pa.int64()), keep=True))
+    assert [v for b in read_piece(removed, removed.pieces[0], 10) for v in b.column("id").to_pylist()] == [1, None]
+    assert [v for b in read_piece(chosen, chosen.pieces[0], 10) for v in b.column("id").to_pylist()] == [2, 4]
+    assert files.physical_of("embedding") == "embedding"
