@@ -355,9 +355,13 @@ def resolve_n_coarse(spec, k: int, n: int, d: int, *, on_executors: bool, task_m
     big = k >= AUTO_TWO_STEP_MIN_K
     if not on_executors or k < 4 or (need <= budget and not big):
         return 0, ""
-    c = max(2, math.ceil(math.sqrt(k)))
-    while c < k - 1 and max(one_step_task_bytes(c, d), group_task_bytes(n, k, c, d)) > budget:
-        c = min(k - 1, c * 2)
+    best = max(2, math.ceil(math.sqrt(k)))  # the fewest FLOPs: C coarse + k / C fine centroids per row
+    c = best
+    while max(one_step_task_bytes(c, d), group_task_bytes(n, k, c, d)) > budget:
+        if c * 2 > k // 2:  # groups of fewer than two fine clusters are no two-step: nothing fits a task
+            return best, (f"two-step with {best} coarse clusters (auto, the fewest FLOPs), though no number of coarse clusters "
+                          f"up to k/2 fits both steps in {USABLE_SHARE:.0%} of clustering.task_memory={fmt_bytes(task_memory)}")
+        c *= 2
     if need > budget:
         why = (f"one k-means with k={k:,} needs {fmt_bytes(need)} per task, over {USABLE_SHARE:.0%} of "
                f"clustering.task_memory={fmt_bytes(task_memory)}")

@@ -36,6 +36,12 @@ def test_auto_stays_one_step_where_it_fits_and_splits_where_it_does_not():
     assert resolve_n_coarse("auto", 1_000_000, 2_000_000, 384, on_executors=False, task_memory=GIB)[0] == 0  # the driver's
     c, why = resolve_n_coarse("auto", 20_000, 1_700_000, 128, on_executors=True, task_memory=4 * GIB)  # fits, but large
     assert c == 142 and "k=20,000 >= 10,000" in why
+    # issue 33: at DINOv3's k = 200M nothing fits an 8g task; auto went on doubling to k - 1 (199,999,999)
+    c, why = resolve_n_coarse("auto", 200_000_000, 17_000_000_000, 1024, on_executors=True, task_memory=8 * GIB)
+    assert c == 14_143 and "the fewest FLOPs" in why and "no number of coarse clusters up to k/2 fits" in why
+    assert resolve_n_coarse("auto", 200_000_000, 17_000_000_000, 1024, on_executors=True, task_memory=32 * GIB)[0] == 56_572  # fits
+    for k in (10_000, 1_000_000, 50_000_000):  # whatever it picks, never more than k/2
+        assert resolve_n_coarse("auto", k, 100 * k, 256, on_executors=True, task_memory=GIB)[0] <= k // 2
 
 
 def test_one_step_that_cannot_fit_a_task_is_refused_with_the_level_and_the_fix():
