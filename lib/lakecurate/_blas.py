@@ -15,15 +15,27 @@ _SKYLAKEX = {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"}
 _HASWELL = {"avx2", "fma"}
 
 
-def cpu_flags() -> set[str]:
+def _cpuinfo(field: str) -> str | None:
+    """The first ``field`` line of /proc/cpuinfo (None where there is none, e.g. not Linux)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    return set((_cpuinfo("flags") or "").split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name (the platform's processor name where /proc/cpuinfo has none)."""
+    import platform
+
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def tune_openblas_env() -> str | None:

@@ -182,9 +182,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     flags = {GLOBAL_FLAGS[a] for a in argv if a in GLOBAL_FLAGS}
     parser = build_parser()
     args, extra = parser.parse_known_args([a for a in argv if a not in GLOBAL_FLAGS])
-    late = [a for a in extra if "=" in a and not a.startswith("-")]
-    if len(late) != len(extra) or (late and not hasattr(args, "overrides")):
-        parser.error(f"unrecognized arguments: {' '.join(a for a in extra if a not in late or not hasattr(args, 'overrides'))}")
+    late = [a for a in extra if "=" in a and not a.startswith("-")] if hasattr(args, "overrides") else []
+    stray = [a for a in extra if a not in late]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if late:
         args.overrides = [*(args.overrides or []), *late]
     for name in flags:

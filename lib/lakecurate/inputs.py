@@ -116,8 +116,7 @@ def run_input_files(lake: Lake, cfg: InputConfig, snapshot: Optional[dict] = Non
         staged, why = lake.input_files("parquet", [named[c] for c in columns], path=folder, key=key)
         if staged is None:
             return None, why
-        return dataclasses.replace(staged, where=f"{key} {cfg.location}", columns=tuple((c, named[c]) for c in columns),
-                                   schema=pa.schema([staged.schema.field(named[c]).with_name(c) for c in columns])), ""
+        return dataclasses.replace(staged.renamed({c: named[c] for c in columns}), where=f"{key} {cfg.location}"), ""
     return lake.input_files(cfg.format, columns, path=cfg.path, table=cfg.table, key=key, snapshot=snapshot)
 
 
@@ -134,9 +133,7 @@ def lake_table_files(lake: Lake, name: str, columns: dict, where: str, partition
     if lake.native is not None:
         return None, f"on a native-Delta lake, the {name} table is read through the engine"
     snap = Snapshot(lake.path(name), storage_options=lake.options)
-    files = delta_input(snap, list(dict.fromkeys(columns.values())), where, partition=partition)
-    files = dataclasses.replace(files, columns=tuple((new, snap.physical[old]) for new, old in columns.items()),
-                                schema=pa.schema([snap.schema.field(old).with_name(new) for new, old in columns.items()]))
+    files = delta_input(snap, list(dict.fromkeys(columns.values())), where, partition=partition).renamed(columns)
     for column, value in (equal or {}).items():
         files = files.filtered(RowFilter(snap.physical[column], pa.array([value], snap.schema.field(column).type), keep=True))
     return files, ""

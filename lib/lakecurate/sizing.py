@@ -165,6 +165,11 @@ def _kernel_seconds_per_row(d: int, ks: tuple[int, ...], rows: int, repeats: int
     return [b / rows for b in best]
 
 
+def seeding_k(k: int) -> int:
+    """The k :func:`calibrate` measures the seeding at for a level-1 ``k`` (50 to 500)."""
+    return int(min(max(k, 50), 500))
+
+
 def calibrate(d: int, k: int = 200, *, rows: int = 8192, repeats: int = 5) -> dict:
     """This machine's rates for :class:`Hardware`, measured at width ``d`` on one thread (~2 s).
 
@@ -179,7 +184,7 @@ def calibrate(d: int, k: int = 200, *, rows: int = 8192, repeats: int = 5) -> di
     lo, hi = 32, 1024
     t_lo, t_hi = _kernel_seconds_per_row(d, (lo, hi), rows, repeats)
     b = max((t_hi - t_lo) / (hi - lo), 1e-15)
-    k, ppc = int(min(max(k, 50), 500)), 40
+    k, ppc = seeding_k(k), 40
     x = np.random.default_rng(1).standard_normal((ppc * k, d), dtype=np.float32)
     t0 = time.perf_counter()
     kmeans_plusplus(x, k, np.random.default_rng(0))
@@ -194,17 +199,11 @@ CALIBRATION_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.joi
 
 def machine_kind() -> str:
     """What the kernel's rates depend on: the CPU model, its cores, and the faiss and numpy builds."""
-    import platform
-
     import faiss
 
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"{model} x{os.cpu_count()}; faiss {faiss.__version__}; numpy {np.__version__}"
+    from lakecurate._blas import cpu_model
+
+    return f"{cpu_model()} x{os.cpu_count()}; faiss {faiss.__version__}; numpy {np.__version__}"
 
 
 def cached_calibration(d: int, k: int, *, refresh: bool = False, path: Optional[str] = None) -> tuple[dict, str]:
@@ -214,7 +213,7 @@ def cached_calibration(d: int, k: int, *, refresh: bool = False, path: Optional[
     import json
 
     path = path or CALIBRATION_CACHE
-    key = f"{machine_kind()} | d={d} | k={int(min(max(k, 50), 500))}"
+    key = f"{machine_kind()} | d={d} | k={seeding_k(k)}"
     try:
         with open(path) as f:
             cache = json.load(f)

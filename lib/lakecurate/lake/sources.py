@@ -110,8 +110,9 @@ class Sources:
         if format == "parquet":
             try:
                 fs, base = self._fs(path)
-                if fs.get_file_info(base).type == pafs.FileType.File:
-                    uris = [(path, fs.get_file_info(base).size)]
+                info = fs.get_file_info(base)
+                if info.type == pafs.FileType.File:
+                    uris = [(path, info.size)]
                 else:
                     listing = self.list_files(path)
                     pinned = snapshot.get("listing") if snapshot else None

@@ -170,12 +170,19 @@ class StageContext:
         from lakecurate.inputs import read_run_input
 
         frame = functools.partial(read_run_input, self.lake, self.config.input, self.plan.inputs.get("input"))
+        for record in self._handing_on(stage):
+            frame = functools.partial(record.hands_on.frame, self, frame)
+        return frame()
+
+    def _handing_on(self, stage: str) -> list:
+        """The stages of the run before ``stage`` that hand on rows (all of them for a stage not in the run)."""
+        out = []
         for record in self.plan.stages:
             if record.name == stage:
                 break
             if record.hands_on is not None:
-                frame = functools.partial(record.hands_on.frame, self, frame)
-        return frame()
+                out.append(record)
+        return out
 
     def input_blocks(self, stage: str, *, transform=None, metric=None):
         """The input as ``stage`` sees it, validated and cached as embedding blocks
@@ -211,11 +218,7 @@ class StageContext:
         from lakecurate.inputs import run_input_files
 
         files = functools.partial(run_input_files, self.lake, self.config.input, self.plan.inputs.get("input"))
-        for record in self.plan.stages:
-            if record.name == stage:
-                break
-            if record.hands_on is None:
-                continue
+        for record in self._handing_on(stage):
             if record.hands_on.files is None:
                 return None, f"the {record.name} stage before it hands its rows on as a query"
             files = functools.partial(record.hands_on.files, self, files)
