@@ -30,7 +30,9 @@ from lakecurate.spark.assigner import SparkAssigner
 from lakecurate.spark.blocks import EmbeddingBlocks
 from lakecurate.spark.session import get_spark
 
-spark = get_spark(sys.argv[1], "multi-executor-test", {"spark.driver.memory": "1g"})
+# a task waits for the executor that cached its partition (Spark gives up after 3 s by default, which a
+# loaded machine reaches: the pass is then right but re-runs the partition on streamed blocks)
+spark = get_spark(sys.argv[1], "multi-executor-test", {"spark.driver.memory": "1g", "spark.locality.wait": "60s"})
 x = long_tailed_pool(4000, 12, 30, seed=3).x
 df = spark.createDataFrame(pa.table({"id": pa.array(np.arange(len(x), dtype=np.int64)), "embedding": matrix_to_list_array(x)}).to_pandas())
 params = [LevelParams(40, n_iter=6), LevelParams(8, resample_size=3, n_resampling_steps=1, n_iter=6)]
