@@ -162,9 +162,12 @@ class ClusteringConfig:
     init_points_per_centroid: int = 40
     metric: str = "l2"
     seed: int = 0
-    #: a level whose input (the previous level's centroids) has more rows than this runs on the
-    #: executors through the same Spark assigner as level 1, instead of in-process on the driver
-    driver_max_rows: int = 500_000
+    #: where a level 2..T (its input: the previous level's centroids) runs. null: where the sizing
+    #: model (lakecurate.sizing.size_job) puts it, in-process on the driver while its inputs fit the
+    #: driver and it is no slower there than on the executors (whose passes each pay a Spark job's
+    #: fixed cost), else on the executors through the same Spark assigner as level 1. A number: a
+    #: threshold instead (more inputs than it: the executors). Either way the same tree, bit for bit.
+    driver_max_rows: Optional[int] = None
     #: per level (one entry: every level): C > 0 fits the level in two steps, a k-means with C
     #: coarse clusters over its inputs, then inside each coarse cluster a k-means (with the level's
     #: resampling) with a share of the level's k proportional to its size; 0 = one k-means;
@@ -190,7 +193,8 @@ class ClusteringConfig:
     def validate(self, where: str) -> None:
         levels = self.hierarchy(where)
         check_int(self.seed, f"{where}.seed", minimum=0)
-        check_int(self.driver_max_rows, f"{where}.driver_max_rows", minimum=1)
+        if self.driver_max_rows is not None:
+            check_int(self.driver_max_rows, f"{where}.driver_max_rows", minimum=1)
         self.coarse_per_level(where)
         parse_bytes(self.task_memory, f"{where}.task_memory")
 

@@ -201,6 +201,10 @@ _OLD_KEYS = {("clustering", "level1_coarse_clusters"): 0}
 
 #: keys that change no table, only what is written beside them: never in a fingerprint
 _NO_RESULT = {("report", "html")}
+#: keys that change no table but were always in the hash: their new neutral value hashes as the
+#: old default did, so runs keep their ids (clustering.driver_max_rows only moves levels 2..T
+#: between the driver and the executors, which give the same tree; null, the plan's choice, was 500,000)
+_HASHED_AS_OLD_DEFAULT = {("clustering", "driver_max_rows"): (None, 500_000)}
 
 
 def _result_keys(d: dict) -> dict:
@@ -215,6 +219,9 @@ def _result_keys(d: dict) -> dict:
     for section, key in _NO_RESULT:
         if isinstance(d.get(section), dict):
             d[section].pop(key, None)
+    for (section, key), (neutral, old) in _HASHED_AS_OLD_DEFAULT.items():
+        if isinstance(d.get(section), dict) and d[section].get(key, neutral) == neutral:
+            d[section][key] = old
     return d
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -72,6 +72,10 @@ COMMIT_SECONDS = 1.5
 #: the one-off start of a Spark session and its Python workers (importing numpy, faiss, pyarrow):
 #: 6-13 s here (DESIGN.md section 5); counted apart from the stages
 STARTUP_SECONDS = 10.0
+#: ``n_coarse: auto`` shapes a level 2..T with more inputs than this (and no
+#: ``clustering.driver_max_rows``) as it shapes a level on the executors, wherever it runs: the
+#: threshold that placed levels before the placement followed the plan, so trees stay as they were
+SHAPE_INPUTS = 500_000
 #: ``n_coarse: auto`` also splits a level on the executors from this many clusters. Measured at
 #: 1M x 384 (bench/scale.py --sections large_k, bench/RESULTS.md): one k-means costs ~5.7 ms per
 #: cluster per iteration, two steps ~5.6 s + 0.061 s x sqrt(k), for a 10-13% higher objective;
@@ -206,6 +210,20 @@ def machine_kind() -> str:
     return f"{cpu_model()} x{os.cpu_count()}; faiss {faiss.__version__}; numpy {np.__version__}"
 
 
+def cached_rates(d: int, k: int, *, path: Optional[str] = None) -> Optional[dict]:
+    """:func:`calibrate`'s rates for width ``d`` and level-1 ``k`` if ``lakecurate plan`` measured
+    them on this machine kind before, else None (nothing is measured: a run's placement of its
+    levels uses the documented defaults then)."""
+    import json
+
+    try:
+        with open(path or CALIBRATION_CACHE) as f:
+            hit = json.load(f).get(f"{machine_kind()} | d={d} | k={seeding_k(k)}")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return hit["rates"] if isinstance(hit, dict) and isinstance(hit.get("rates"), dict) else None
+
+
 def cached_calibration(d: int, k: int, *, refresh: bool = False, path: Optional[str] = None) -> tuple[dict, str]:
     """:func:`calibrate`'s rates for width ``d`` and level-1 ``k`` on this machine kind, from the
     cache when they were measured here before (unless ``refresh``), else measured now and kept.
@@ -295,8 +313,7 @@ class JobSize:
             return head + f": {self.rows:,} rows of {self.dim} float32 over {self.hardware.total_cores} cores; more cores shorten it"
         if lv.where == "driver":
             return (head + f": {lv.inputs:,} inputs against k={lv.k:,} on the driver's {self.hardware.driver_cores} cores, "
-                    f"{lv.flops_per_iteration / 1e9:,.0f} GFLOP per iteration; a lower clustering.driver_max_rows moves it to the "
-                    "executors, fewer iterations or resampling steps shorten it")
+                    f"{lv.flops_per_iteration / 1e9:,.0f} GFLOP per iteration; fewer iterations or resampling steps shorten it")
         gpu = "" if self.hardware.gpus else ", GPUs (--gpus)"
         return (head + f": {lv.passes} passes over {lv.inputs:,} rows, {lv.flops_per_iteration / 1e9:,.0f} GFLOP each, on "
                 f"{self.hardware.total_cores} cores at {self.hardware.core_flops / 1e9:.0f} GFLOP/s per core; more cores{gpu}, "
@@ -379,10 +396,17 @@ def size_job(
     n_resampling_steps: int = 10,
     n_iter: int = 50,
     init_points_per_centroid: int = 40,
-    driver_max_rows: int = 500_000,
+    driver_max_rows: Optional[int] = None,
     hardware: Optional[Hardware] = None,
 ) -> JobSize:
-    """The plan of one hierarchical k-means (see the module docstring for the model)."""
+    """The plan of one hierarchical k-means (see the module docstring for the model).
+
+    Level 1 reads the whole input on the executors. A level 2..T (its inputs: the previous
+    level's centroids) goes where the model says: on the driver when its inputs and sums fit the
+    driver's memory and its estimated time there is at most its time on the executors (whose
+    passes each pay ``PASS_SECONDS``), else on the executors. ``driver_max_rows`` (a number)
+    replaces that choice with a threshold: more inputs than it on the executors, else the driver.
+    """
     hw = hardware or Hardware()
     T = len(n_clusters)
     coarse_spec = list(n_coarse) * T if len(n_coarse) == 1 else list(n_coarse)
@@ -394,13 +418,10 @@ def size_job(
     driver_peak = 0
     budget = USABLE_SHARE * hw.task_memory
     driver_budget = USABLE_SHARE * hw.driver_memory
-    for t, k in enumerate(n_clusters, start=1):
-        n = rows if t == 1 else n_clusters[t - 2]
-        on_exec = t == 1 or n > driver_max_rows
-        placed = ("on the executors: level 1 reads the whole input" if t == 1 else
-                  f"on the executors: its {n:,} inputs are more than clustering.driver_max_rows={driver_max_rows:,}" if on_exec else
-                  f"on the driver: its {n:,} inputs are at most clustering.driver_max_rows={driver_max_rows:,}")
-        c, why = resolve_n_coarse(coarse_spec[t - 1], k, n, d, on_executors=on_exec, task_memory=hw.task_memory)
+
+    def estimate(t: int, k: int, n: int, c: int, why: str, on_exec: bool) -> tuple[LevelSize, list[Problem]]:
+        """Level t (``c`` coarse clusters) placed on the executors or the driver: its size and time, and what cannot run there."""
+        found: list[Problem] = []
         m = n_resampling_steps if rs[t - 1] > 1 else 0
         lloyd_passes = n_iter + 1 + 2  # iterations, the final assignment, the two passes drawing the seeding sample
         npass = lambda rows_, kk: hw.pass_seconds(rows_, kk, d, on_executors=on_exec)  # noqa: E731
@@ -425,11 +446,11 @@ def size_job(
             seconds = (npass(n, c) * lloyd_passes + fine + npass(n, c + k / c) + passes * PASS_SECONDS + shuffle + seed_s(c))
             task = max(one_step_task_bytes(c, d), group_task_bytes(n, k, c, d)) if on_exec else 0
             if on_exec and group_task_bytes(n, k, c, d) > budget:
-                problems.append(Problem(t, f"two-step with {c} coarse clusters puts ~{fine_rows:,.0f} rows (the largest group, "
-                                           f"{GROUP_SKEW:g}x the mean) in one task: {fmt_bytes(group_task_bytes(n, k, c, d))} > "
-                                           f"{USABLE_SHARE:.0%} of the task memory {fmt_bytes(hw.task_memory)}",
-                                        f"more coarse clusters (clustering.n_coarse[{t - 1}] >= "
-                                        f"{math.ceil(c * group_task_bytes(n, k, c, d) / budget)}) or more task memory"))
+                found.append(Problem(t, f"two-step with {c} coarse clusters puts ~{fine_rows:,.0f} rows (the largest group, "
+                                        f"{GROUP_SKEW:g}x the mean) in one task: {fmt_bytes(group_task_bytes(n, k, c, d))} > "
+                                        f"{USABLE_SHARE:.0%} of the task memory {fmt_bytes(hw.task_memory)}",
+                                     f"more coarse clusters (clustering.n_coarse[{t - 1}] >= "
+                                     f"{math.ceil(c * group_task_bytes(n, k, c, d) / budget)}) or more task memory"))
         else:
             flops = 2.0 * n * k * d
             passes = (lloyd_passes + m + 1) if on_exec else 0  # + one closest-rows pass per resampling step + the final one
@@ -439,21 +460,50 @@ def size_job(
             task = one_step_task_bytes(k, d) if on_exec else 0
             if on_exec and task > budget:
                 alt = resolve_n_coarse(AUTO, k, n, d, on_executors=True, task_memory=hw.task_memory)[0]
-                problems.append(Problem(t, f"one k-means with k={k:,} holds {fmt_bytes(task)} per task (centroids and partial sums) > "
-                                           f"{USABLE_SHARE:.0%} of the task memory {fmt_bytes(hw.task_memory)}",
-                                        f"two-step at this level (clustering.n_coarse[{t - 1}]: {alt or 'auto'}), fewer clusters, "
-                                        f"or more task memory"))
-        centroid_bytes_held += DRIVER_BYTES_PER_CENTROID_FLOAT * k * d
+                found.append(Problem(t, f"one k-means with k={k:,} holds {fmt_bytes(task)} per task (centroids and partial sums) > "
+                                        f"{USABLE_SHARE:.0%} of the task memory {fmt_bytes(hw.task_memory)}",
+                                     f"two-step at this level (clustering.n_coarse[{t - 1}]: {alt or 'auto'}), fewer clusters, "
+                                     f"or more task memory"))
         in_flight = 8 * k * d * 2 + (4 * n * d * 3 if not on_exec else 0)
-        driver = centroid_bytes_held + in_flight
-        driver_peak = max(driver_peak, driver)
+        driver = centroid_bytes_held + DRIVER_BYTES_PER_CENTROID_FLOAT * k * d + in_flight
         if driver > driver_budget:
             fix = ("fewer clusters at this level or a larger driver (spark.driver.memory)" if on_exec else
-                   f"clustering.driver_max_rows < {n:,} (the level runs on the executors), or a larger driver")
-            problems.append(Problem(t, f"the driver holds {fmt_bytes(driver)} (every level's centroids so far, this level's "
-                                       f"{'partial sums' if on_exec else 'inputs and sums'}) > {USABLE_SHARE:.0%} of the driver memory "
-                                       f"{fmt_bytes(hw.driver_memory)}", fix))
-        levels.append(LevelSize(t, k, n, "executors" if on_exec else "driver", c, task, driver, flops, passes, seconds, why, placed))
+                   "the level on the executors (clustering.driver_max_rows below its inputs, or null: the plan's choice), or a larger driver")
+            found.append(Problem(t, f"the driver holds {fmt_bytes(driver)} (every level's centroids so far, this level's "
+                                    f"{'partial sums' if on_exec else 'inputs and sums'}) > {USABLE_SHARE:.0%} of the driver memory "
+                                    f"{fmt_bytes(hw.driver_memory)}", fix))
+        level = LevelSize(t, k, n, "executors" if on_exec else "driver", c, task, driver, flops, passes, seconds, why)
+        return level, found
+
+    for t, k in enumerate(n_clusters, start=1):
+        n = rows if t == 1 else n_clusters[t - 2]
+        # the level's shape (one k-means or two steps) never depends on where it runs, so that
+        # every placement gives the same tree: n_coarse auto splits a level 2..T as it splits a
+        # level on the executors once it has more inputs than the threshold (or SHAPE_INPUTS)
+        shaped_as_executors = t == 1 or n > (driver_max_rows if driver_max_rows is not None else SHAPE_INPUTS)
+        c, why = resolve_n_coarse(coarse_spec[t - 1], k, n, d, on_executors=shaped_as_executors, task_memory=hw.task_memory)
+        if t == 1:
+            (level, found), placed = estimate(t, k, n, c, why, True), "on the executors: level 1 reads the whole input"
+        elif driver_max_rows is not None:
+            on_exec = n > driver_max_rows
+            level, found = estimate(t, k, n, c, why, on_exec)
+            placed = (f"on the executors: its {n:,} inputs are more than clustering.driver_max_rows={driver_max_rows:,}" if on_exec else
+                      f"on the driver: its {n:,} inputs are at most clustering.driver_max_rows={driver_max_rows:,}")
+        else:
+            (ex, ex_found), (dr, dr_found) = estimate(t, k, n, c, why, True), estimate(t, k, n, c, why, False)
+            if dr_found and not ex_found:
+                (level, found), placed = (ex, ex_found), (f"on the executors: on the driver it would hold {fmt_bytes(dr.driver_bytes)}, "
+                                                          f"over {USABLE_SHARE:.0%} of the driver memory {fmt_bytes(hw.driver_memory)}")
+            elif dr.seconds <= ex.seconds and not dr_found:
+                (level, found), placed = (dr, dr_found), (f"on the driver: est. {fmt_seconds(dr.seconds)} there against "
+                                                          f"{fmt_seconds(ex.seconds)} on the executors ({ex.passes} Spark passes)")
+            else:
+                (level, found), placed = (ex, ex_found), (f"on the executors: est. {fmt_seconds(ex.seconds)} there against "
+                                                          f"{fmt_seconds(dr.seconds)} on the driver's {hw.driver_cores} cores")
+        problems += found
+        centroid_bytes_held += DRIVER_BYTES_PER_CENTROID_FLOAT * k * d
+        driver_peak = max(driver_peak, level.driver_bytes)
+        levels.append(replace(level, placed=placed))
     cache = rows * d * 4 / (CACHE_BYTES_PER_CORE_SECOND * hw.total_cores) + PASS_SECONDS
     first = levels[0]
     label_k = (first.n_coarse + first.k / first.n_coarse) if first.n_coarse else first.k

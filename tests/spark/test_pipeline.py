@@ -70,6 +70,9 @@ def _sizes(spark, lake_root, run_id, level):
 
 def test_spark_tree_equals_pure_api(spark, first_run, pure):
     cfg, res = first_run
+    # clustering.driver_max_rows unset: the sizing places level 2 (40 inputs) on the driver, where
+    # it costs no Spark pass
+    assert [lv["where"] for lv in res.stages["cluster"]["levels"]] == ["executors", "driver"]
     clusters = DeltaTable(res.tables["clusters"]).to_pandas()
     for t, lv in enumerate(pure.levels_, start=1):
         got = clusters[clusters.level == t].sort_values("cluster_id")
@@ -156,6 +159,7 @@ def test_upper_levels_on_executors_give_the_same_tree(spark, pool_npy, pure, tmp
     cfg = config(pool_npy[0], str(tmp_path / "lake"), clustering__driver_max_rows=10, clustering__metric="l2",
                  spark__block_cache=cache)
     res = run(cfg, spark=spark)
+    assert [lv["where"] for lv in res.stages["cluster"]["levels"]] == ["executors", "executors"]
     assert res.stages["cluster"]["block_cache"] == ("local_files" if cache == "auto" else "lake")
     clusters = DeltaTable(res.tables["clusters"]).to_pandas()
     top = clusters[clusters.level == 2].sort_values("cluster_id")

@@ -104,7 +104,7 @@ def test_plan_reads_rows_and_dim_from_every_input_run_reads_and_says_why(tmp_pat
         assert "3,000 rows x 24 dims (from its metadata)" in out, (fmt, out)
         assert "| 1 | 40 | 3,000 | executors | one |" in out
         assert "level 1: on the executors: level 1 reads the whole input" in out
-        assert "level 2: on the driver: its 40 inputs are at most clustering.driver_max_rows=" in out
+        assert "level 2: on the driver: est. " in out and " on the executors (" in out  # the plan's choice, with both times
         assert "time: " in out and "% of the estimate" in out
     # a --dim given wins; a path with nothing there is refused with what to give
     assert main(["plan", "demo", "input.format=delta", f"input.path={tmp_path / 'd'}", *common, "--dim", "48"]) == 0
@@ -133,3 +133,35 @@ def test_plan_takes_options_and_overrides_in_any_order_and_measures_the_kernel_o
     assert "unrecognized arguments: stray" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["runs", "a=b"])
+
+
+def test_levels_2_to_t_run_where_the_plan_says_with_both_times_and_the_same_shape_anywhere():
+    """A level 2..T goes to the driver while it is no slower there and fits, else to the executors;
+    clustering.driver_max_rows (a number) still overrides; n_coarse auto shapes a level the same
+    way wherever it runs (the tree never depends on the placement)."""
+    gpu_cluster = Hardware(executors=64, cores=8, gpus=1, task_memory=32 * GIB, driver_memory=64 * GIB, driver_cores=8)
+    paper = size_job(743_000_000, 1024, [10_000_000, 500_000, 50_000, 10_000], resample_size=[1, 10, 5, 3], hardware=gpu_cluster)
+    where = {lv.level: lv.where for lv in paper.levels}
+    # 10M inputs against 500k centroids: about a day on the driver's 8 cores, an hour on 64 GPUs
+    assert where[2] == "executors" and paper.levels[1].seconds * 10 < float(paper.levels[1].placed.split("against ")[1].split(" h")[0]) * 3600
+    assert where[3] == "executors" and "on the executors: est. " in paper.levels[2].placed and "on the driver's 8 cores" in paper.levels[2].placed
+    small = size_job(1_700_000, 128, [20_000, 800, 80], hardware=Hardware(task_memory=4 * GIB, driver_memory=16 * GIB))
+    assert [lv.where for lv in small.levels] == ["executors", "driver", "driver"]
+    # a driver too small for a level's inputs and sums: the executors, saying why
+    tiny_driver = size_job(2_000_000, 256, [400_000, 200_000], n_coarse=[0, 0],
+                           hardware=Hardware(executors=8, cores=8, task_memory=32 * GIB, driver_memory=6 * GIB))
+    assert not tiny_driver.problems
+    assert tiny_driver.levels[1].where == "executors" and "on the driver it would hold" in tiny_driver.levels[1].placed
+    # the threshold, when set, decides as before
+    forced = size_job(1_700_000, 128, [20_000, 800, 80], driver_max_rows=10, hardware=Hardware(task_memory=4 * GIB, driver_memory=16 * GIB))
+    assert [lv.where for lv in forced.levels] == ["executors"] * 3
+    assert "more than clustering.driver_max_rows=10" in forced.levels[1].placed
+    # the shape: a level of more than SHAPE_INPUTS inputs with k >= AUTO_TWO_STEP_MIN_K is two-step on
+    # either side; at or under it, one k-means on either side
+    from lakecurate.sizing import AUTO_TWO_STEP_MIN_K, SHAPE_INPUTS
+
+    for hw in (gpu_cluster, Hardware(task_memory=32 * GIB, driver_memory=512 * GIB)):
+        big = size_job(10 * SHAPE_INPUTS, 64, [2 * SHAPE_INPUTS, AUTO_TWO_STEP_MIN_K], hardware=hw)
+        assert big.levels[1].n_coarse > 0
+        under = size_job(10 * SHAPE_INPUTS, 64, [SHAPE_INPUTS, AUTO_TWO_STEP_MIN_K], hardware=hw)
+        assert under.levels[1].n_coarse == 0

@@ -1,8 +1,9 @@
 """Cluster stage: hierarchical k-means over the input embeddings -> ``clusters`` and ``assignments``.
 
 Level 1 runs on the executors (the Spark assigner over cached blocks). Levels 2..T take the
-previous level's centroids: in-process on the driver when they number at most
-``clustering.driver_max_rows``, else on the executors through the same assigner. Each fitted
+previous level's centroids: in-process on the driver, or on the executors through the same
+assigner, where the sizing model (:func:`lakecurate.sizing.size_job`, on this session's cores)
+puts them, or by ``clustering.driver_max_rows`` when set. Each fitted
 level is checkpointed, so a killed job resumes at the next level; the two tables are committed at
 the end, the tree (clusters) first, then the rows pointing into it (assignments), each as one table
 version; the stage's ``succeeded`` row in ``runs`` marks them as belonging together.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -28,7 +30,7 @@ from lakecurate.spark.blocks import EmbeddingBlocks
 from lakecurate.stages.checkpoints import LevelCheckpoints
 from lakecurate.stages.context import Checks, Reruns, Stage, StageContext
 from lakecurate.errors import ConfigError
-from lakecurate.sizing import (GROUP_BYTES_PER_FLOAT, USABLE_SHARE, Hardware, fmt_bytes, machine_memory, parse_bytes, resolve_n_coarse,
+from lakecurate.sizing import (GROUP_BYTES_PER_FLOAT, USABLE_SHARE, Hardware, cached_rates, fmt_bytes, machine_memory, parse_bytes,
                                size_config)
 from lakecurate.tables import ASSIGNMENTS, CLUSTERS, COARSE_CLUSTERS
 from lakecurate.validation import check_levels
@@ -85,28 +87,41 @@ def coarse_table(levels: list[Level]) -> pa.Table:
     return pa.table(table)
 
 
-def resolved_levels(ccfg, params, n: int, d: int) -> list:
-    """The plan's levels with ``n_coarse`` resolved (``auto`` from the sizing model), each choice logged."""
-    spec = ccfg.coarse_per_level()
-    task_memory = parse_bytes(ccfg.task_memory, "clustering.task_memory")
+def resolved_levels(params, size) -> list:
+    """The plan's levels with ``n_coarse`` as the sizing resolved it (``auto`` from its memory model), each choice logged."""
     out = []
-    for t, p in enumerate(params):
-        inputs = n if t == 0 else params[t - 1].n_clusters
-        c, why = resolve_n_coarse(spec[t], p.n_clusters, inputs, d, on_executors=t == 0 or inputs > ccfg.driver_max_rows,
-                                  task_memory=task_memory)
-        if why:
-            log.info("level %d: %s", t + 1, why)
-        out.append(replace(p, n_coarse=c))
+    for p, lv in zip(params, size.levels):
+        if lv.why:
+            log.info("level %d: %s", lv.level, lv.why)
+        out.append(replace(p, n_coarse=lv.n_coarse))
     return out
 
 
-def check_size(cfg, n: int, d: int) -> None:
-    """The sizing check of ``lakecurate plan`` (memory only: time does not stop a run)."""
-    hw = Hardware(task_memory=parse_bytes(cfg.clustering.task_memory, "clustering.task_memory"), driver_memory=machine_memory())
+def check_size(cfg, n: int, d: int, hardware: Optional[Hardware] = None):
+    """The sizing of ``lakecurate plan`` on ``hardware`` (by default one 2-core executor and this
+    machine as the driver): refuses what cannot run (memory; time does not stop a run)."""
+    hw = hardware or Hardware(task_memory=parse_bytes(cfg.clustering.task_memory, "clustering.task_memory"), driver_memory=machine_memory())
     size = size_config(cfg, n, d, hw)
     size.raise_if_impossible()
-    log.info("sizing: %s", "; ".join(f"level {lv.level} {lv.where}{f' two-step {lv.n_coarse}' if lv.n_coarse else ''} "
-                                      f"{fmt_bytes(lv.task_bytes)} per task" for lv in size.levels))
+    return size
+
+
+def session_hardware(ctx: StageContext, d: int, k: int) -> Hardware:
+    """What this run's session has, as the sizing model counts it: the cluster's cores (Spark's
+    default parallelism), GPUs per executor (``spark.executor.resource.gpu.amount``), this
+    machine as the driver, and the kernel rates ``lakecurate plan`` measured here, if it did."""
+    import os
+
+    from lakecurate.spark.session import default_parallelism
+
+    conf = ctx.spark.conf
+    cores = default_parallelism(ctx.spark)
+    executors = max(1, int(conf.get("spark.executor.instances", None) or 1))
+    gpus = int(float(conf.get("spark.executor.resource.gpu.amount", None) or 0))
+    rates = cached_rates(d, k) or {}
+    return Hardware(executors=executors, cores=max(1, cores // executors), gpus=gpus,
+                    task_memory=parse_bytes(ctx.config.clustering.task_memory, "clustering.task_memory"),
+                    driver_memory=machine_memory(), driver_cores=os.cpu_count() or 1, **rates)
 
 
 def _group_check(task_memory: int, d: int):
@@ -120,9 +135,10 @@ def _group_check(task_memory: int, d: int):
     return check
 
 
-def level_metrics(lv: Level, n_inputs: int) -> dict:
+def level_metrics(lv: Level, n_inputs: int, where: str) -> dict:
     return {
         "level": lv.level,
+        "where": where,  # "executors" or "driver" (the sizing's choice, or clustering.driver_max_rows)
         "n_clusters": lv.n_clusters,
         "n_inputs": n_inputs,
         "objective": lv.objective,
@@ -160,15 +176,19 @@ def run_cluster(ctx: StageContext, metrics: dict) -> None:
     metrics.update(n_rows=blocks.n, dim=blocks.d, cache_seconds=round(time.perf_counter() - t0, 3))
     try:
         check_levels([p.n_clusters for p in ctx.plan.levels], blocks.n, key="clustering.n_clusters")
-        check_size(cfg, blocks.n, blocks.d)
-        params = resolved_levels(ccfg, ctx.plan.levels, blocks.n, blocks.d)
+        size = check_size(cfg, blocks.n, blocks.d, session_hardware(ctx, blocks.d, ctx.plan.levels[0].n_clusters))
+        log.info("sizing: %s", "; ".join(f"level {lv.level} {lv.where}{f' two-step {lv.n_coarse}' if lv.n_coarse else ''} "
+                                          f"{fmt_bytes(lv.task_bytes)} per task" for lv in size.levels))
+        params = resolved_levels(ctx.plan.levels, size)
         checkpoints = LevelCheckpoints(ctx.lake, ctx.run_id, ctx.plan.fingerprint)
         start = checkpoints.load(len(params))
+        upper_levels = iter(size.levels[max(1, len(start)):])  # the levels make_assigner is asked for, in order
 
         def make_assigner(x: np.ndarray):
-            if x.shape[0] <= ccfg.driver_max_rows:
+            lv = next(upper_levels)
+            log.info("level %d: %s", lv.level, lv.placed)
+            if lv.where == "driver":
                 return NumpyAssigner(x)
-            log.info("%d inputs > clustering.driver_max_rows=%d: this level runs on the executors", x.shape[0], ccfg.driver_max_rows)
             upper.append(EmbeddingBlocks.from_numpy(ctx.spark, x, partitions=cfg.spark.partitions, cache=cfg.spark.block_cache, lake=ctx.lake))
             return SparkAssigner(upper[-1])
 
@@ -182,7 +202,8 @@ def run_cluster(ctx: StageContext, metrics: dict) -> None:
         )
         while upper:
             upper.pop().release()
-        metrics["levels"] = [level_metrics(lv, blocks.n if i == 0 else levels[i - 1].n_clusters) for i, lv in enumerate(levels)]
+        metrics["levels"] = [level_metrics(lv, blocks.n if i == 0 else levels[i - 1].n_clusters, size.levels[i].where)
+                             for i, lv in enumerate(levels)]
         metrics["resumed_levels"] = len(start)
 
         t1 = time.perf_counter()
@@ -212,7 +233,7 @@ def preflight(cfg, facts) -> None:
 
 def summarize(m: dict) -> list[str]:
     return [
-        f"  level {lv['level']}: {lv['n_clusters']} clusters over {lv['n_inputs']} inputs"
+        f"  level {lv['level']}: {lv['n_clusters']} clusters over {lv['n_inputs']} inputs{' on the ' + lv['where'] if lv.get('where') else ''}"
         f"{' (two-step: ' + str(lv['coarse_clusters']) + ' coarse)' if lv.get('coarse_clusters') else ''}, "
         f"objective {lv['objective']:.4g}, re-seeded {lv['n_reseeded']}, empty {lv['n_empty']}, "
         f"sizes {lv['smallest_cluster']}..{lv['largest_cluster']}, {lv['seconds']:.1f}s"
