@@ -22,8 +22,6 @@ import sys
 import tempfile
 import warnings
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def main(out: str) -> int:
     import numpy as np

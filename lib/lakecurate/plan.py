@@ -194,17 +194,15 @@ def load_plan(
 #: of fingerprints at that value, so existing runs keep their ids and their committed stages
 _NEW_DEFAULTS = {("sampling", "mode"): "fresh", ("dedup", "mode"): "full", ("clustering", "n_coarse"): ["auto"],
                  ("clustering", "task_memory"): "4g"}
-#: keys a later lakecurate removed, with the value every run then had (the one that matches the
-#: new defaults): put back for the hash, so existing runs keep their ids
-_OLD_KEYS = {("clustering", "level1_coarse_clusters"): 0}
+#: keys hashed at the value every run had before a later lakecurate removed them, or made them
+#: null by default, so existing runs keep their ids: put back for the hash when absent or null
+#: (level1_coarse_clusters: removed; driver_max_rows: null is the plan's choice of where levels
+#: 2..T run, which gives the same tree as the old default threshold)
+_OLD_KEYS = {("clustering", "level1_coarse_clusters"): 0, ("clustering", "driver_max_rows"): 500_000}
 
 
 #: keys that change no table, only what is written beside them: never in a fingerprint
 _NO_RESULT = {("report", "html")}
-#: keys that change no table but were always in the hash: their new neutral value hashes as the
-#: old default did, so runs keep their ids (clustering.driver_max_rows only moves levels 2..T
-#: between the driver and the executors, which give the same tree; null, the plan's choice, was 500,000)
-_HASHED_AS_OLD_DEFAULT = {("clustering", "driver_max_rows"): (None, 500_000)}
 
 
 def _result_keys(d: dict) -> dict:
@@ -214,14 +212,11 @@ def _result_keys(d: dict) -> dict:
         if isinstance(d.get(section), dict) and d[section].get(key) == value:
             d[section].pop(key)
     for (section, key), value in _OLD_KEYS.items():
-        if isinstance(d.get(section), dict):
-            d[section].setdefault(key, value)
+        if isinstance(d.get(section), dict) and d[section].get(key) is None:
+            d[section][key] = value
     for section, key in _NO_RESULT:
         if isinstance(d.get(section), dict):
             d[section].pop(key, None)
-    for (section, key), (neutral, old) in _HASHED_AS_OLD_DEFAULT.items():
-        if isinstance(d.get(section), dict) and d[section].get(key, neutral) == neutral:
-            d[section][key] = old
     return d
 
 
