@@ -402,9 +402,9 @@ def size_job(
     """The plan of one hierarchical k-means (see the module docstring for the model).
 
     Level 1 reads the whole input on the executors. A level 2..T (its inputs: the previous
-    level's centroids) goes where the model says: on the driver when its inputs and sums fit the
-    driver's memory and its estimated time there is at most its time on the executors (whose
-    passes each pay ``PASS_SECONDS``), else on the executors. ``driver_max_rows`` (a number)
+    level's centroids) goes where the model says: where it fits when it fits only on one side (the
+    driver's memory, a task's memory), else on the driver when its estimated time there is at most
+    its time on the executors (whose passes each pay ``PASS_SECONDS``), else on the executors. ``driver_max_rows`` (a number)
     replaces that choice with a threshold: more inputs than it on the executors, else the driver.
     """
     hw = hardware or Hardware()
@@ -494,7 +494,9 @@ def size_job(
             if dr_found and not ex_found:
                 (level, found), placed = (ex, ex_found), (f"on the executors: on the driver it would hold {fmt_bytes(dr.driver_bytes)}, "
                                                           f"over {USABLE_SHARE:.0%} of the driver memory {fmt_bytes(hw.driver_memory)}")
-            elif dr.seconds <= ex.seconds and not dr_found:
+            elif ex_found and not dr_found:
+                (level, found), placed = (dr, dr_found), f"on the driver: on the executors, {ex_found[0].message}"
+            elif dr.seconds <= ex.seconds:  # both fit, or neither: the faster
                 (level, found), placed = (dr, dr_found), (f"on the driver: est. {fmt_seconds(dr.seconds)} there against "
                                                           f"{fmt_seconds(ex.seconds)} on the executors ({ex.passes} Spark passes)")
             else:

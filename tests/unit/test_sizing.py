@@ -152,6 +152,12 @@ def test_levels_2_to_t_run_where_the_plan_says_with_both_times_and_the_same_shap
                            hardware=Hardware(executors=8, cores=8, task_memory=32 * GIB, driver_memory=6 * GIB))
     assert not tiny_driver.problems
     assert tiny_driver.levels[1].where == "executors" and "on the driver it would hold" in tiny_driver.levels[1].placed
+    # a level whose one k-means cannot fit an executor's task but fits the driver: the driver, however much
+    # faster the executors would be, saying why
+    small_tasks = size_job(4_000_000, 1024, [400_000, 200_000], hardware=Hardware(executors=64, cores=8, task_memory=4 * GIB,
+                                                                                   driver_memory=512 * GIB, driver_cores=8))
+    assert not small_tasks.problems and small_tasks.levels[1].where == "driver" and small_tasks.levels[1].n_coarse == 0
+    assert small_tasks.levels[1].placed.startswith("on the driver: on the executors, one k-means with k=200,000 holds ")
     # the threshold, when set, decides as before
     forced = size_job(1_700_000, 128, [20_000, 800, 80], driver_max_rows=10, hardware=Hardware(task_memory=4 * GIB, driver_memory=16 * GIB))
     assert [lv.where for lv in forced.levels] == ["executors"] * 3
