@@ -26,12 +26,11 @@ JVM_ARCHIVE := $(VENV)/spark-classes.jsa
 $(JVM_ARCHIVE): $(STAMP) scripts/jvm_archive.py
 	SPARK_SUBMIT_OPTS="$(TEST_JVM_OPTS)" $(VENV)/bin/python scripts/jvm_archive.py $@ || true
 
-# two pytest workers, one test file each at a time (a file's module fixtures are built once), the
-# longest files first (tests/conftest.py, LONGEST_FIRST); nothing in the suite times anything (speed
-# and memory figures live in bench/, measured side by side)
+# two pytest workers, one test file each at a time (a file's module fixtures are built once); nothing
+# in the suite times anything (speed and memory figures live in bench/, measured side by side)
 test: $(STAMP) $(JVM_ARCHIVE)
 	SPARK_SUBMIT_OPTS="$$SPARK_SUBMIT_OPTS $(TEST_JVM_OPTS) $$([ -f $(JVM_ARCHIVE) ] && echo -XX:SharedArchiveFile=$(abspath $(JVM_ARCHIVE)) -Xlog:disable -Xlog:all=warning:stderr)" \
-	  $(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+	  $(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not spark and not slow and not e2e"

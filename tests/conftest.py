@@ -12,33 +12,6 @@ for path in (os.path.join(ROOT, "lib"), os.path.join(ROOT, "tests")):  # the pac
     if path not in sys.path:
         sys.path.insert(0, path)
 
-#: the suite's longest files, longest first (seconds of test time from `--durations` of a full run
-#: on 2 cores, 2026-12-07): ``make test`` hands files to its two workers in this order
-#: (``--no-loadscope-reorder``; xdist's own order puts the files with the most tests first, so a
-#: one-test kill chain of three minutes started last and ran alone at the end)
-LONGEST_FIRST = (
-    "tests/faults/test_nightly.py",  # 433 s
-    "tests/e2e/test_spark_connect.py",  # 200 s
-    "tests/faults/test_kill_resume.py",  # 176 s
-    "tests/e2e/test_sail_native.py",  # 149 s
-    "tests/faults/test_stage_faults.py",  # 129 s
-    "tests/spark/test_embed.py",  # 112 s
-    "tests/spark/test_assigner_perf_paths.py",  # 83 s
-    "tests/e2e/test_multi_executor.py",  # 81 s
-    "tests/e2e/test_report.py",  # 80 s
-    "tests/spark/test_pipeline.py",  # 73 s
-    "tests/spark/test_coreset.py",  # 69 s
-    "tests/spark/test_dedup_stage.py",  # 65 s
-    "tests/e2e/test_wheel.py",  # 52 s
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    """The longest files first (a stable sort: every other file, and the tests inside each file,
-    keep their order), so that no long file starts last."""
-    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
-
 
 @pytest.fixture(scope="session")
 def spark():
