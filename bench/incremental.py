@@ -5,7 +5,8 @@ tree and topping up its curated set, against re-running dedup + cluster + sample
     .venv/bin/python bench/incremental.py --n 20000 --dim 32      # a smoke run (~1.5 min)
 
 One process, Spark local[2], the pool from bench/data.py (long-tailed mixture) as Parquet: the
-first ``n`` rows are the fitted pool, the next ``n / 10`` the increment. Timed, each as
+first ``n`` rows are the fitted pool, the next ``n / 10`` the increment, added to the same folder
+after the fit (so the nightly run reads only the new file: issue 32 item 2). Timed, each as
 ``lakecurate.pipeline.run`` wall time on the same session:
 
 * ``fit``: dedup + cluster + sample on the first n rows (the tree the increment joins);
@@ -87,13 +88,12 @@ def main(argv=None) -> int:
     npy, _ = generate(args.data, grown_n, args.dim)
     rows = os.path.join(args.data, f"rows-{grown_n}-d{args.dim}")
     parts = write_ranges(npy, rows, [(0, args.n), (args.n, grown_n)])
-    base = link_parts(rows, os.path.join(args.data, f"base-{args.n}-d{args.dim}"), parts[:1])
-    grown = link_parts(rows, os.path.join(args.data, f"grown-{grown_n}-d{args.dim}"), parts)
     k = [int(v) for v in args.k.split(",")]
     clustering = {"n_clusters": k, "n_resampling_steps": 2, "resample_size": [1] + [3] * (len(k) - 1), "n_iter": args.n_iter,
                   "metric": "cosine"}
     spark = get_spark("local[2]", "bench-incremental", {"spark.driver.memory": "6g"})
     lake = tempfile.mkdtemp(prefix="lake-", dir=args.data)
+    pool = tempfile.mkdtemp(prefix="pool-", dir=args.data)  # one folder, grown in place after the fit, as a lake grows
 
     def timed(name, stages, path, **extra):
         cfg = {"name": name, "stages": stages, "lake": {"root": lake}, "input": {"format": "parquet", "path": path},
@@ -103,10 +103,11 @@ def main(argv=None) -> int:
         return time.perf_counter() - t0, res
 
     dedup = {"eps": args.eps, "n_neighbor_clusters": 1}
-    fit_s, fit = timed("fit", ["dedup", "cluster", "sample"], base, dedup=dedup)
-    nightly_s, nightly = timed("nightly", ["dedup", "assign", "sample"], grown, assign={"tree_run_id": fit.run_id},
+    fit_s, fit = timed("fit", ["dedup", "cluster", "sample"], link_parts(rows, pool, parts[:1]), dedup=dedup)
+    link_parts(rows, pool, parts)
+    nightly_s, nightly = timed("nightly", ["dedup", "assign", "sample"], pool, assign={"tree_run_id": fit.run_id},
                                dedup={**dedup, "mode": "incremental"}, sampling={"target_size": args.n // 5, "mode": "top_up"})
-    full_s, full = timed("full", ["dedup", "cluster", "sample"], grown, dedup=dedup)
+    full_s, full = timed("full", ["dedup", "cluster", "sample"], pool, dedup=dedup)
     m = nightly.stages["assign"]
     from deltalake import DeltaTable
 
@@ -121,8 +122,10 @@ def main(argv=None) -> int:
     out = {"n": args.n, "increment": args.n // 10, "dim": args.dim, "k": k, "n_iter": args.n_iter, "eps": args.eps,
            "fit_seconds": fit_s, "nightly_seconds": nightly_s, "full_seconds": full_s, "stage_seconds": secs,
            "ratio_assign_top_up": full_core / nightly_core, "ratio_with_dedup": full_s / nightly_s,
-           "assign_metrics": {key: m[key] for key in ("new_rows", "stale_share", "seconds")},
-           "dedup_nightly": {key: dn.get(key) for key in ("new_rows", "old_rows", "n_clusters", "removed", "removed_as_old", "seconds")},
+           "assign_metrics": {key: m[key] for key in ("new_rows", "stale_share", "seconds", "input_read")},
+           "dedup_nightly": {key: dn.get(key) for key in ("new_rows", "old_rows", "n_clusters", "removed", "removed_as_old", "seconds",
+                                                          "cache_seconds", "coarse_seconds", "pairwise_seconds", "merge_seconds",
+                                                          "old_rows_seconds", "input_read")},
            "dedup_full": {key: df_.get(key) for key in ("n_rows", "n_clusters", "removed", "seconds")},
            "top_up": {key: nightly.stages["sample"][key] for key in ("kept", "added", "dropped")},
            "churn_incremental": churn_inc, "churn_full": churn_full}
@@ -141,6 +144,9 @@ def main(argv=None) -> int:
     print(f"incremental dedup: {dn['new_rows']:,} new rows against {dn['old_rows']:,} kept, {dn['n_clusters']} coarse clusters, "
           f"removed {dn['removed']:,} ({dn['removed_as_old']:,} duplicates of kept rows); full dedup of the grown pool removed "
           f"{df_['removed']:,} with {df_['n_clusters']} coarse clusters")
+    print(f"nightly reads: dedup {dn.get('input_read')}, assign {m.get('input_read')}")
+    print("incremental dedup's parts (s): " + ", ".join(f"{key[:-8]} {dn[key]}" for key in (
+        "cache_seconds", "coarse_seconds", "pairwise_seconds", "merge_seconds", "old_rows_seconds") if dn.get(key) is not None))
     print(f"stale share of the increment (same distribution): {m['stale_share']:.4f}")
     print(f"churn of the curated set ({args.n // 5:,} rows): nightly top-up {100 * churn_inc:.1f}%, re-cluster "
           f"{100 * churn_full:.1f}% (top-up kept {out['top_up']['kept']:,}, added {out['top_up']['added']:,}, "

@@ -294,10 +294,43 @@ def fingerprint_source(lake: Lake, format: str, *, path: Optional[str], table: O
         raise InputDataError(f"{key}.path={path!r} holds no {'files' if format == 'files' else 'Parquet files'}")
     digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
     out = {"kind": format, "path": path, "files": len(listing), "bytes": sum(b for _, b, _ in listing),
-           "listing_sha256": digest, "listing": [rel for rel, _, _ in listing]}
+           "listing_sha256": digest, "listing": [rel for rel, _, _ in listing],
+           # each listed file's (bytes, mtime in ns): what a nightly run compares to find the files new since a run
+           "listing_stats": [[size, mtime_ns] for _, size, mtime_ns in listing]}
     if format == "files":  # Spark's binaryFile source skips empty files: the embed stage rejects them itself
         out["empty_files"] = [[rel, mtime_ns] for rel, size, mtime_ns in listing if size == 0]
     return out
+
+
+#: where a lake keeps folder inputs' file listings, by their hash (``runs`` records the hash only)
+LISTINGS = "_listings"
+
+
+def _listing_digest(listing: list, stats: list) -> str:
+    return hashlib.sha256(json.dumps([[rel, size, mtime] for rel, (size, mtime) in zip(listing, stats)]).encode()).hexdigest()
+
+
+def keep_listing(lake: Lake, fingerprint: Optional[dict]) -> None:
+    """Keep a folder input's file listing (names, sizes, times) under ``<lake>/_listings/<its hash>.json``,
+    for a later run to tell which files are new (:func:`kept_listing`); other inputs keep nothing."""
+    if not fingerprint or fingerprint.get("listing_stats") is None:
+        return
+    rel = f"{LISTINGS}/{fingerprint['listing_sha256']}.json"
+    if lake.get_file(rel) is None:
+        lake.put_file(rel, json.dumps({"listing": fingerprint["listing"], "listing_stats": fingerprint["listing_stats"]}).encode())
+
+
+def kept_listing(lake: Lake, fingerprint: dict) -> Optional[set]:
+    """``{(name, bytes, mtime)}`` of the folder listing the ``fingerprint`` (as ``runs`` records it)
+    names, from :func:`keep_listing`; None when none was kept or it does not match the hash."""
+    data = lake.get_file(f"{LISTINGS}/{fingerprint.get('listing_sha256')}.json")
+    if data is None:
+        return None
+    kept = json.loads(data)
+    if _listing_digest(kept["listing"], kept["listing_stats"]) != fingerprint.get("listing_sha256"):
+        log.warning("%s/%s.json does not match its hash: ignored", LISTINGS, fingerprint.get("listing_sha256"))
+        return None
+    return {(rel, size, mtime) for rel, (size, mtime) in zip(kept["listing"], kept["listing_stats"])}
 
 
 def _fingerprint_catalog_table(lake: Lake, table: str, key: str) -> dict:

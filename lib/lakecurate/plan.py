@@ -220,5 +220,9 @@ def _result_keys(d: dict) -> dict:
     return d
 
 
+#: a folder fingerprint's per-file parts: ``listing_sha256`` covers them, so the run id does not hash them again
+LISTING_KEYS = ("listing", "listing_stats")
+
+
 def _without_listings(inputs: dict) -> dict:
-    return {k: {kk: vv for kk, vv in v.items() if kk != "listing"} for k, v in inputs.items() if v}
+    return {k: {kk: vv for kk, vv in v.items() if kk not in LISTING_KEYS} for k, v in inputs.items() if v}

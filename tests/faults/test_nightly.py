@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 
@@ -59,28 +60,39 @@ def assign_only(root, grown, run_id) -> dict:
 
 @pytest.fixture(scope="module")
 def fitted(spark, tmp_path_factory):
-    """A lake with a tree fitted (and sampled) on the first N rows, and a grown input of N + NEW
-    (five of the new rows copies of fitted ones: the incremental dedup has rows to remove)."""
+    """A lake with a tree fitted (and sampled) on the first N rows of a Parquet folder, which then
+    grows in place to N + NEW (five of the new rows copies of fitted ones: the incremental dedup has
+    rows to remove): each nightly run reads the new file only (``input_read``), as on a real lake."""
     base = tmp_path_factory.mktemp("nightly")
     x = long_tailed_pool(N + NEW, D, 12, alpha=0.8, spread=0.3, seed=3).x
     x[N : N + 5] = x[:5]
     ids = np.arange(N + NEW, dtype=np.int64)
-    first, grown = base / "first", base / "grown"
-    first.mkdir()
+    grown = base / "grown"
     grown.mkdir()
-    pq.write_table(embeddings_table(x[:N], ids=ids[:N]), first / "part-0.parquet")
     pq.write_table(embeddings_table(x[:N], ids=ids[:N]), grown / "part-0.parquet")
-    pq.write_table(embeddings_table(x[N:], ids=ids[N:]), grown / "part-1.parquet")
     seed = base / "seed"
-    fit = run(load_plan(data=fit_config(seed, first)), spark=spark)
+    fit = run(load_plan(data=fit_config(seed, grown)), spark=spark)
+    pq.write_table(embeddings_table(x[N:], ids=ids[N:]), base / "part-1.parquet")
+    shutil.copy2(base / "part-1.parquet", grown / "part-1.parquet")
     alone, assigned = base / "alone", base / "assigned"
     shutil.copytree(seed, alone)
     shutil.copytree(seed, assigned)
     ref = run(load_plan(data=nightly(alone, grown, run_id="nightly")), spark=spark)  # the run id names no lake root
+    assert ref.stages["assign"]["input_read"] == {"read": "increment", "files": 1, "of_files": 2}
     run(load_plan(data=assign_only(assigned, grown, "grow")), spark=spark)
     n_fit = len(frame(str(seed), "assignments"))
-    return {"seed": seed, "first": first, "grown": grown, "tree": fit.run_id, "alone": str(alone), "nightly_run": ref.run_id,
-            "assigned": str(assigned), "n_fit": n_fit}
+    return {"seed": seed, "grown": grown, "increment": base / "part-1.parquet", "tree": fit.run_id, "alone": str(alone),
+            "nightly_run": ref.run_id, "assigned": str(assigned), "n_fit": n_fit}
+
+
+@contextlib.contextmanager
+def before_growth(fitted):
+    """The input folder as the tree was fitted on it (its new file away), for a run that reuses the fit."""
+    os.remove(fitted["grown"] / "part-1.parquet")
+    try:
+        yield
+    finally:
+        shutil.copy2(fitted["increment"], fitted["grown"] / "part-1.parquet")  # the same bytes and mtime as before
 
 
 def lake_copy(fitted, tmp_path) -> str:
@@ -204,15 +216,17 @@ def test_a_stale_tree_is_refused_by_a_fresh_sample_and_repaired_by_the_next_assi
     run(load_plan(data=assign_only(root, fitted["grown"], "killed")), spark=spark)
     monkeypatch.undo()
     curated_version = DeltaTable(os.path.join(root, "curated")).version()
-    fresh = fit_config(root, fitted["first"], run_id="fresh", sampling={"target_size": 500})  # reuses the fit's tree
-    with pytest.raises(TableError, match=rf"sizes its tree at {fitted['n_fit']} rows but 'assignments' holds "
-                                         rf"{fitted['n_fit'] + NEW}.*assign stage again"):
-        run(load_plan(data=fresh), spark=spark)
+    fresh = fit_config(root, fitted["grown"], run_id="fresh", sampling={"target_size": 500})  # reuses the fit's tree
+    with before_growth(fitted):
+        with pytest.raises(TableError, match=rf"sizes its tree at {fitted['n_fit']} rows but 'assignments' holds "
+                                             rf"{fitted['n_fit'] + NEW}.*assign stage again"):
+            run(load_plan(data=fresh), spark=spark)
     assert DeltaTable(os.path.join(root, "curated")).version() == curated_version  # nothing written
     again = run(load_plan(data=assign_only(root, fitted["grown"], "next")), spark=spark)
     assert again.stages["assign"]["new_rows"] == 0 and again.stages["assign"]["repaired_counts"] is True
     assert assert_tree_counts_its_rows(root, fitted["tree"]) == fitted["n_fit"] + NEW
-    res = run(load_plan(data=fresh), spark=spark)
+    with before_growth(fitted):
+        res = run(load_plan(data=fresh), spark=spark)
     assert res.stages["sample"]["selected"] == 500
 
 

@@ -156,17 +156,21 @@ class Lake(Sources, ScratchSpace, Maintenance):
             df = df.where(F.col(RUN_ID) == run_id)
         return df
 
-    def read_delta_path(self, path: str, version: Optional[int] = None, partition: Optional[dict] = None):
+    def read_delta_path(self, path: str, version: Optional[int] = None, partition: Optional[dict] = None,
+                        added_after: Optional[int] = None):
         """Any Delta table by path (at ``version``, default the latest), with this lake's backend:
         the rows the Delta protocol says are live (:mod:`lakecurate.lake.spark_read` on embedded
         lakes). ``partition`` (``{column: value}``) limits an embedded read to those files; callers
-        still filter."""
+        still filter. ``added_after``: only the live files added after that version (embedded lakes)."""
         uri = hadoop_uri(path)
         if self.native is not None:
+            if added_after is not None:
+                raise TableError(f"{path!r}: a native-Delta lake reads whole versions through its engine, not the files "
+                                 f"added after version {added_after}")
             return self.native.read(uri, version)
         from lakecurate.lake.spark_read import snapshot_frame
 
-        snap = Snapshot(path, storage_options=self.options, version=version)
+        snap = Snapshot(path, storage_options=self.options, version=version, added_after=added_after)
         return snapshot_frame(self.spark, snap, spark_schema(snap.schema), partition)
 
     def delta_schema(self, path: str) -> pa.Schema:

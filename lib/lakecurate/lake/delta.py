@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from lakecurate.errors import TableError
-from lakecurate.lake.paths import absolute, first_line, hadoop_uri, rs_uri
+from lakecurate.lake.paths import absolute, filesystem, first_line, hadoop_uri, rs_uri
 from lakecurate.lake.pieces import FilePiece, InputFiles, read_piece
 
 
@@ -86,12 +86,16 @@ class Snapshot:
     table whose reader protocol or features this reader cannot honour (:func:`refuse_unreadable`).
     """
 
-    def __init__(self, path: str, *, storage_options: Optional[dict] = None, version: Optional[int] = None):
+    def __init__(self, path: str, *, storage_options: Optional[dict] = None, version: Optional[int] = None,
+                 added_after: Optional[int] = None):
         self.path = path
         self.options = storage_options
         self.dt = open_delta(path, storage_options, version)
         refuse_unreadable(path, self.dt)
         self.version = self.dt.version()
+        #: with ``added_after``: only the live files a commit after that version added (the increment)
+        self.added_after = added_after
+        self._added = None if added_after is None else added_paths(path, storage_options, added_after, self.version)
         self.schema = arrow_schema_of(self.dt)
         metadata = self.dt.metadata()
         self.partition_columns = list(metadata.partition_columns)
@@ -128,6 +132,8 @@ class Snapshot:
             if partition and any(values.get(k) != (None if v is None else str(v)) for k, v in partition.items()):
                 continue
             rel = a["path"]
+            if self._added is not None and unquote(rel) not in self._added:
+                continue
             uri = rel if "://" in rel else f"{base}/{unquote(rel)}"  # the log escapes the path once
             rows = a.get("num_records")
             f = DeltaFile(uri, values, None if rows is None else int(rows), int(a["size_bytes"]))
@@ -252,12 +258,36 @@ def arrow_schema_of(dt) -> pa.Schema:
     return pa.schema(dt.schema().to_arrow())
 
 
-def commit_file_actions(fs: pafs.FileSystem, log_file: str) -> list[dict]:
-    """The ``add`` and ``remove`` actions of one commit file of a Delta log (OSError if it is gone)."""
+def commit_file_actions(fs: pafs.FileSystem, log_file: str, kinds: tuple = ("add", "remove")) -> list[dict]:
+    """The ``add`` and ``remove`` actions (``kinds``) of one commit file of a Delta log (OSError if it is gone)."""
     with fs.open_input_stream(log_file) as f:
         lines = f.read().decode().splitlines()
     actions = [json.loads(line) for line in lines if line.strip()]
-    return [a[kind] for a in actions for kind in ("add", "remove") if kind in a]
+    return [a[kind] for a in actions for kind in kinds if kind in a]
+
+
+class LogGone(TableError):
+    """A commit of a Delta log is no longer there (cleaned up after a checkpoint)."""
+
+
+def added_paths(path: str, storage_options: Optional[dict], after: int, until: int) -> set:
+    """The data files (log paths, unescaped) that the commits ``after + 1 .. until`` of the Delta
+    table at ``path`` added: a file added there and still live at ``until`` holds every row that
+    is live at ``until`` and was not live at ``after`` (a rewrite, a new deletion vector or a
+    restore adds its file again). Raises :class:`LogGone` when one of those commits is gone."""
+    if after > until:
+        raise TableError(f"Delta table {path!r}: version {after} is newer than the version read ({until})")
+    fs, base = filesystem(path, storage_options or {})
+    out = set()
+    for v in range(after + 1, until + 1):
+        log_file = f"{base.rstrip('/')}/_delta_log/{v:020d}.json"
+        try:
+            actions = commit_file_actions(fs, log_file, ("add",))
+        except OSError as exc:  # gone after a checkpoint, or unreadable: the caller reads the whole table instead
+            raise LogGone(f"Delta table {path!r}: commit {v} of its log cannot be read ({first_line(exc)}); "
+                          "a log cleaned up after a checkpoint no longer says which files it added") from exc
+        out.update(unquote(a["path"]) for a in actions)
+    return out
 
 
 _Z85 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"

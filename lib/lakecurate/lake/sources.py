@@ -71,11 +71,13 @@ class Sources:
                 if not self._is_delta(hadoop_uri(path)):
                     raise TableError(f"{key}.path={path!r} is not a Delta table (no readable _delta_log); "
                                      f"for a folder of Parquet files use {key}.format=parquet")
-                return self.read_delta_path(path, version)
+                return self.read_delta_path(path, version, added_after=snapshot.get("added_after") if snapshot else None)
             if format == "parquet":
                 listing = snapshot.get("listing") if snapshot else None
-                if listing and fs.get_file_info(p).type == pafs.FileType.Directory:
+                if listing is not None and fs.get_file_info(p).type == pafs.FileType.Directory:
                     base = hadoop_uri(path).rstrip("/")
+                    if not listing:  # an increment with no new file: the folder's columns, no rows
+                        return self.spark.read.parquet(base).limit(0)
                     return self.spark.read.option("basePath", base).parquet(*[f"{base}/{rel}" for rel in listing])
                 return self.spark.read.parquet(hadoop_uri(path))
         except TableError:
@@ -97,7 +99,8 @@ class Sources:
             if self.native is not None:
                 return None, "on a native-Delta lake, Delta tables are read through the engine"
             try:
-                snap = Snapshot(path, storage_options=self.options, version=snapshot.get("version") if snapshot else None)
+                snap = Snapshot(path, storage_options=self.options, version=snapshot.get("version") if snapshot else None,
+                                added_after=snapshot.get("added_after") if snapshot else None)
             except Exception as exc:  # read_source says what is wrong, with its usual message
                 return None, f"its Delta log could not be read here ({first_line(exc)})"
             parts = [c for c in columns if c in snap.partition_columns]

@@ -49,6 +49,7 @@ from lakecurate.core.assign import RoutedCentroids
 from lakecurate.core.kmeans import normalize_rows
 from lakecurate.errors import ConfigError, RunChangedError, StaleTreeWarning, TableError
 from lakecurate.faults import fault_point
+from lakecurate.inputs import keep_listing
 from lakecurate.spark.arrow import matrix_to_list_array
 from lakecurate.spark.assignments import assignment_rows, cluster_counts
 from lakecurate.stages.context import Checks, Command, Reruns, Stage, StageContext
@@ -102,6 +103,89 @@ def tree_lineage(ctx: StageContext, tree_run: str) -> list[str]:
     runs = {tree_run} | {run for run, stage, m in done if (stage == "assign" and m.get("tree_run_id") == tree_run)
                          or (stage == "cluster" and m.get("reused_from") == tree_run)}
     return sorted({m.get("reused_from", run) for run, stage, m in done if stage == "dedup" and run in runs})
+
+
+#: the stages that may run before a lineage run's cluster or assign stage for it to have taken every
+#: row of its input (dedup removes rows, but records them in ``duplicates``, which the lineage reads)
+WHOLE_INPUT_BEFORE = frozenset({"dedup"})
+
+
+def increment_read(ctx: StageContext, tree_run: str) -> tuple[Optional[dict], dict]:
+    """``(snapshot, facts)``: what a nightly stage reads to find the rows new to the tree.
+
+    Every row of the input that was live when a run of the tree's lineage read it is in the tree
+    or among its lineage's duplicates: the run that fitted it, and every assign since, took all
+    of its input's rows (only a dedup may run before them). So the rows new to the tree are in
+    the files added to the input since the newest such read: for a Delta table, the live files a
+    commit after that version added (its log says which); for a Parquet folder, the files not in
+    such a run's listing with the same size and modification time. ``snapshot`` is the run's
+    pinned input narrowed to those files (read as usual: :func:`lakecurate.inputs.read_run_input`);
+    None, with ``facts["why"]``, when the whole input must be read (no such run recorded this
+    input, another kind of input, a native-Delta lake, a Delta log cleaned up since). The rows
+    read are anti-joined with the tree as before, so a file read again costs time, never rows.
+    """
+    from lakecurate.inputs import kept_listing
+    from lakecurate.lake.delta import Snapshot
+
+    cfg = ctx.config
+    pinned = ctx.plan.inputs.get("input")
+
+    def whole(why: str):
+        log.info("%s: reading the whole input %s to find the rows new to the tree: %s", ctx.config.name, cfg.input.location, why)
+        return None, {"read": "whole", "why": why}
+
+    if not pinned:
+        return whole("it has no fingerprint (a generated pool)")
+    kind = pinned.get("kind")
+    if kind not in ("delta", "parquet"):
+        return whole(f"a {kind} input is read whole")
+    if kind == "delta" and ctx.lake.native is not None:
+        return whole("on a native-Delta lake the engine reads whole table versions")
+    mine = to_dict(cfg.input)
+    seen = []
+    rows = ctx.lake.read_small(RUNS, columns=["run_id", "stage", "status", "config", "metrics"]) if ctx.lake.exists(RUNS) else []
+    for r in rows:
+        if r["status"] != "succeeded" or r["stage"] not in ("cluster", "assign"):
+            continue
+        m = json.loads(r["metrics"] or "{}")
+        if (r["stage"] == "cluster" and tree_run not in (r["run_id"], m.get("reused_from"))) or \
+                (r["stage"] == "assign" and m.get("tree_run_id") != tree_run):
+            continue
+        c = json.loads(r["config"] or "{}")
+        stages = list(c.get("stages") or ())
+        if r["stage"] not in stages or set(stages[:stages.index(r["stage"])]) - WHOLE_INPUT_BEFORE or c.get("input") != mine:
+            continue
+        fp = (m.get("inputs") or {}).get("input")
+        if fp and fp.get("kind") == kind and fp.get("path") == pinned.get("path"):
+            seen.append(fp)
+    if not seen:
+        return whole(f"no run of the tree of run {tree_run} recorded reading it with this input section")
+    if kind == "delta":
+        versions = [fp["version"] for fp in seen if fp.get("table_id") == pinned.get("table_id") and fp.get("version") is not None
+                    and fp["version"] <= pinned["version"]]
+        if not versions:
+            return whole(f"the runs of the tree of run {tree_run} read another table at {pinned['path']} (a replaced table)")
+        after = max(versions)
+        try:
+            files = Snapshot(pinned["path"], storage_options=ctx.lake.options, version=pinned["version"], added_after=after).files()
+        except TableError as exc:
+            return whole(str(exc))
+        facts = {"read": "increment", "added_after_version": after, "version": pinned["version"], "files": len(files),
+                 "rows": None if any(f.rows is None for f in files) else sum(f.rows for f in files)}
+        log.info("%s: reading the %d file(s) of %s added after version %d (the tree's lineage read it to there) up to version %d",
+                 ctx.config.name, len(files), cfg.input.location, after, pinned["version"])
+        return {**pinned, "added_after": after}, facts
+    known: set = set()
+    for listing in filter(None, (kept_listing(ctx.lake, fp) for fp in {fp["listing_sha256"]: fp for fp in seen}.values())):
+        known |= listing
+    if not known:
+        return whole(f"the lake kept no file listing of the runs of the tree of run {tree_run} (runs before listings were kept)")
+    listing, stats = pinned.get("listing") or [], pinned.get("listing_stats") or []
+    new = [(rel, st) for rel, st in zip(listing, stats) if (rel, *st) not in known]
+    facts = {"read": "increment", "files": len(new), "of_files": len(listing)}
+    log.info("%s: reading the %d of %d file(s) of %s not read by the tree's lineage (new, or changed since)",
+             ctx.config.name, len(new), len(listing), cfg.input.location)
+    return {**pinned, "listing": [rel for rel, _ in new], "listing_stats": [st for _, st in new]}, facts
 
 
 def old_duplicates(ctx: StageContext, tree_run: str):
@@ -244,7 +328,9 @@ def run_assign(ctx: StageContext, metrics: dict) -> None:
     k = centroids.shape[0]
     metrics.update(tree_run_id=tree_run, increment=ctx.run_id)
     quantiles = fit_quantiles(ctx, tree_run, k)
-    new, n_new, info = append_new_rows(ctx, tree_run, centroids, parents)
+    keep_listing(ctx.lake, ctx.plan.inputs.get("input"))  # what the next nightly run compares its folder with
+    snapshot, metrics["input_read"] = increment_read(ctx, tree_run)
+    new, n_new, info = append_new_rows(ctx, tree_run, centroids, parents, snapshot)
     metrics["new_rows"] = n_new
     if recount(ctx, tree_run, parents) and n_new == 0:
         log.warning("assign: the sizes in %r of run %s did not count its assignments (an earlier attempt was stopped between "
@@ -279,18 +365,19 @@ def run_assign(ctx: StageContext, metrics: dict) -> None:
             "no longer fits the pool; re-cluster (run the cluster stage on the grown pool)"), stacklevel=2)
 
 
-def append_new_rows(ctx: StageContext, tree_run: str, centroids, parents):
+def append_new_rows(ctx: StageContext, tree_run: str, centroids, parents, snapshot: Optional[dict] = None):
     """``(new rows, how many, TableInfo or None)``: the input's rows new to the tree, labelled and
     appended to its ``assignments`` as one version computed from one snapshot of it. When another
     run touched the tree's rows after that snapshot, nothing is committed and the new rows are
-    computed again on the new one (bounded): an increment lands once."""
+    computed again on the new one (bounded): an increment lands once. ``snapshot``: the input's
+    files to look in (:func:`increment_read`; default all of them)."""
     from lakecurate.spark.blocks import EmbeddingBlocks
 
     cfg = ctx.config
     id_col = cfg.input.id_column
     for attempt in range(APPEND_ATTEMPTS):
         version = ctx.lake.version(ASSIGNMENTS)
-        new = new_rows(ctx, tree_run, ctx.input_frame("assign"), version)
+        new = new_rows(ctx, tree_run, ctx.input_frame("assign", snapshot), version)
         n_new = new.count()
         if n_new == 0:
             return new, 0, None

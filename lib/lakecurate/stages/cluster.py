@@ -23,6 +23,7 @@ from lakecurate.core.in_process import NumpyAssigner
 from lakecurate.core.hierarchy import Level, fit_hierarchy, parent_ids
 from lakecurate.core.kmeans import normalize_rows
 from lakecurate.faults import fault_point
+from lakecurate.inputs import keep_listing
 from lakecurate.spark.arrow import matrix_to_list_array
 from lakecurate.spark.assigner import SparkAssigner
 from lakecurate.spark.assignments import assignment_rows
@@ -170,6 +171,7 @@ def run_cluster(ctx: StageContext, metrics: dict) -> None:
     cfg = ctx.config
     ccfg = cfg.clustering
     t0 = time.perf_counter()
+    keep_listing(ctx.lake, ctx.plan.inputs.get("input"))  # what a nightly run compares its folder with
     blocks = ctx.input_blocks("cluster", transform=normalize_rows if ccfg.metric == "cosine" else None, metric=ccfg.metric)
     assigner = SparkAssigner(blocks)
     upper: list[EmbeddingBlocks] = []  # levels 2..T run on the executors

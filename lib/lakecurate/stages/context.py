@@ -163,13 +163,15 @@ class StageContext:
     def run_id(self) -> str:
         return self.plan.run_id
 
-    def input_frame(self, stage: str):
+    def input_frame(self, stage: str, snapshot: Optional[dict] = None):
         """The run's input as ``stage`` sees it: the configured input, then what each stage of
         the run before ``stage`` hands on (the embed stage's embeddings replace it; the dedup
-        stage removes its duplicates). For a stage not in the run, every stage's hand-on applies."""
+        stage removes its duplicates). For a stage not in the run, every stage's hand-on applies.
+        ``snapshot``: the input's pinned fingerprint narrowed to some of its files (a nightly
+        increment, :func:`lakecurate.stages.assign.increment_read`)."""
         from lakecurate.inputs import read_run_input
 
-        frame = functools.partial(read_run_input, self.lake, self.config.input, self.plan.inputs.get("input"))
+        frame = functools.partial(read_run_input, self.lake, self.config.input, snapshot or self.plan.inputs.get("input"))
         for record in self._handing_on(stage):
             frame = functools.partial(record.hands_on.frame, self, frame)
         return frame()

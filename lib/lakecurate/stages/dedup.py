@@ -127,18 +127,19 @@ def run_increment(ctx: StageContext, metrics: dict) -> None:
 
     from lakecurate.spark.blocks import EmbeddingBlocks
     from lakecurate.spark.dedup import increment_removed, old_links
-    from lakecurate.stages.assign import find_tree, new_rows
+    from lakecurate.stages.assign import find_tree, increment_read, new_rows
 
     cfg = ctx.config
     dcfg = cfg.dedup
     id_col = cfg.input.id_column
     t0 = time.perf_counter()
     tree_run = find_tree(ctx)
-    source = ctx.input_frame("dedup")
-    new = new_rows(ctx, tree_run, source)
-    old = source.join(ctx.lake.read(ASSIGNMENTS, tree_run).select(id_col), on=id_col, how="left_semi")
-    has_new, has_old = new.limit(1).count() > 0, old.limit(1).count() > 0  # the counts come with the caches
-    metrics.update(mode="incremental", tree_run_id=tree_run, eps=dcfg.eps)
+    snapshot, read = increment_read(ctx, tree_run)
+    new = new_rows(ctx, tree_run, ctx.input_frame("dedup", snapshot))
+    old = ctx.input_frame("dedup").join(ctx.lake.read(ASSIGNMENTS, tree_run).select(id_col), on=id_col, how="left_semi")
+    has_new = new.limit(1).count() > 0
+    has_old = has_new and old.limit(1).count() > 0  # the counts come with the caches
+    metrics.update(mode="incremental", tree_run_id=tree_run, eps=dcfg.eps, input_read=read)
     if not has_new:
         log.info("dedup: every row of the input is in the tree of run %s or was removed from its pool: nothing to compare", tree_run)
         metrics.update(new_rows=0, n_rows=0, removed=0, removed_as_old=0, kept=0, seconds=round(time.perf_counter() - t0, 3))
