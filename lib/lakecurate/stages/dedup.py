@@ -136,9 +136,7 @@ def run_increment(ctx: StageContext, metrics: dict) -> None:
     tree_run = find_tree(ctx)
     snapshot, read = increment_read(ctx, tree_run)
     new = new_rows(ctx, tree_run, ctx.input_frame("dedup", snapshot))
-    old = ctx.input_frame("dedup").join(ctx.lake.read(ASSIGNMENTS, tree_run).select(id_col), on=id_col, how="left_semi")
-    has_new = new.limit(1).count() > 0
-    has_old = has_new and old.limit(1).count() > 0  # the counts come with the caches
+    has_new = new.limit(1).count() > 0  # the counts come with the caches
     metrics.update(mode="incremental", tree_run_id=tree_run, eps=dcfg.eps, input_read=read)
     if not has_new:
         log.info("dedup: every row of the input is in the tree of run %s or was removed from its pool: nothing to compare", tree_run)
@@ -151,7 +149,7 @@ def run_increment(ctx: StageContext, metrics: dict) -> None:
             transform=unit_rows, where=f"dedup {what} of {cfg.input.location}", cache=cfg.spark.block_cache, lake=ctx.lake)
 
     blocks = cache(new, "new rows")
-    olds = cache(old, "rows of the tree") if has_old else None
+    olds = tree_rows(ctx, tree_run, cache)
     shipped: list = []
     held: list = []
 
@@ -197,6 +195,40 @@ def run_increment(ctx: StageContext, metrics: dict) -> None:
         blocks.release()
         if olds is not None:
             olds.release()
+
+
+def tree_rows(ctx: StageContext, tree_run: str, cache):
+    """The input's rows that are in the tree (its ``assignments``), cached as unit-row blocks, or
+    None when there are none: the one read of the kept rows a nightly dedup makes. An input of
+    files is read by the tasks (Arrow, :meth:`EmbeddingBlocks.from_files`), keeping the rows whose
+    id the tree holds (up to :data:`~lakecurate.inputs.HANDED_IDS_MAX` ids on the driver); else,
+    or above that, a semi-join through Spark."""
+    from dataclasses import replace
+
+    from lakecurate.inputs import HANDED_IDS_MAX
+    from lakecurate.lake.pieces import RowFilter
+    from lakecurate.spark.blocks import EmbeddingBlocks
+
+    cfg = ctx.config
+    id_col = cfg.input.id_column
+    where = f"dedup rows of the tree of {cfg.input.location}"
+    files, why = ctx.input_files("dedup")
+    ids = ctx.lake.column_values(ASSIGNMENTS, tree_run, id_col, limit=HANDED_IDS_MAX) if files is not None else None
+    if ids is not None:
+        if len(ids) == 0:
+            return None
+        files = replace(files.filtered(RowFilter(files.physical_of(id_col), ids, keep=True)), where=where)
+        try:
+            return EmbeddingBlocks.from_files(
+                ctx.spark, files, id_column=id_col, embedding_column=cfg.input.embedding_column, partitions=cfg.spark.partitions,
+                transform=unit_rows, cache=cfg.spark.block_cache, lake=ctx.lake, block_rows=cfg.spark.arrow_batch_rows)
+        except InputDataError as exc:
+            if str(exc).startswith(f"{where} is empty"):  # the tree's rows are no longer in the input
+                return None
+            raise
+    log.info("%s: read through Spark: %s", where, why or f"the tree holds more than {HANDED_IDS_MAX:,} ids")
+    old = ctx.input_frame("dedup").join(ctx.lake.read(ASSIGNMENTS, tree_run).select(id_col), on=id_col, how="left_semi")
+    return cache(old, "rows of the tree") if old.limit(1).count() > 0 else None
 
 
 def check(cfg) -> None:
