@@ -11,6 +11,7 @@ import pytest
 from deltalake import DeltaTable
 
 from lakecurate.core.assign import nearest_centroid
+from lakecurate.core.sampling import ClusterTree, hierarchical_quotas, selection_keys
 from lakecurate.core.synthetic import long_tailed_pool
 from lakecurate.errors import ConfigError, TableError
 from lakecurate.pipeline import run
@@ -119,6 +120,25 @@ def test_a_new_concept_says_a_recluster_is_due(spark, lake):
     assert by_top and set(by_top) <= {str(c) for c in range(5)} and max(by_top.values()) > 0.5  # per top-level cluster
 
 
+def top_up_reference(root, tree, earlier: set, target: int, seed: int = 0) -> dict:
+    """{id: rank} of a top-up (random strategy, no repeats) by the rule, in pandas: per level-1
+    cluster, the tree's rows ordered earlier-set first, then by key and row key; the first quota."""
+    clusters = rows_of(root, "clusters", tree)
+    sizes, parents = [], []
+    for level in sorted(clusters["level"].unique()):
+        lv = clusters[clusters["level"] == level].sort_values("cluster_id")
+        sizes.append(lv["size"].to_numpy(np.int64))
+        parents.append(None if lv["parent_id"].isna().all() else lv["parent_id"].to_numpy(np.int64))
+    quotas = hierarchical_quotas(ClusterTree(sizes, parents), target, np.random.default_rng(seed))
+    a = rows_of(root, "assignments", tree).copy()
+    a["earlier"] = a["id"].isin(earlier)
+    a["key"] = selection_keys(a["row_key"].to_numpy(np.int64), a["distance"].to_numpy(np.float32), "random", seed)
+    a = a.sort_values(["cluster", "earlier", "key", "row_key"], ascending=[True, False, True, True])
+    a["rank"] = a.groupby("cluster").cumcount()
+    chosen = a[a["rank"] < quotas[a["cluster"].to_numpy()]]
+    return dict(zip(chosen["id"], chosen["rank"]))
+
+
 def test_top_up_keeps_the_earlier_curated_rows_the_quotas_allow(spark, lake):
     root, tree = lake["root"], lake["tree"]
     earlier = set(rows_of(root, "curated", tree)["id"])
@@ -145,6 +165,10 @@ def test_top_up_keeps_the_earlier_curated_rows_the_quotas_allow(spark, lake):
     assert m["dropped"] == int((before - after).clip(lower=0).sum()) and m["added"] == int((after - before).clip(lower=0).sum())
     assert m["added"] - m["dropped"] == 60
     # each row says the run it came in; the earlier set's rows say the run that dropped them
+    # the rows and ranks are the rule's, ranked here over every row of the tree (the stage ranks
+    # again only the clusters whose quota exceeds their earlier rows)
+    got = rows_of(root, "curated", "nightly-top-up")
+    assert dict(zip(got["id"], got["rank"])) == top_up_reference(root, tree, earlier, 660)
     came = rows_of(root, "curated", "nightly-top-up").set_index("id")["added_in"]
     assert all(came[i] == (tree if i in earlier else "nightly-top-up") for i in now)
     left = rows_of(root, "curated", tree).set_index("id")["dropped_in"]

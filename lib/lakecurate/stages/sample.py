@@ -142,8 +142,20 @@ def run_sample(ctx: StageContext, metrics: dict) -> None:
         log.info("sample: no earlier curated set of the tree of run %s: sampling it afresh", ctx.output_run("cluster"))
     if previous is not None:
         # the earlier set's rows first in every cluster: a cluster keeps min(quota, its earlier rows)
-        # of them (the best by the strategy) and adds rows only where its quota grew
-        keyed = keyed.join(previous[1].withColumn("earlier", F.lit(1)), on=id_col, how="left").fillna(0, ["earlier"])
+        # of them (the best by the strategy) and adds rows only where its quota grew. Ranked first,
+        # an earlier row's rank is its rank among its cluster's earlier rows, and a row not in the
+        # earlier set can only be chosen in a cluster whose quota exceeds its earlier rows: only
+        # those clusters' other rows are ranked again (the same ranks, far fewer rows to sort)
+        flagged = assignments.join(previous[1].withColumn("earlier", F.lit(1)), on=id_col, how="left").fillna(0, ["earlier"])
+        # the earlier set's rows per cluster, from that set (its rows keep their cluster: a tree only grows)
+        earlier_n = (ctx.lake.read(CURATED, previous[0], version=previous[2]).where("copy = 0")
+                     .groupBy("cluster").agg(F.count("*").alias("earlier_n")))
+        grown = (quota_df.join(earlier_n, on="cluster", how="left").fillna(0, ["earlier_n"])
+                 .where(F.col("quota") > F.col("earlier_n")).select("cluster", F.lit(1).alias("grown")))
+        metrics["reranked_clusters"] = grown.count()
+        rows = (flagged.join(grown, on="cluster", how="left")
+                .where((F.col("earlier") == 1) | F.col("grown").isNotNull()).drop("grown"))
+        keyed = _keyed(rows, scfg.strategy, scfg.seed)
         added_in = F.coalesce("earlier_added_in", F.lit(ctx.run_id))  # a kept row keeps the run it came in
         order = [F.col("earlier").desc()] + order
     ranked = keyed.withColumn("rank", F.row_number().over(Window.partitionBy("cluster").orderBy(*order)) - 1)
