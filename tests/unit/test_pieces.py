@@ -79,3 +79,31 @@ def test_row_filters_keep_or_drop_ids_as_the_anti_and_semi_joins_they_replace(tm
     assert [v for b in read_piece(removed, removed.pieces[0], 10) for v in b.column("id").to_pylist()] == [1, None]
     assert [v for b in read_piece(chosen, chosen.pieces[0], 10) for v in b.column("id").to_pylist()] == [2, 4]
     assert files.physical_of("embedding") == "embedding"
+
+
+def test_a_delta_snapshot_narrowed_to_the_files_added_after_a_version(tmp_path):
+    """A nightly increment's files: those a commit after the version added and still live, matched
+    however the log escapes their paths (partition values with ':', ' ', '%' and non-ASCII)."""
+    from deltalake import DeltaTable, write_deltalake
+
+    from lakecurate.errors import TableError
+    from lakecurate.lake.delta import Snapshot
+
+    def rows(ids, part):
+        return pa.table({"id": pa.array(ids, pa.int64()), "part": pa.array([part] * len(ids))})
+
+    t = str(tmp_path / "t")
+    write_deltalake(t, rows(range(0, 10), "a:b c%"), partition_by=["part"])  # v0
+    write_deltalake(t, rows(range(10, 20), "é 1"), partition_by=["part"], mode="append")  # v1
+    write_deltalake(t, rows(range(20, 30), "a:b c%"), partition_by=["part"], mode="append")  # v2
+    DeltaTable(t).delete("id = 25")  # v3: rewrites v2's file without row 25
+
+    def ids(snap):
+        return sorted(i for piece in snap.scan(["id"]) for i in piece.column("id").to_pylist())
+
+    assert ids(Snapshot(t, added_after=0)) == [i for i in range(10, 30) if i != 25]
+    assert ids(Snapshot(t, added_after=1)) == [i for i in range(20, 30) if i != 25]
+    assert ids(Snapshot(t, version=2, added_after=1)) == list(range(20, 30))
+    assert Snapshot(t, added_after=3).files() == [] and len(Snapshot(t).files()) == 3
+    with pytest.raises(TableError, match="version 3 is newer than the version read"):
+        Snapshot(t, version=2, added_after=3)

@@ -95,7 +95,16 @@ class Snapshot:
         self.version = self.dt.version()
         #: with ``added_after``: only the live files a commit after that version added (the increment)
         self.added_after = added_after
-        self._added = None if added_after is None else added_paths(path, storage_options, added_after, self.version)
+        self._added = None
+        if added_after is not None:
+            added = added_paths(path, storage_options, added_after, self.version)
+            # every live file was live at ``added_after`` or added since: else the log and this reader disagree
+            unexplained = self.live_paths() - added - Snapshot(path, storage_options=storage_options, version=added_after).live_paths()
+            if unexplained:
+                raise TableError(f"Delta table {path!r}: {len(unexplained)} live file(s) of version {self.version} (e.g. "
+                                 f"{sorted(unexplained)[:2]}) were neither live at version {added_after} nor added after it: "
+                                 "the files added since cannot be told")
+            self._added = added
         self.schema = arrow_schema_of(self.dt)
         metadata = self.dt.metadata()
         self.partition_columns = list(metadata.partition_columns)
@@ -113,6 +122,10 @@ class Snapshot:
             self.physical[field.name] = name
         features = set(self.dt.protocol().reader_features or ())
         self.has_deletion_vectors = "deletionVectors" in features
+
+    def live_paths(self) -> set:
+        """The live files' paths as the log names them, decoded (:func:`_decoded`)."""
+        return {_decoded(p) for p in pa.table(self.dt.get_add_actions(flatten=True)).column("path").to_pylist()}
 
     @property
     def data_columns(self) -> list[str]:
@@ -132,7 +145,7 @@ class Snapshot:
             if partition and any(values.get(k) != (None if v is None else str(v)) for k, v in partition.items()):
                 continue
             rel = a["path"]
-            if self._added is not None and unquote(rel) not in self._added:
+            if self._added is not None and _decoded(rel) not in self._added:  # decoded alike, however escaped
                 continue
             uri = rel if "://" in rel else f"{base}/{unquote(rel)}"  # the log escapes the path once
             rows = a.get("num_records")
@@ -271,7 +284,7 @@ class LogGone(TableError):
 
 
 def added_paths(path: str, storage_options: Optional[dict], after: int, until: int) -> set:
-    """The data files (log paths, unescaped) that the commits ``after + 1 .. until`` of the Delta
+    """The data files (log paths, decoded as :func:`_decoded` does) that the commits ``after + 1 .. until`` of the Delta
     table at ``path`` added: a file added there and still live at ``until`` holds every row that
     is live at ``until`` and was not live at ``after`` (a rewrite, a new deletion vector or a
     restore adds its file again). Raises :class:`LogGone` when one of those commits is gone."""
@@ -286,7 +299,7 @@ def added_paths(path: str, storage_options: Optional[dict], after: int, until: i
         except OSError as exc:  # gone after a checkpoint, or unreadable: the caller reads the whole table instead
             raise LogGone(f"Delta table {path!r}: commit {v} of its log cannot be read ({first_line(exc)}); "
                           "a log cleaned up after a checkpoint no longer says which files it added") from exc
-        out.update(unquote(a["path"]) for a in actions)
+        out.update(_decoded(a["path"]) for a in actions)
     return out
 
 
