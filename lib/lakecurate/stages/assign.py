@@ -143,7 +143,8 @@ def increment_read(ctx: StageContext, tree_run: str) -> tuple[Optional[dict], di
         return whole("on a native-Delta lake the engine reads whole table versions")
     mine = to_dict(cfg.input)
     seen = []
-    rows = ctx.lake.read_small(RUNS, columns=["run_id", "stage", "status", "config", "metrics"]) if ctx.lake.exists(RUNS) else []
+    rows = ctx.lake.read_small(RUNS, columns=["run_id", "stage", "status", "finished_at", "config", "metrics"]) \
+        if ctx.lake.exists(RUNS) else []
     for r in rows:
         if r["status"] != "succeeded" or r["stage"] not in ("cluster", "assign"):
             continue
@@ -157,7 +158,8 @@ def increment_read(ctx: StageContext, tree_run: str) -> tuple[Optional[dict], di
             continue
         fp = (m.get("inputs") or {}).get("input")
         if fp and fp.get("kind") == kind and fp.get("path") == pinned.get("path"):
-            seen.append(fp)
+            seen.append((r["finished_at"], fp))
+    seen = [fp for _, fp in sorted(seen, key=lambda t: t[0], reverse=True)]  # the latest first
     if not seen:
         return whole(f"no run of the tree of run {tree_run} recorded reading it with this input section")
     if kind == "delta":
@@ -175,9 +177,9 @@ def increment_read(ctx: StageContext, tree_run: str) -> tuple[Optional[dict], di
         log.info("%s: reading the %d file(s) of %s added after version %d (the tree's lineage read it to there) up to version %d",
                  ctx.config.name, len(files), cfg.input.location, after, pinned["version"])
         return {**pinned, "added_after": after}, facts
-    known: set = set()
-    for listing in filter(None, (kept_listing(ctx.lake, fp) for fp in {fp["listing_sha256"]: fp for fp in seen}.values())):
-        known |= listing
+    # the latest read's listing (a folder grows, so it holds the earlier ones' files): files it
+    # does not list are read, so an older listing would only read more, never miss a row
+    known = next(filter(None, (kept_listing(ctx.lake, fp) for fp in seen)), None)
     if not known:
         return whole(f"the lake kept no file listing of the runs of the tree of run {tree_run} (runs before listings were kept)")
     listing, stats = pinned.get("listing") or [], pinned.get("listing_stats") or []
