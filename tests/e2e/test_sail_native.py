@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 
@@ -189,15 +190,23 @@ def grown_inputs(tmp_path_factory):
 
 def nightly_tables(sail, tmp, first, grown, target, backend) -> tuple[str, dict]:
     root = tmp / f"lake-{backend}"
+    pool = tmp / f"pool-{backend}"  # fitted with the first file, then grown in place: the nightly run reads the new file only
+    pool.mkdir()
+    shutil.copy2(grown / "part-0.parquet", pool / "part-0.parquet")
     common = {"lake": {"root": str(root), "backend": backend}, "clustering": CLUSTERING, "spark": {"partitions": 2}}
-    fit = {"name": "fit", "stages": ["dedup", "cluster", "sample", "shards"], "input": {"format": "parquet", "path": str(first)},
+    fit = {"name": "fit", "stages": ["dedup", "cluster", "sample", "shards"], "input": {"format": "parquet", "path": str(pool)},
            "dedup": {"eps": 0.01, "n_iter": 2}, "sampling": {"target_size": 300}, "shards": {"payload_columns": ["embedding"]}, **common}
-    nightly = {"name": "nightly", "stages": ["dedup", "assign", "sample"], "input": {"format": "parquet", "path": str(grown)},
+    nightly = {"name": "nightly", "stages": ["dedup", "assign", "sample"], "input": {"format": "parquet", "path": str(pool)},
                "dedup": {"mode": "incremental", "eps": 0.01, "n_iter": 2}, "sampling": {"target_size": 360, "mode": "top_up"}, **common}
-    coreset = {"name": "coreset", "stages": ["coreset"], "input": {"format": "parquet", "path": str(grown)},
+    coreset = {"name": "coreset", "stages": ["coreset"], "input": {"format": "parquet", "path": str(pool)},
                "coreset": {"target": {"format": "parquet", "path": str(target)}, "n_centroids": 4, "patience": 3}, **common}
-    for name, cfg in (("fit", fit), ("nightly", nightly), ("coreset", coreset)):
+    cli(sail, "run", write_config(tmp / f"fit-{backend}.yaml", fit))
+    shutil.copy2(grown / "part-1.parquet", pool / "part-1.parquet")
+    for name, cfg in (("nightly", nightly), ("coreset", coreset)):
         cli(sail, "run", write_config(tmp / f"{name}-{backend}.yaml", cfg))
+    runs = DeltaTable(str(root / "runs")).to_pandas()
+    read = [json.loads(m).get("input_read", m) for m in runs[(runs.stage == "assign") & (runs.status == "succeeded")]["metrics"]]
+    assert read == [{"read": "increment", "files": 1, "of_files": 2}], read
     again = cli(sail, "run", write_config(tmp / f"nightly-{backend}.yaml", nightly), "run_id=nightly-again")  # nothing new to assign
     assert "assign: 0 new rows" in again.stdout
     tables = {}

@@ -221,6 +221,10 @@ def test_a_nightly_increment_on_spark_connect(connect_results):
     assert set(mine.loc[list(range(1_000_000, 1_000_040)), "kept_id"]) <= assigned
     assert assign["new_rows"] == 60 - dedup["removed"] and not set(mine.index) & assigned
     assert sample["added"] - sample["dropped"] == 20 and sample["previous_run_id"] == tree
+    # the tree was fitted on the generated pool, not this folder: the whole folder is read, saying why
+    # (the increment read on a Connect engine: tests/e2e/test_sail_native.py)
+    assert dedup["input_read"]["read"] == assign["input_read"]["read"] == "whole"
+    assert "no run of the tree" in assign["input_read"]["why"], assign["input_read"]
 
 
 def test_two_step_levels_on_spark_connect_equal_classic(spark, tmp_path, connect_results):
