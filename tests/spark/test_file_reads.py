@@ -116,6 +116,22 @@ def test_the_files_read_are_the_fingerprinted_listing(spark, tmp_path):
     assert gone is None and "gone" in why
 
 
+def test_an_increment_with_no_new_file_reads_no_row_of_a_folder_or_a_file(spark, tmp_path):
+    """A nightly increment narrows the pinned listing to the new files; none new: no row read, the columns kept."""
+    x = np.random.default_rng(2).normal(size=(20, 4)).astype(np.float32)
+    folder = tmp_path / "p"
+    folder.mkdir()
+    pq.write_table(embeddings_table(x), folder / "a.parquet")
+    lake = Lake(spark, LakeConfig(root=str(tmp_path / "lake")))
+    for path in (folder, folder / "a.parquet"):
+        cfg = InputConfig(format="parquet", path=str(path))
+        nothing = {**fingerprint_run_input(lake, cfg), "listing": [], "listing_stats": []}
+        df = lake.read_source("parquet", path=str(path), snapshot=nothing)
+        assert df.columns == ["id", "embedding"] and df.count() == 0, path
+        files, why = run_input_files(lake, cfg, nothing)
+        assert files is None and "no Parquet files" in why, path
+
+
 def test_a_column_only_in_partition_folders_is_read_through_spark(spark, tmp_path):
     """A Parquet folder laid out as ``shard=N/`` whose rows take a column from the folder names:
     the files alone lack it, so Spark's reader (which discovers it) reads the input."""

@@ -74,10 +74,10 @@ class Sources:
                 return self.read_delta_path(path, version, added_after=snapshot.get("added_after") if snapshot else None)
             if format == "parquet":
                 listing = snapshot.get("listing") if snapshot else None
+                if listing is not None and not listing:  # an increment with no new file: the input's columns, no rows
+                    return self.spark.read.parquet(hadoop_uri(path)).limit(0)
                 if listing is not None and fs.get_file_info(p).type == pafs.FileType.Directory:
                     base = hadoop_uri(path).rstrip("/")
-                    if not listing:  # an increment with no new file: the folder's columns, no rows
-                        return self.spark.read.parquet(base).limit(0)
                     return self.spark.read.option("basePath", base).parquet(*[f"{base}/{rel}" for rel in listing])
                 return self.spark.read.parquet(hadoop_uri(path))
         except TableError:
@@ -115,7 +115,7 @@ class Sources:
                 fs, base = self._fs(path)
                 info = fs.get_file_info(base)
                 if info.type == pafs.FileType.File:
-                    uris = [(path, info.size)]
+                    uris = [(path, info.size)] if (snapshot or {}).get("listing") != [] else []  # [] : nothing new in it
                 else:
                     listing = self.list_files(path)
                     pinned = snapshot.get("listing") if snapshot else None
