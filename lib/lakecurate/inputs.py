@@ -139,7 +139,7 @@ def lake_table_files(lake: Lake, name: str, columns: dict, where: str, partition
     return files, ""
 
 
-def with_ids(lake: Lake, upstream, table: str, run_id: str, id_column: str, *, keep: bool, stage: str
+def with_ids(lake: Lake, upstream, table: str, run_id: str, id_column: str, *, keep: bool, what: str
              ) -> tuple[Optional[InputFiles], str]:
     """The files of ``upstream()`` with only the rows whose id is (``keep``) or is not in ``table``'s
     rows of ``run_id``: what the dedup stage (duplicates away) and the coreset (its rows) hand on."""
@@ -148,7 +148,7 @@ def with_ids(lake: Lake, upstream, table: str, run_id: str, id_column: str, *, k
         return None, why
     ids = lake.column_values(table, run_id, id_column, limit=HANDED_IDS_MAX)
     if ids is None:
-        return None, f"the {stage} stage hands on more than {HANDED_IDS_MAX:,} ids"
+        return None, f"{what}: more than {HANDED_IDS_MAX:,}"
     return files.filtered(RowFilter(files.physical_of(id_column), ids, keep=keep)), ""
 
 
@@ -292,7 +292,7 @@ def fingerprint_source(lake: Lake, format: str, *, path: Optional[str], table: O
         raise TableError(f"{key}.path={path!r} cannot be listed: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from exc
     if not listing:
         raise InputDataError(f"{key}.path={path!r} holds no {'files' if format == 'files' else 'Parquet files'}")
-    digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+    digest = _listing_digest(listing)
     out = {"kind": format, "path": path, "files": len(listing), "bytes": sum(b for _, b, _ in listing),
            "listing_sha256": digest, "listing": [rel for rel, _, _ in listing],
            # each listed file's (bytes, mtime in ns): what a nightly run compares to find the files new since a run
@@ -306,8 +306,9 @@ def fingerprint_source(lake: Lake, format: str, *, path: Optional[str], table: O
 LISTINGS = "_listings"
 
 
-def _listing_digest(listing: list, stats: list) -> str:
-    return hashlib.sha256(json.dumps([[rel, size, mtime] for rel, (size, mtime) in zip(listing, stats)]).encode()).hexdigest()
+def _listing_digest(entries) -> str:
+    """The ``listing_sha256`` of a folder's (name, bytes, mtime) entries."""
+    return hashlib.sha256(json.dumps([list(e) for e in entries]).encode()).hexdigest()
 
 
 def keep_listing(lake: Lake, fingerprint: Optional[dict]) -> None:
@@ -327,7 +328,7 @@ def kept_listing(lake: Lake, fingerprint: dict) -> Optional[set]:
     if data is None:
         return None
     kept = json.loads(data)
-    if _listing_digest(kept["listing"], kept["listing_stats"]) != fingerprint.get("listing_sha256"):
+    if _listing_digest((rel, *st) for rel, st in zip(kept["listing"], kept["listing_stats"])) != fingerprint.get("listing_sha256"):
         log.warning("%s/%s.json does not match its hash: ignored", LISTINGS, fingerprint.get("listing_sha256"))
         return None
     return {(rel, size, mtime) for rel, (size, mtime) in zip(kept["listing"], kept["listing_stats"])}

@@ -94,7 +94,6 @@ class Snapshot:
         refuse_unreadable(path, self.dt)
         self.version = self.dt.version()
         #: with ``added_after``: only the live files a commit after that version added (the increment)
-        self.added_after = added_after
         self._added = None
         if added_after is not None:
             added = added_paths(path, storage_options, added_after, self.version)
@@ -279,15 +278,11 @@ def commit_file_actions(fs: pafs.FileSystem, log_file: str, kinds: tuple = ("add
     return [a[kind] for a in actions for kind in kinds if kind in a]
 
 
-class LogGone(TableError):
-    """A commit of a Delta log is no longer there (cleaned up after a checkpoint)."""
-
-
 def added_paths(path: str, storage_options: Optional[dict], after: int, until: int) -> set:
     """The data files (log paths, decoded as :func:`_decoded` does) that the commits ``after + 1 .. until`` of the Delta
     table at ``path`` added: a file added there and still live at ``until`` holds every row that
     is live at ``until`` and was not live at ``after`` (a rewrite, a new deletion vector or a
-    restore adds its file again). Raises :class:`LogGone` when one of those commits is gone."""
+    restore adds its file again). Raises TableError when one of those commits cannot be read."""
     if after > until:
         raise TableError(f"Delta table {path!r}: version {after} is newer than the version read ({until})")
     fs, base = filesystem(path, storage_options or {})
@@ -297,8 +292,8 @@ def added_paths(path: str, storage_options: Optional[dict], after: int, until: i
         try:
             actions = commit_file_actions(fs, log_file, ("add",))
         except OSError as exc:  # gone after a checkpoint, or unreadable: the caller reads the whole table instead
-            raise LogGone(f"Delta table {path!r}: commit {v} of its log cannot be read ({first_line(exc)}); "
-                          "a log cleaned up after a checkpoint no longer says which files it added") from exc
+            raise TableError(f"Delta table {path!r}: commit {v} of its log cannot be read ({first_line(exc)}); "
+                             "a log cleaned up after a checkpoint no longer says which files it added") from exc
         out.update(_decoded(a["path"]) for a in actions)
     return out
 

@@ -74,7 +74,7 @@ class Sources:
                 return self.read_delta_path(path, version, added_after=snapshot.get("added_after") if snapshot else None)
             if format == "parquet":
                 listing = snapshot.get("listing") if snapshot else None
-                if listing is not None and not listing:  # an increment with no new file: the input's columns, no rows
+                if listing == []:  # an increment with no new file: the input's columns, no rows
                     return self.spark.read.parquet(hadoop_uri(path)).limit(0)
                 if listing is not None and fs.get_file_info(p).type == pafs.FileType.Directory:
                     base = hadoop_uri(path).rstrip("/")
@@ -114,11 +114,11 @@ class Sources:
             try:
                 fs, base = self._fs(path)
                 info = fs.get_file_info(base)
+                pinned = snapshot.get("listing") if snapshot else None
                 if info.type == pafs.FileType.File:
-                    uris = [(path, info.size)] if (snapshot or {}).get("listing") != [] else []  # [] : nothing new in it
+                    uris = [] if pinned == [] else [(path, info.size)]  # []: an increment with nothing new in it
                 else:
                     listing = self.list_files(path)
-                    pinned = snapshot.get("listing") if snapshot else None
                     if pinned is not None:
                         sizes = {rel: size for rel, size, _ in listing}
                         gone = [rel for rel in pinned if rel not in sizes]

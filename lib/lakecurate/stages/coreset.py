@@ -182,7 +182,8 @@ def coreset_rows(ctx: StageContext, upstream):
 
 def coreset_files(ctx: StageContext, upstream):
     """:func:`coreset_rows` as files: the input's files, read for the coreset's rows only."""
-    return with_ids(ctx.lake, upstream, CORESET, ctx.output_run("coreset"), ctx.config.input.id_column, keep=True, stage="coreset")
+    return with_ids(ctx.lake, upstream, CORESET, ctx.output_run("coreset"), ctx.config.input.id_column, keep=True,
+                    what="the ids the coreset stage hands on")
 
 
 def summarize(m: dict) -> list[str]:

@@ -201,23 +201,18 @@ def tree_rows(ctx: StageContext, tree_run: str, cache):
     """The input's rows that are in the tree (its ``assignments``), cached as unit-row blocks, or
     None when there are none: the one read of the kept rows a nightly dedup makes. An input of
     files is read by the tasks (Arrow, :meth:`EmbeddingBlocks.from_files`), keeping the rows whose
-    id the tree holds (up to :data:`~lakecurate.inputs.HANDED_IDS_MAX` ids on the driver); else,
-    or above that, a semi-join through Spark."""
+    id the tree holds (:func:`~lakecurate.inputs.with_ids`: up to ``HANDED_IDS_MAX`` ids on the
+    driver); else, or above that, a semi-join through Spark."""
     from dataclasses import replace
 
-    from lakecurate.inputs import HANDED_IDS_MAX
-    from lakecurate.lake.pieces import RowFilter
     from lakecurate.spark.blocks import EmbeddingBlocks
 
     cfg = ctx.config
     id_col = cfg.input.id_column
     where = f"dedup rows of the tree of {cfg.input.location}"
-    files, why = ctx.input_files("dedup")
-    ids = ctx.lake.column_values(ASSIGNMENTS, tree_run, id_col, limit=HANDED_IDS_MAX) if files is not None else None
-    if ids is not None:
-        if len(ids) == 0:
-            return None
-        files = replace(files.filtered(RowFilter(files.physical_of(id_col), ids, keep=True)), where=where)
+    files, why = with_ids(ctx.lake, lambda: ctx.input_files("dedup"), ASSIGNMENTS, tree_run, id_col, keep=True, what="the tree's ids")
+    if files is not None:
+        files = replace(files, where=where)
         try:
             return EmbeddingBlocks.from_files(
                 ctx.spark, files, id_column=id_col, embedding_column=cfg.input.embedding_column, partitions=cfg.spark.partitions,
@@ -226,7 +221,7 @@ def tree_rows(ctx: StageContext, tree_run: str, cache):
             if str(exc).startswith(f"{where} is empty"):  # the tree's rows are no longer in the input
                 return None
             raise
-    log.info("%s: read through Spark: %s", where, why or f"the tree holds more than {HANDED_IDS_MAX:,} ids")
+    log.info("%s: read through Spark: %s", where, why)
     old = ctx.input_frame("dedup").join(ctx.lake.read(ASSIGNMENTS, tree_run).select(id_col), on=id_col, how="left_semi")
     return cache(old, "rows of the tree") if old.limit(1).count() > 0 else None
 
@@ -261,7 +256,8 @@ def kept_files(ctx: StageContext, upstream):
     """:func:`kept_rows` as files: the input's files, read without the run's duplicates."""
     if not ctx.lake.exists(DUPLICATES):
         return upstream()
-    return with_ids(ctx.lake, upstream, DUPLICATES, ctx.output_run("dedup"), ctx.config.input.id_column, keep=False, stage="dedup")
+    return with_ids(ctx.lake, upstream, DUPLICATES, ctx.output_run("dedup"), ctx.config.input.id_column, keep=False,
+                    what="the ids the dedup stage hands on")
 
 
 def summarize(m: dict) -> list[str]:

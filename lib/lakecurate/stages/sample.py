@@ -132,8 +132,7 @@ def run_sample(ctx: StageContext, metrics: dict) -> None:
         [(int(c), int(q), int(s)) for c, (q, s) in enumerate(zip(quotas, tree.sizes[0])) if q > 0],
         "cluster INT, quota LONG, cluster_size LONG",
     )
-    assignments = ctx.lake.read(ASSIGNMENTS, ctx.output_run("cluster"))
-    keyed = _keyed(assignments, scfg.strategy, scfg.seed)
+    rows = assignments = ctx.lake.read(ASSIGNMENTS, ctx.output_run("cluster"))
     order = [F.col("sel_key"), F.col("row_key")]
     added_in = F.lit(ctx.run_id)
     previous = previous_curated(ctx, ctx.output_run("cluster")) if scfg.mode == "top_up" else None
@@ -155,9 +154,9 @@ def run_sample(ctx: StageContext, metrics: dict) -> None:
         metrics["reranked_clusters"] = grown.count()
         rows = (flagged.join(grown, on="cluster", how="left")
                 .where((F.col("earlier") == 1) | F.col("grown").isNotNull()).drop("grown"))
-        keyed = _keyed(rows, scfg.strategy, scfg.seed)
         added_in = F.coalesce("earlier_added_in", F.lit(ctx.run_id))  # a kept row keeps the run it came in
         order = [F.col("earlier").desc()] + order
+    keyed = _keyed(rows, scfg.strategy, scfg.seed)
     ranked = keyed.withColumn("rank", F.row_number().over(Window.partitionBy("cluster").orderBy(*order)) - 1)
     chosen = ranked.join(F.broadcast(quota_df), on="cluster", how="inner")
     times = (F.col("quota") / F.col("cluster_size")).cast("long") + F.when(
